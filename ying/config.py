@@ -1,0 +1,263 @@
+"""One typed config tree for the whole pipeline.
+
+A run's config is a preset YAML (``ying/configs/<preset>.yaml``), optionally a user YAML on top,
+then dotted overrides (``train.stage2.lr=2e-5``). Every model rejects unknown keys, so a typo in
+a YAML fails at load time with the key's full path instead of being silently ignored.
+
+The two presets (``tiny``, the embedded default, and ``paper``) differ only in values: the
+pipeline never asks which preset it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "YingConfig",
+    "load_config",
+    "PRESETS_DIR",
+    "ConfigError",
+]
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that can't be used; the message lists every problem and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Strict):
+    seed: int = 0  # drives instruction choice, mini-world content, model init and data order
+    run_dir: str = "runs/default"  # local path or s3://bucket/prefix
+
+
+class MiniWorldConfig(_Strict):
+    enabled: bool = True  # generate synthetic sources under <run_dir>/sources when no real path is given
+    image_size: int = 64  # side of the generated scenes, in pixels
+    n_images: dict[str, int] = Field(default_factory=dict)  # per dataset and split, e.g. {"vqa-v2/train": 3000}
+    n_videos: dict[str, int] = Field(default_factory=dict)
+    video_frames: int = 16  # frames written per synthetic video (the adapter samples 8 of them)
+
+
+class DataConfig(_Strict):
+    tasks: list[str]  # task keys (M3IT config names) to build
+    sources: dict[str, str] = Field(default_factory=dict)  # task -> directory of the real release; else mini-world
+    frames_per_video: int = 8  # the paper samples 8 frames uniformly
+    max_image_pixels: int = 64_000_000  # larger images are rejected as decompression bombs
+    max_per_split: int | None = None  # cap instances per task and split (the paper samples subsets)
+    # Held-out policy (paper Figure 8): tasks never trained on in Stage II, evaluated zero-shot.
+    held_out: list[str] = Field(default_factory=list)
+    eval_only: list[str] = Field(default_factory=list)  # tasks whose every split is evaluation data
+
+
+class RephraseConfig(_Strict):
+    provider: Literal["auto", "template", "openai"] = "auto"  # auto: openai when base_url is set
+    base_url: str | None = None  # any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, ...)
+    model: str = "gpt-3.5-turbo-0301"
+    temperature: float = 0.0
+    prompt_version: str = "table10-v1"
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable only
+    max_concurrency: int = 16  # requests in flight per actor
+    timeout_s: float = 30.0
+    max_retries: int = 4
+    tasks: list[str] = Field(default_factory=list)  # tasks whose short answers get rephrased
+
+
+class VisionConfig(_Strict):
+    image_size: int
+    patch_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+
+
+class QFormerConfig(_Strict):
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    cross_attention_frequency: int = 1
+
+
+class LLMConfig(_Strict):
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+
+
+class TokenizerConfig(_Strict):
+    # "bpe": a byte-level BPE trained in milliseconds on Ying's own text (no download, covers Chinese);
+    # "pretrained": the LLM's own tokenizer from `path`.
+    kind: Literal["bpe", "pretrained"] = "bpe"
+    vocab_size: int = 1024
+    path: str | None = None
+
+
+class ModelConfig(_Strict):
+    num_query_tokens: int = 32
+    vision: VisionConfig
+    qformer: QFormerConfig
+    llm: LLMConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    # Pretrained weights: a local directory or Hub id. None means random init from the sizes above.
+    blip2_path: str | None = None  # vision encoder + Q-Former (BLIP2-OPT-2.7B in the paper)
+    llm_path: str | None = None  # the LLaMA-family LLM (Ziya-13B in the paper)
+    max_text_tokens: int = 128  # prompt + answer tokens per example, images excluded
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class StageConfig(_Strict):
+    lr: float  # peak learning rate
+    warmup_steps: int
+    max_steps: int  # optimizer steps; the paper's epochs are converted by the caller
+    batch_size: int  # global batch, split across workers
+    trainable: list[str]  # parameter-name patterns that train in this stage (all else frozen)
+    tasks: list[str] | None = None  # None: every built task not held out
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # 0: only at the end
+
+
+class TrainConfig(_Strict):
+    num_workers: int = 2
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    stage1: StageConfig
+    stage2: StageConfig
+
+
+class TuneConfig(_Strict):
+    lrs: list[float]  # Stage II peak learning rates searched
+    trial_steps: int  # optimizer steps per trial
+    metric: str = "val_loss"  # chosen on held-out validation data
+    mode: Literal["min", "max"] = "min"
+
+
+class EvalConfig(_Strict):
+    max_new_tokens: int = 24
+    max_per_task: int = 200  # test instances scored per task
+    batch_size: int = 32
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 20_000_000
+
+
+class YingConfig(_Strict):
+    preset: str = "tiny"
+    run: RunConfig = RunConfig()
+    miniworld: MiniWorldConfig = MiniWorldConfig()
+    data: DataConfig
+    rephrase: RephraseConfig = RephraseConfig()
+    model: ModelConfig
+    train: TrainConfig
+    tune: TuneConfig
+    eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "YingConfig":
+        problems = []
+        unknown_held = set(self.data.held_out + self.data.eval_only) - set(self.data.tasks)
+        if unknown_held:
+            problems.append(
+                f"data.held_out/eval_only name tasks that are not in data.tasks: {sorted(unknown_held)}"
+            )
+        if self.model.vision.image_size % self.model.vision.patch_size:
+            problems.append(
+                f"model.vision.image_size={self.model.vision.image_size} is not a multiple of "
+                f"patch_size={self.model.vision.patch_size}"
+            )
+        for name in ("stage1", "stage2"):
+            stage: StageConfig = getattr(self.train, name)
+            if stage.batch_size % max(self.train.num_workers, 1):
+                problems.append(
+                    f"train.{name}.batch_size={stage.batch_size} must divide evenly across "
+                    f"train.num_workers={self.train.num_workers}"
+                )
+            if stage.warmup_steps >= stage.max_steps:
+                problems.append(f"train.{name}.warmup_steps must be smaller than max_steps")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint_of(self, *sections: str) -> dict[str, Any]:
+        """The parts of the config that a stage depends on, for its fingerprint."""
+        full = self.to_dict()
+        return {s: full[s] for s in sections}
+
+
+def _set_dotted(tree: dict, dotted: str, raw_value: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    # YAML parsing gives numbers, booleans, lists and null their natural types.
+    node[keys[-1]] = yaml.safe_load(raw_value)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    preset: str = "tiny",
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> YingConfig:
+    """Preset, then a user YAML, then ``key.path=value`` overrides; every problem reported at once."""
+    preset_file = PRESETS_DIR / f"{preset}.yaml"
+    if not preset_file.exists():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {preset!r}; known presets: {known}")
+    tree = yaml.safe_load(preset_file.read_text()) or {}
+    if config_file is not None:
+        user = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(user, dict):
+            raise ConfigError(f"{config_file}: expected a mapping at the top level")
+        tree = _deep_merge(tree, user)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(tree, key.strip(), value)
+    tree["preset"] = preset
+    try:
+        return YingConfig.model_validate(tree)
+    except ValidationError as err:
+        lines = [f"invalid config (preset {preset!r}{', file ' + str(config_file) if config_file else ''}):"]
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "<root>"
+            lines.append(f"  {where}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def config_json(cfg: YingConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True, indent=2)
