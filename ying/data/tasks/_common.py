@@ -1,0 +1,44 @@
+"""Small helpers shared by the adapters: reading source files without ever raising."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ... import storage
+
+__all__ = ["SourceFileError", "load_json", "read_bytes", "list_names"]
+
+
+class SourceFileError(Exception):
+    """A whole source file can't be used; adapters turn it into one Reject."""
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = storage.filesystem(path)
+    try:
+        with fs.open(p, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise SourceFileError(f"missing file {path}") from None
+    except OSError as e:
+        raise SourceFileError(f"can't read {path}: {e}") from None
+
+
+def load_json(path: str) -> Any:
+    raw = read_bytes(path)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise SourceFileError(f"{path} is not UTF-8: {e}") from None
+    except json.JSONDecodeError as e:
+        raise SourceFileError(f"{path} is not valid JSON: {e}") from None
+
+
+def list_names(folder: str) -> set[str]:
+    """Names of the files directly in ``folder`` (one listing call, cheap on object stores too)."""
+    fs, p = storage.filesystem(folder)
+    try:
+        return {e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=False)}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()

@@ -1,0 +1,61 @@
+"""MS COCO captions, Karpathy split: ``dataset_coco.json`` plus ``<filepath>/<filename>`` images.
+
+One instance per (image, sentence), as in M3IT. Karpathy's ``restval`` is training data.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from ... import storage
+from ..schema import Reject, SourceInstance
+from . import TaskSpec
+from ._common import SourceFileError, list_names, load_json
+
+SPEC = TaskSpec(key="coco", category="captioning", lang="en", splits=("train", "validation", "test"), rephrase=False)
+
+_KARPATHY = {"train": ("train", "restval"), "validation": ("val",), "test": ("test",)}
+
+
+def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
+    if split not in _KARPATHY:
+        raise ValueError(f"coco has splits {SPEC.splits}; got {split!r}")
+    ann_path = storage.join(root, "dataset_coco.json")
+    try:
+        data = load_json(ann_path)
+        images = data["images"]
+    except (SourceFileError, KeyError, TypeError) as e:
+        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
+        return
+    listings: dict[str, set[str]] = {}
+    for i, img in enumerate(images):
+        where = f"{ann_path}#images[{i}]"
+        try:
+            if img["split"] not in _KARPATHY[split]:
+                continue
+            folder, filename, cocoid = img["filepath"], img["filename"], img["cocoid"]
+            sentences = img["sentences"]
+        except (KeyError, TypeError) as e:
+            yield Reject(SPEC.key, split, where, f"missing field {e}")
+            continue
+        if folder not in listings:
+            listings[folder] = list_names(storage.join(root, folder))
+        if filename not in listings[folder]:
+            yield Reject(SPEC.key, split, where, f"missing image file {folder}/{filename}")
+            continue
+        for j, sent in enumerate(sentences):
+            raw = sent.get("raw") if isinstance(sent, dict) else None
+            if not isinstance(raw, str) or not raw.strip():
+                yield Reject(SPEC.key, split, f"{where}.sentences[{j}]", "missing field 'raw'")
+                continue
+            sentid = sent.get("sentid", j)
+            yield SourceInstance(
+                task=SPEC.key,
+                split=split,
+                source_id=f"{cocoid}-{sentid}",
+                source=f"{where}.sentences[{j}]",
+                inputs="",
+                outputs=raw.strip(),
+                image_paths=[storage.join(root, folder, filename)],
+                meta={"cocoid": cocoid, "sentid": sentid, "karpathy_split": img["split"]},
+            )
