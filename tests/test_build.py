@@ -1,0 +1,115 @@
+import io
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ying.config import load_config
+from ying.data.build import build_unified, materialize_record, read_records, read_rejects, read_split
+from ying.data.miniworld import generate_miniworld
+from ying.data.qc import check_records
+from ying.data.schema import RECORD_SCHEMA, validate_record
+from ying.data.tasks import get_task
+
+from test_miniworld import TASKS as ALL, small_cfg
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ray_cluster):
+    base = tmp_path_factory.mktemp("build")
+    cfg = load_config("tiny", overrides=["run.seed=5"])
+    roots = generate_miniworld(str(base / "sources"), small_cfg(5), seed=0, tasks=ALL)
+    # break two VQA images: a corrupt JPEG and an empty file
+    qs = json.load(open(os.path.join(roots["vqa-v2"], "v2_OpenEnded_mscoco_train2014_questions.json")))["questions"]
+    img = lambda q: os.path.join(roots["vqa-v2"], "train2014", "COCO_train2014_%012d.jpg" % q["image_id"])
+    good_bytes = open(img(qs[0]), "rb").read()
+    open(img(qs[0]), "wb").write(good_bytes[:20] + b"\x00garbage" * 50)
+    open(img(qs[-1]), "wb").write(b"")
+    broken_ids = {qs[0]["image_id"], qs[-1]["image_id"]}
+    out = str(base / "unified")
+    stats = build_unified(cfg, roots, out)
+    return cfg, roots, out, stats, broken_ids
+
+
+def test_counts_reconcile(built):
+    cfg, roots, out, stats, broken = built
+    assert set(stats) == set(ALL)
+    total_written = {}
+    for task, splits in stats.items():
+        assert set(splits) == set(get_task(task).SPEC.splits)
+        for split, c in splits.items():
+            assert c["read"] == c["written"] + c["rejected"], (task, split, c)
+            total_written[split] = total_written.get(split, 0) + c["written"]
+    for split, n in total_written.items():
+        assert len(read_records(out, split)) == n
+    assert stats["vqa-v2"]["train"]["rejected"] == sum(
+        3 for _ in broken)  # every question on the two broken images
+    assert stats["coco"]["train"]["written"] == 10
+
+
+def test_parquet_has_record_schema(built):
+    _, _, out, _, _ = built
+    for split in ("train", "validation", "test"):
+        files = [f for f in os.listdir(os.path.join(out, "records", split)) if f.endswith(".parquet")]
+        assert files
+        for f in files:
+            assert pq.read_schema(os.path.join(out, "records", split, f)).remove_metadata() == RECORD_SCHEMA
+
+
+def test_records_are_valid_and_true(built):
+    _, _, out, _, _ = built
+    rows = read_records(out, "train")
+    assert {r["task"] for r in rows} == set(ALL)
+    for r in rows:
+        assert validate_record(r) is None
+        meta = json.loads(r["meta"])
+        assert meta["original_answer"] == r["outputs"] and "source_id" in meta
+        if r["task"] == "msrvtt-qa":
+            assert len(r["images"]) == 8 and meta["frames"] == 8
+        else:
+            assert len(r["images"]) == 1
+    goi = next(r for r in rows if r["task"] == "coco-goi")
+    x, y, w, h = json.loads(goi["meta"])["boxes"][0]
+    im = Image.open(io.BytesIO(goi["images"][0])).convert("RGB")
+    p = im.getpixel((int(x + w // 2), int(y)))
+    assert p[0] > 200 and p[1] < 70 and p[2] < 70  # the red box on the region's top edge
+    vqa = next(r for r in rows if r["task"] == "vqa-v2")
+    src = json.loads(vqa["meta"])
+    raw = open(os.path.join(os.path.dirname(os.path.dirname(src["source"].split("#")[0])), "vqa-v2", "train2014",
+                            "COCO_train2014_%012d.jpg" % src["image_id"]), "rb").read()
+    assert vqa["images"][0] == raw  # no box: bytes as-is
+
+
+def test_bad_images_rejected_with_reason(built):
+    _, _, out, stats, broken = built
+    rejects = read_rejects(out)
+    vqa = [r for r in rejects if r["task"] == "vqa-v2"]
+    assert len(vqa) == stats["vqa-v2"]["train"]["rejected"]
+    reasons = " | ".join(r["reason"] for r in vqa)
+    assert "empty image file" in reasons and "does not decode" in reasons
+    assert all(set(r) == {"task", "split", "source", "reason"} and r["source"] for r in rejects)
+
+
+def test_read_split_and_qc(built):
+    _, _, out, stats, _ = built
+    ds = read_split(out, "validation", tasks=["coco", "vqa-v2"])
+    assert ds.count() == stats["coco"]["validation"]["written"] + stats["vqa-v2"]["validation"]["written"]
+    qc = check_records(out)
+    assert qc["checked"] == qc["passed"] + qc["rejected"] and qc["rejected"] == 0
+    assert qc["checked"] == sum(c["written"] for s in stats.values() for c in s.values())
+
+
+def test_max_per_split_and_bomb_limit(tmp_path):
+    roots = generate_miniworld(str(tmp_path), small_cfg(3), seed=0, tasks=["coco"])
+    inst = next(get_task("coco").read_instances(roots["coco"], "train"))
+    rej = materialize_record(inst.__dict__, seed=0, frames_per_video=8, max_image_pixels=1000)
+    assert "max_image_pixels" in rej["reason"] and rej["source"] == inst.source
+
+
+def test_max_per_split_caps(ray_cluster, tmp_path):
+    cfg = load_config("tiny", overrides=["data.max_per_split=2", "data.tasks=[coco]", "data.held_out=[]"])
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(3), seed=0, tasks=["coco"])
+    stats = build_unified(cfg, roots, str(tmp_path / "u"))
+    assert all(c["read"] == 2 and c["written"] == 2 for c in stats["coco"].values())
