@@ -151,7 +151,11 @@ class _GuardMiddleware:
             return await self.app(scope, receive, send)
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
 
-        if self.token is not None and scope.get("path") not in self.open_paths:
+        path = scope.get("path", "/")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # under a route_prefix, match routes as the app sees them
+            path = path[len(root):] or "/"
+        if self.token is not None and path not in self.open_paths:
             scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.token.encode()):
                 return await _json_response(
