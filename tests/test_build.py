@@ -96,9 +96,31 @@ def test_read_split_and_qc(built):
     _, _, out, stats, _ = built
     ds = read_split(out, "validation", tasks=["coco", "vqa-v2"])
     assert ds.count() == stats["coco"]["validation"]["written"] + stats["vqa-v2"]["validation"]["written"]
-    qc = check_records(out)
+    qc_dir = out + "-qc"
+    qc = check_records(out, qc_dir)
     assert qc["checked"] == qc["passed"] + qc["rejected"] and qc["rejected"] == 0
     assert qc["checked"] == sum(c["written"] for s in stats.values() for c in s.values())
+    assert len(read_records(qc_dir, "validation")) == len(read_records(out, "validation"))
+
+
+def test_qc_sets_aside_a_bad_record_and_keeps_the_rest(tmp_path):
+    import pyarrow as pa
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, "PNG")
+    good = {"id": "t-train-1", "task": "coco", "category": "captioning", "lang": "en", "split": "train",
+            "images": [buf.getvalue()], "instruction": "Describe it.", "inputs": "", "outputs": "a square",
+            "meta": "{}"}
+    bad = {**good, "id": "t-train-2", "outputs": "  "}
+    broken = {**good, "id": "t-train-3", "images": [b"not an image"]}
+    (tmp_path / "in" / "records" / "train").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([good, bad, broken], schema=RECORD_SCHEMA),
+                   tmp_path / "in" / "records" / "train" / "part-0.parquet")
+    qc = check_records(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert (qc["checked"], qc["passed"], qc["rejected"]) == (3, 1, 2)
+    assert [r["id"] for r in read_records(str(tmp_path / "out"), "train")] == ["t-train-1"]
+    reasons = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
+    assert reasons["t-train-2"] == "empty output" and "image 0" in reasons["t-train-3"]
 
 
 def test_max_per_split_and_bomb_limit(tmp_path):

@@ -157,6 +157,7 @@ class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 20_000_000
+    keep_running: bool = False  # `--serve`: leave the app up after the run instead of checking and stopping it
 
 
 class YingConfig(_Strict):

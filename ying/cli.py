@@ -1,0 +1,138 @@
+"""``ying``: run the whole DAG, or part of it, and inspect configs.
+
+    ying run                          # the whole DAG on the embedded default (tiny preset, mini-world)
+    ying run --preset paper --set data.sources.vqa-v2=/data/vqa ...
+    ying run --until unify            # stop after a stage (later stages are not run)
+    ying run --force stage2           # re-run a stage even if its manifest matches
+    ying run --serve                  # keep the Serve app up at the end
+    ying config --preset tiny         # print the resolved config
+    ying stages                       # list the stages in order
+
+``workflows/full.py`` is the same as ``ying run`` (and what ``ray job submit`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+__all__ = ["main", "run_parser", "run_pipeline_from_args"]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="tiny (embedded default: random-init model, mini-world) or paper")
+    p.add_argument("--config", default=None, help="a YAML file merged over the preset")
+    p.add_argument("--run-dir", default=None, help="where every stage writes (local path or s3://...); "
+                   "default: run.run_dir of the config (runs/default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, repeatable, e.g. --set train.stage2.lr=2e-5")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ying run",
+        description="Run Ying's DAG: sources -> unify -> rephrase -> qc -> stage1 -> stage2 -> tune -> eval -> serve. "
+        "Finished stages whose config and inputs are unchanged are skipped.",
+    )
+    _add_config_args(p)
+    p.add_argument("--until", default=None, help="stop after this stage")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage (repeatable)")
+    p.add_argument("--serve", action="store_true", help="keep the Serve app running at the end (Ctrl-C stops it)")
+    p.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local cluster")
+    return p
+
+
+def _load(args):
+    from ying.config import load_config
+
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run.run_dir={args.run_dir}")
+    if getattr(args, "serve", False):
+        overrides.append("serve.keep_running=true")
+    return load_config(args.preset, args.config, overrides)
+
+
+def _init_ray(cfg, address: str | None) -> None:
+    import ray
+
+    # Workers inherit these on a local cluster; on a real cluster the runtime_env carries them.
+    env = {"DS_ACCELERATOR": "cuda" if cfg.train.use_gpu else "cpu"}
+    os.environ.update(env)
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+
+
+def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
+    from ying.config import ConfigError
+    from ying.pipeline import STAGES, stage_names
+    from ying.workflow import run_pipeline
+
+    args = run_parser().parse_args(argv)
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        print(f"ying: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    unknown = [s for s in args.force + ([args.until] if args.until else []) if s not in stage_names()]
+    if unknown:
+        print(f"ying: unknown stage(s) {unknown}; stages are {stage_names()}", file=sys.stderr)
+        raise SystemExit(2)
+    force = set(args.force) | ({"serve"} if args.serve else set())
+
+    started = time.time()
+    _init_ray(cfg, args.address)
+    print(f"[ying] run dir {cfg.run.run_dir} (preset {cfg.preset}, seed {cfg.run.seed})", flush=True)
+    manifests = run_pipeline(STAGES, cfg, force=force, until=args.until)
+
+    print("\n[ying] summary", flush=True)
+    for name, m in manifests.items():
+        state = "skipped (up to date)" if m.get("skipped") else f"ran in {m['seconds']:.1f}s"
+        print(f"  {name:9s} {state}", flush=True)
+    if "eval" in manifests:
+        metrics = manifests["eval"]["outputs"]["metrics"]
+        for model, tasks in metrics.items():
+            line = ", ".join(f"{t} EM {100 * s['exact_match']:.1f}" for t, s in tasks.items())
+            print(f"  {model:16s} {line}", flush=True)
+        print(f"  report: {manifests['eval']['outputs']['report']}", flush=True)
+    print(f"[ying] finished in {time.time() - started:.0f}s", flush=True)
+
+    if args.serve and "serve" in manifests:
+        url = manifests["serve"]["outputs"]["url"]
+        print(f"[ying] serving on {url} (POST /v1/generate, GET /healthz); Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            from ying.serve.app import shutdown
+
+            shutdown()
+    return manifests
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="ying", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the DAG (see `ying run --help`)", add_help=False)
+    show = sub.add_parser("config", help="print the resolved config as JSON")
+    _add_config_args(show)
+    sub.add_parser("stages", help="list the DAG's stages in order")
+
+    if argv and argv[0] == "run":
+        run_pipeline_from_args(argv[1:])
+        return
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        print(json.dumps(_load(args).to_dict(), indent=2, ensure_ascii=False))
+    elif args.command == "stages":
+        from ying.pipeline import STAGES
+
+        for s in STAGES:
+            print(f"{s.name:9s} <- {', '.join(s.deps) or '(none)'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""``<run_dir>/report.md``: what the run built, how training went, and how the models score.
+
+The scores come from ``ying.eval.report.render_report``; this module adds the run around them:
+data counts per task and split, the training summaries with a loss curve, and the LR search.
+"""
+
+from __future__ import annotations
+
+import io
+
+from ying import storage
+from ying.config import YingConfig
+from ying.eval.report import render_report
+
+__all__ = ["write_run_report"]
+
+
+def _data_table(stats: dict) -> str:
+    lines = ["| task | split | read | written | rejected |", "|---|---|---:|---:|---:|"]
+    for task, splits in sorted(stats.items()):
+        for split, c in sorted(splits.items()):
+            lines.append(f"| {task} | {split} | {c['read']} | {c['written']} | {c['rejected']} |")
+    return "\n".join(lines)
+
+
+def _training_table(stages: dict[str, dict]) -> str:
+    lines = ["| stage | tasks | steps | peak lr | final train loss | val answer loss | samples/s | trainable tensors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in stages.items():
+        plan = s.get("plan", {})
+        lines.append(
+            f"| {name} | {', '.join(plan.get('tasks', []))} | {s['step']} | {plan.get('lr', 0):.1e} | "
+            f"{s['loss']:.3f} | {s['val_loss']:.3f} | {s['samples_per_s']:.0f} | {len(s.get('trainable', []))} |"
+        )
+    return "\n".join(lines)
+
+
+def _loss_plot(stages: dict[str, dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    offset = 0
+    for name, s in stages.items():
+        hist = s.get("history", [])
+        ax.plot([offset + h["step"] for h in hist], [h["loss"] for h in hist], label=name)
+        offset += s["step"]
+    ax.set_xlabel("optimizer step (Stage II continues after Stage I)")
+    ax.set_ylabel("answer-token loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _tune_table(tune: dict) -> str:
+    metric = tune["metric"]
+    lines = [f"| Stage II peak lr | {metric} | |", "|---:|---:|---|"]
+    for t in tune["trials"]:
+        value = "failed" if t[metric] is None else f"{t[metric]:.4f}"
+        lines.append(f"| {t['lr']:.1e} | {value} | {'best' if t['lr'] == tune['best_lr'] else ''} |")
+    return "\n".join(lines)
+
+
+def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, eval_dir: str) -> str:
+    outputs = {name: m["outputs"] for name, m in inputs.items()}
+    stages = {name: outputs[name] for name in ("stage1", "stage2") if name in outputs}
+    extras: dict[str, str] = {}
+    extras["Run"] = (
+        f"- preset `{cfg.preset}`, seed {cfg.run.seed}, run dir `{cfg.run.run_dir}`\n"
+        f"- tasks: {', '.join(cfg.data.tasks)}; held out of Stage II (zero-shot): "
+        f"{', '.join(cfg.data.held_out) or 'none'}\n"
+        "- models: `majority-answer` predicts each task's most common training output; `stage1` is the "
+        "aligned model (captioning only); `stage2` is the instruction-tuned model. Greedy decoding."
+    )
+    if "unify" in outputs:
+        extras["Data (unify: read = written + rejected)"] = _data_table(outputs["unify"]["stats"])
+    if "rephrase" in outputs:
+        c = outputs["rephrase"]["counts"]
+        extras["Rephrase"] = f"provider `{cfg.rephrase.provider}`; counts: `{c}`"
+    if "qc" in outputs:
+        extras["Quality check"] = f"`{outputs['qc']['counts']}`"
+    if stages:
+        plot_path = storage.join(eval_dir, "loss.png")
+        storage.write_bytes_atomic(plot_path, _loss_plot(stages))
+        extras["Training"] = _training_table(stages) + "\n\n![training loss](eval/loss.png)"
+    if "tune" in outputs:
+        extras["Learning-rate search (Ray Tune)"] = _tune_table(outputs["tune"])
+    text = render_report(metrics, extras, title=f"Ying run report ({cfg.preset})")
+    path = storage.join(cfg.run.run_dir, "report.md")
+    storage.write_bytes_atomic(path, text.encode("utf-8"))
+    return path
