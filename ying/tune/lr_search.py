@@ -26,12 +26,12 @@ def _trial_driver(trial_config: dict) -> None:
     plan = stage_plan(
         cfg, "stage2", trial_config["data_dir"], out_dir=None,
         init_checkpoint=trial_config["init_checkpoint"],
-        stage=f"tune-lr{trial_config['lr']:g}",
         lr=trial_config["lr"],
         max_steps=steps,
         warmup_steps=max(1, min(cfg.train.stage2.warmup_steps, steps // 10)),
         log_every=steps,  # one report, at the end, carrying the metric Tune ranks by
     )
+    plan.stage = f"tune-lr{trial_config['lr']:g}"
     name = ray.tune.get_context().get_trial_name()
     trainer = trainer_for(cfg, plan, trial_config["storage_path"], name, callbacks=[TuneReportCallback()])
     trainer.fit()
@@ -49,7 +49,8 @@ def lr_search(cfg: YingConfig, data_dir: str, init_checkpoint: str, tune_dir: st
     }
     tuner = ray.tune.Tuner(
         # The trial driver only waits on its TorchTrainer: it must not hold a CPU the workers need.
-        ray.tune.with_resources(_trial_driver, {"cpu": 0}),
+        # Tune refuses an all-zero request, so the trial asks for a token 1 MiB of memory instead.
+        ray.tune.with_resources(_trial_driver, {"cpu": 0, "memory": 1 << 20}),
         param_space=space,
         tune_config=ray.tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, max_concurrent_trials=1),
         run_config=ray.tune.RunConfig(name="lr_search", storage_path=_local_path(tune_dir)),

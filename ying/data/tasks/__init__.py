@@ -2,13 +2,15 @@
 
 Each module exposes ``SPEC`` (a ``TaskSpec``) and ``read_instances(root, split)``, which yields
 ``SourceInstance`` for good records and ``Reject`` for bad ones and never raises on bad data.
-The registry below is a plain dict built from plain imports: adding a dataset is one new module,
-one line here and one instruction pool.
+The registry below is a plain dict, filled by listing this package's modules: adding a dataset
+is one new module and one instruction pool.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import importlib
+import pkgutil
 from types import ModuleType
 
 __all__ = ["TaskSpec", "TASKS", "get_task"]
@@ -23,15 +25,27 @@ class TaskSpec:
     rephrase: bool  # whether its short answers are meant to be rephrased into sentences
 
 
-from . import coco, coco_goi, flickr8k_cn, msrvtt_qa, vqa_v2  # noqa: E402  (TaskSpec first)
+def _discover() -> dict[str, ModuleType]:
+    """Every adapter module in this package, keyed by its SPEC.key.
 
-TASKS: dict[str, ModuleType] = {
-    coco.SPEC.key: coco,
-    vqa_v2.SPEC.key: vqa_v2,
-    coco_goi.SPEC.key: coco_goi,
-    flickr8k_cn.SPEC.key: flickr8k_cn,
-    msrvtt_qa.SPEC.key: msrvtt_qa,
-}
+    Discovery reads the package folder (no registration side effects, no decorators): a new
+    dataset is a new module with SPEC and read_instances, and nothing else changes.
+    """
+    found: dict[str, ModuleType] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue  # shared helpers, not adapters
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        spec = getattr(module, "SPEC", None)
+        if not isinstance(spec, TaskSpec) or not callable(getattr(module, "read_instances", None)):
+            raise TypeError(f"{module.__name__} is in the adapters package but lacks SPEC or read_instances")
+        if spec.key in found:
+            raise ValueError(f"task key {spec.key!r} is claimed by {found[spec.key].__name__} and {module.__name__}")
+        found[spec.key] = module
+    return found
+
+
+TASKS: dict[str, ModuleType] = _discover()
 
 
 def get_task(key: str) -> ModuleType:
