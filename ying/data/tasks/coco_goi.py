@@ -8,32 +8,20 @@ the annotation id, so the gold letter varies but never between runs.
 
 from __future__ import annotations
 
-import hashlib
-import random
 from typing import Iterator
 
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
 from ._common import SourceFileError, list_names, load_json
+from ._options import LETTERS, answer_with_letter, format_options, reduced_options
 
 SPEC = TaskSpec(key="coco-goi", category="classification", lang="en", splits=("train", "validation"), rephrase=False)
 
 _SUBTYPE = {"train": "train2014", "validation": "val2014"}
 MAX_OPTIONS = 5
-LETTERS = "ABCDEFGHIJ"
 
-
-def options_for(ann_id: int | str, gold: str, names: list[str]) -> list[str]:
-    rng = random.Random(int(hashlib.sha256(f"coco-goi/{ann_id}".encode()).hexdigest()[:16], 16))
-    others = sorted(n for n in names if n != gold)
-    picked = rng.sample(others, min(MAX_OPTIONS - 1, len(others))) + [gold]
-    rng.shuffle(picked)
-    return picked
-
-
-def format_options(options: list[str]) -> str:
-    return "Options: " + " ".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+__all__ = ["SPEC", "read_instances", "LETTERS"]
 
 
 def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
@@ -74,15 +62,14 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         if filename not in present:
             yield Reject(SPEC.key, split, where, f"missing image file {sub}/{filename}")
             continue
-        options = options_for(ann_id, gold, names)
-        letter = LETTERS[options.index(gold)]
+        options = reduced_options(SPEC.key, ann_id, gold, names, MAX_OPTIONS)
         yield SourceInstance(
             task=SPEC.key,
             split=split,
             source_id=str(ann_id),
             source=where,
             inputs=format_options(options),
-            outputs=f"({letter}) {gold}",
+            outputs=answer_with_letter(options, gold),
             image_paths=[storage.join(root, sub, filename)],
             boxes=[[x, y, w, h]],
             meta={"annotation_id": ann_id, "image_id": image_id, "category": gold, "options": options},
