@@ -20,6 +20,7 @@ def ray_cluster():
     os.environ["DS_ACCELERATOR"] = "cpu"
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, ignore_reinit_error=True, log_to_driver=False)
+    context = ray.init(num_cpus=2, include_dashboard=True, ignore_reinit_error=True, log_to_driver=False)
+    ray.dashboard_url = f"http://{context.dashboard_url}"  # for tests that submit Ray Jobs
     yield ray
     ray.shutdown()

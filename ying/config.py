@@ -122,7 +122,8 @@ class ModelConfig(_Strict):
 class StageConfig(_Strict):
     lr: float  # peak learning rate
     warmup_steps: int
-    max_steps: int  # optimizer steps; the paper's epochs are converted by the caller
+    max_steps: int | None = None  # optimizer steps; give this or epochs
+    epochs: float | None = None  # passes over the stage's training records (converted to steps at run time)
     batch_size: int  # global batch, split across workers
     trainable: list[str]  # parameter-name patterns that train in this stage (all else frozen)
     tasks: list[str] | None = None  # None: every built task not held out
@@ -192,7 +193,9 @@ class YingConfig(_Strict):
                     f"train.{name}.batch_size={stage.batch_size} must divide evenly across "
                     f"train.num_workers={self.train.num_workers}"
                 )
-            if stage.warmup_steps >= stage.max_steps:
+            if (stage.max_steps is None) == (stage.epochs is None):
+                problems.append(f"train.{name}: set exactly one of max_steps and epochs")
+            elif stage.max_steps is not None and stage.warmup_steps >= stage.max_steps:
                 problems.append(f"train.{name}.warmup_steps must be smaller than max_steps")
         if problems:
             raise ValueError("; ".join(problems))

@@ -288,6 +288,18 @@ def read_records(out_dir: str, split: str, tasks: list[str] | None = None) -> li
     return rows
 
 
+def count_records(out_dir: str, split: str, tasks: list[str] | None = None) -> int:
+    """How many records a split holds, reading only the ``task`` column (no image bytes)."""
+    fs, files = _parquet_files(records_dir(out_dir, split))
+    wanted = None if tasks is None else set(tasks)
+    n = 0
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            column = pq.read_table(fh, columns=["task"]).column("task").to_pylist()
+        n += len(column) if wanted is None else sum(t in wanted for t in column)
+    return n
+
+
 def read_rejects(out_dir: str) -> list[dict]:
     path = rejects_path(out_dir)
     if not storage.exists(path):

@@ -6,11 +6,13 @@ that is not held out (paper §3.1.1, Figure 8). Both run ``train_loop_per_worker
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict
 
 from ying import storage
 from ying.config import YingConfig
+from ying.data.build import count_records
 from ying.train.loop import StagePlan, train_loop_per_worker
 
 __all__ = ["stage_plan", "stage_tasks", "fit", "run_stage"]
@@ -28,15 +30,20 @@ def stage_tasks(cfg: YingConfig, stage: str) -> list[str]:
 def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
                init_checkpoint: str | None = None, **overrides) -> StagePlan:
     spec = getattr(cfg.train, stage)
+    tasks = stage_tasks(cfg, stage)
+    max_steps = spec.max_steps
+    if max_steps is None:  # the paper gives Stage II in epochs: convert with the real record count
+        n_train = count_records(data_dir, "train", tasks)
+        max_steps = max(spec.warmup_steps + 1, math.ceil(spec.epochs * n_train / spec.batch_size))
     plan = StagePlan(
         stage=stage,
         config=cfg.to_dict(),
         data_dir=data_dir,
-        tasks=stage_tasks(cfg, stage),
+        tasks=tasks,
         trainable=list(spec.trainable),
         lr=spec.lr,
         warmup_steps=spec.warmup_steps,
-        max_steps=spec.max_steps,
+        max_steps=max_steps,
         batch_size=spec.batch_size,
         out_dir=out_dir,
         init_checkpoint=init_checkpoint,
