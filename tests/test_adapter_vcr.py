@@ -48,6 +48,8 @@ def test_validation_matches_jsonl():
             x1, y1, x2, y2, _ = meta["boxes"][region["object_index"]]
             assert region["box"] == [x1, y1, x2 - x1, y2 - y1]
             assert region["name"] == mod.object_names(rec["objects"])[region["object_index"]]
+        assert inst.boxes == [[r["box"] for r in inst.meta["regions"]]]
+        assert inst.box_labels == [[r["name"] for r in inst.meta["regions"]]]
     q0 = good[0]
     assert q0.inputs.split("\n")[0] == "Does person2 feel comfortable?"
     assert q0.meta["answer_choices"][0] == "No, person2 doesn't."
@@ -65,3 +67,20 @@ def test_validation_matches_jsonl():
 def test_train():
     good, bad = read("train")
     assert not bad and good[0].outputs == "(D) Unsure." and good[0].meta["rationale"] == "r2"
+
+
+def test_every_named_region_is_drawn_in_red_on_the_image():
+    import io
+
+    from PIL import Image
+
+    from ying.data.build import materialize_record
+
+    inst = next(i for i in get_task("vcr").read_instances(ROOT, "validation") if isinstance(i, SourceInstance))
+    record = materialize_record(inst.__dict__, seed=0, frames_per_video=8, max_image_pixels=10**8)
+    assert "reason" not in record, record
+    drawn = Image.open(io.BytesIO(record["images"][0])).convert("RGB")
+    for region in inst.meta["regions"]:
+        x, y, w, h = (int(round(v)) for v in region["box"])
+        r, g, b = drawn.getpixel((x + w // 2, y))  # middle of the top edge
+        assert r > 200 and g < 60 and b < 60, (region["name"], (r, g, b))

@@ -106,11 +106,13 @@ def materialize_record(
         problem = check_image_bytes(data, max_image_pixels)
         if problem:
             return reject(f"{path}: {problem}")
-        # SourceInstance.boxes holds one box per image (None: nothing drawn).
+        # SourceInstance.boxes[k] is image k's box, or a list of its boxes (None/empty: untouched).
         box = inst.boxes[k] if inst.boxes and k < len(inst.boxes) else None
         if box:
+            image_boxes = box if isinstance(box[0], (list, tuple)) else [box]
+            labels = (inst.box_labels[k] if inst.box_labels and k < len(inst.box_labels) else None)
             try:
-                data = draw_region_box(data, [box])
+                data = draw_region_box(data, image_boxes, labels=labels)
             except ValueError as e:
                 return reject(f"{path}: {e}")
         images.append(data)

@@ -56,9 +56,10 @@ REJECT_SCHEMA = pa.schema(
 class SourceInstance:
     """One instance as the source dataset states it, before images are loaded.
 
-    ``image_paths`` are read as-is; ``boxes`` (x, y, w, h in source pixels, one list per image)
-    are drawn as red rectangles (the paper's visual referring prompt); ``video_path`` is sampled
-    into frames. ``source`` names the file and record, for error messages.
+    ``image_paths`` are read as-is; ``boxes`` (per image: one (x, y, w, h) box in source pixels,
+    or a list of them) are drawn as red rectangles (the paper's visual referring prompt), with
+    ``box_labels`` (per image, one name per box) written beside them when given; ``video_path``
+    is sampled into frames. ``source`` names the file and record, for error messages.
     """
 
     task: str
@@ -69,7 +70,8 @@ class SourceInstance:
     outputs: str
     image_paths: list[str] = field(default_factory=list)
     video_path: str | None = None
-    boxes: list[list[float]] | None = None
+    boxes: list | None = None
+    box_labels: list[list[str]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 

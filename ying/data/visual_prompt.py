@@ -12,8 +12,12 @@ __all__ = ["BOX_COLOR", "draw_region_box"]
 BOX_COLOR = (255, 0, 0)
 
 
-def draw_region_box(image_bytes: bytes, boxes: list[list[float]], width: int | None = None) -> bytes:
+def draw_region_box(image_bytes: bytes, boxes: list[list[float]], width: int | None = None,
+                    labels: list[str] | None = None) -> bytes:
     """Outline each (x, y, w, h) box in red and re-encode in the source format.
+
+    ``labels`` (one per box) are written in red at each box's top-left corner, so that names the
+    text uses ("person2") point at the region they mean (VCR).
 
     With no boxes the source bytes come back unchanged. ``width`` defaults to about 1% of the
     shorter side, at least 2 px. JPEG is written at quality 95 with full-resolution chroma so a
@@ -27,7 +31,9 @@ def draw_region_box(image_bytes: bytes, boxes: list[list[float]], width: int | N
     W, H = img.size
     line = width if width is not None else max(2, round(min(W, H) / 100))
     draw = ImageDraw.Draw(img)
-    for box in boxes:
+    if labels is not None and len(labels) != len(boxes):
+        raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
+    for i, box in enumerate(boxes):
         if len(box) != 4:
             raise ValueError(f"box {box} must be [x, y, w, h]")
         x, y, w, h = (float(v) for v in box)
@@ -36,6 +42,8 @@ def draw_region_box(image_bytes: bytes, boxes: list[list[float]], width: int | N
         x0, y0 = int(round(x)), int(round(y))
         x1, y1 = max(x0, int(round(x + w)) - 1), max(y0, int(round(y + h)) - 1)
         draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOR, width=line)
+        if labels:
+            draw.text((x0 + line + 1, y0 + line), labels[i], fill=BOX_COLOR)
     out = io.BytesIO()
     if fmt == "JPEG":
         img.save(out, format="JPEG", quality=95, subsampling=0)

@@ -8,7 +8,8 @@ in ``objects``: with ``objects = ["person", "person", "horse"]``, index 0 is ``p
 ``person2`` and 2 is ``horse1``; a tag ``[0, 1]`` reads ``person1 and person2``. The same names
 label the regions: every object referred to by the question, the answer choices or the rationale
 choices gets its box (x, y, w, h) in ``meta["regions"]`` as ``{"name", "object_index", "box"}``, in
-order of first mention, so the region a name denotes is drawn and traced unambiguously.
+order of first mention; the build stage draws each box in red with its name written beside it, so
+the region a name denotes is unambiguous in the image and in the text.
 
 ``inputs`` is the question and the four lettered answer choices; ``outputs`` is ``(X) <answer>``;
 the gold rationale stays in meta (context for rephrasing). Example line (abridged)::
@@ -167,6 +168,8 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
             inputs=f"{q_text}\n{format_options(choices)}",
             outputs=f"({LETTERS[label]}) {choices[label]}",
             image_paths=[storage.join(root, IMAGE_DIR, img_fn)],
+            boxes=[[r["box"] for r in regions]],  # every named region, drawn on the one image
+            box_labels=[[r["name"] for r in regions]],
             meta={
                 "annot_id": rec.get("annot_id"),
                 "img_id": rec.get("img_id"),
