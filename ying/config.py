@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "YingConfig",
@@ -36,9 +37,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _absolute_if_local(path: str) -> str:
+    # Ray workers don't share the driver's working directory: a relative path would point
+    # somewhere else in every worker, so local paths are pinned when the config is read.
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 class RunConfig(_Strict):
     seed: int = 0  # drives instruction choice, mini-world content, model init and data order
-    run_dir: str = "runs/default"  # local path or s3://bucket/prefix
+    run_dir: str = "runs/default"  # local path (relative to where you start the run) or s3://bucket/prefix
+
+    @field_validator("run_dir")
+    @classmethod
+    def _pin_run_dir(cls, v: str) -> str:
+        return _absolute_if_local(v)
 
 
 class MiniWorldConfig(_Strict):
@@ -52,6 +64,11 @@ class MiniWorldConfig(_Strict):
 class DataConfig(_Strict):
     tasks: list[str]  # task keys (M3IT config names) to build
     sources: dict[str, str] = Field(default_factory=dict)  # task -> directory of the real release; else mini-world
+
+    @field_validator("sources")
+    @classmethod
+    def _pin_sources(cls, v: dict[str, str]) -> dict[str, str]:
+        return {task: _absolute_if_local(path) for task, path in v.items()}
     frames_per_video: int = 8  # the paper samples 8 frames uniformly
     max_image_pixels: int = 64_000_000  # larger images are rejected as decompression bombs
     max_per_split: int | None = None  # cap instances per task and split (the paper samples subsets)

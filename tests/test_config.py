@@ -1,0 +1,62 @@
+"""The config tree: shipped presets are valid, mistakes are caught at load time with their path."""
+
+import os
+
+import pytest
+
+from ying.config import ConfigError, PRESETS_DIR, load_config
+from ying.data.tasks import TASKS
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+def test_every_shipped_preset_loads_and_names_known_tasks(preset):
+    cfg = load_config(preset)
+    assert set(cfg.data.tasks) <= set(TASKS), set(cfg.data.tasks) - set(TASKS)
+    assert set(cfg.data.held_out) <= set(cfg.data.tasks)
+    for stage in (cfg.train.stage1, cfg.train.stage2):
+        assert stage.trainable and stage.batch_size % cfg.train.num_workers == 0
+
+
+def test_presets_differ_only_in_values_not_in_shape():
+    tiny, paper = load_config("tiny").to_dict(), load_config("paper").to_dict()
+
+    def keys(tree, prefix=""):
+        out = set()
+        for k, v in tree.items():
+            # Free-form maps (sizes per dataset, sources) may hold different keys.
+            if isinstance(v, dict) and k not in ("n_images", "n_videos", "sources"):
+                out |= keys(v, f"{prefix}{k}.")
+            else:
+                out.add(prefix + k)
+        return out
+
+    assert keys(tiny) == keys(paper)
+
+
+def test_unknown_key_and_bad_values_are_all_reported_with_their_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stage1:\n    lrr: 1.0\n  num_workers: two\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", bad)
+    text = str(err.value)
+    assert "train.stage1.lrr" in text and "train.num_workers" in text and str(bad) in text
+
+
+def test_conflicting_options_name_the_fix():
+    with pytest.raises(ConfigError, match="must divide evenly across train.num_workers=3"):
+        load_config("tiny", overrides=["train.num_workers=3"])
+    with pytest.raises(ConfigError, match="exactly one of max_steps and epochs"):
+        load_config("tiny", overrides=["train.stage2.epochs=2"])
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config("huge")
+
+
+def test_overrides_are_typed_and_local_paths_are_pinned(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("tiny", overrides=["train.stage2.lr=2e-5", "data.held_out=[msrvtt-qa]",
+                                         "run.run_dir=runs/x", "data.sources.coco=raw/coco"])
+    assert cfg.train.stage2.lr == 2e-5 and cfg.data.held_out == ["msrvtt-qa"]
+    # Ray workers run elsewhere: relative paths become absolute where the run was started.
+    assert cfg.run.run_dir == os.path.join(str(tmp_path), "runs", "x")
+    assert cfg.data.sources["coco"] == os.path.join(str(tmp_path), "raw", "coco")
+    assert load_config("tiny", overrides=["run.run_dir=s3://bucket/run"]).run.run_dir == "s3://bucket/run"
