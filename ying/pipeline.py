@@ -32,9 +32,16 @@ def run_sources(ctx: StageContext) -> dict:
 
 
 def run_unify(ctx: StageContext) -> dict:
-    from ying.data.build import build_unified
+    from ying import telemetry
+    from ying.data.build import build_unified, read_rejects
 
     stats = build_unified(ctx.cfg, ctx.output_of("sources", "sources"), ctx.stage_dir)
+    for task, splits in stats.items():
+        telemetry.records_counter().inc(sum(c["written"] for c in splits.values()), tags={"task": task})
+    for reject in read_rejects(ctx.stage_dir):
+        # The reason's head ("missing image file", "box ...") keeps the tag's cardinality small.
+        kind = reject["reason"].split(":")[0][:48]
+        telemetry.records_rejected_counter().inc(1, tags={"task": reject["task"], "reason": kind})
     return {"data_dir": ctx.stage_dir, "stats": stats}
 
 

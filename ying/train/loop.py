@@ -91,6 +91,7 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
     import deepspeed
     import ray.train
 
+    from ying import telemetry
     from ying.config import YingConfig
     from ying.data.build import read_records
     from ying.model.checkpoint import load_checkpoint, save_checkpoint
@@ -185,6 +186,8 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
             window_loss, window_n = 0.0, 0
             history.append(metrics)
             if rank == 0:
+                telemetry.train_loss_gauge().set(metrics["loss"], tags={"stage": plan.stage})
+                telemetry.train_samples_per_s_gauge().set(metrics["samples_per_s"], tags={"stage": plan.stage})
                 eta = (plan.max_steps - step - 1) * elapsed / max(1, step + 1 - start_step)
                 print(f"[{plan.stage}] step {step + 1}/{plan.max_steps} loss {metrics['loss']:.4f} "
                       f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.0f} samples/s eta {eta:.0f}s", flush=True)
