@@ -7,7 +7,7 @@ from typing import Any
 
 from ... import storage
 
-__all__ = ["SourceFileError", "load_json", "read_bytes", "list_names"]
+__all__ = ["SourceFileError", "load_json", "read_bytes", "list_names", "FolderIndex"]
 
 
 class SourceFileError(Exception):
@@ -42,3 +42,19 @@ def list_names(folder: str) -> set[str]:
         return {e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=False)}
     except (FileNotFoundError, NotADirectoryError):
         return set()
+
+
+class FolderIndex:
+    """"Is this file there?" with one listing per folder, however many records ask.
+
+    Releases hold thousands of images per folder; listing a folder once is far cheaper than a
+    stat per record, above all on object stores.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[str, set[str]] = {}
+
+    def has(self, folder: str, name: str) -> bool:
+        if folder not in self._names:
+            self._names[folder] = list_names(folder)
+        return name in self._names[folder]

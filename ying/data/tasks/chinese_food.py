@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, read_bytes
+from ._common import SourceFileError, FolderIndex, read_bytes
 from ._options import answer_with_letter, format_options, reduced_options
 
 SPEC = TaskSpec(key="chinese-food", category="chinese", lang="zh", splits=("train", "validation", "test"), rephrase=False)
@@ -102,7 +102,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         yield Reject(SPEC.key, split, f"{class_path} + {list_path}", str(e))
         return
     zh_names = sorted({zh for zh, _ in classes.values()})
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for n, raw_line in enumerate(list_bytes.splitlines(), start=1):
         where = f"{list_path}:{n}"
         try:
@@ -121,9 +121,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
             yield Reject(SPEC.key, split, where, f"label {label} is not in {CLASS_FILE}")
             continue
         folder, _, filename = f"{image_dir}/{rel}".rpartition("/")
-        if folder not in listings:
-            listings[folder] = list_names(storage.join(root, RELEASE_DIR, folder))
-        if filename not in listings[folder]:
+        if not present.has(storage.join(root, RELEASE_DIR, folder), filename):
             yield Reject(SPEC.key, split, where, f"missing image file {RELEASE_DIR}/{folder}/{filename}")
             continue
         zh, en = classes[label]

@@ -10,7 +10,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import SourceFileError, FolderIndex, load_json
 
 SPEC = TaskSpec(key="coco", category="captioning", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -27,7 +27,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     except (SourceFileError, KeyError, TypeError) as e:
         yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
         return
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for i, img in enumerate(images):
         where = f"{ann_path}#images[{i}]"
         try:
@@ -38,9 +38,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         except (KeyError, TypeError) as e:
             yield Reject(SPEC.key, split, where, f"missing field {e}")
             continue
-        if folder not in listings:
-            listings[folder] = list_names(storage.join(root, folder))
-        if filename not in listings[folder]:
+        if not present.has(storage.join(root, folder), filename):
             yield Reject(SPEC.key, split, where, f"missing image file {folder}/{filename}")
             continue
         for j, sent in enumerate(sentences):

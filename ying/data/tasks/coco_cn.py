@@ -17,7 +17,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, read_bytes
+from ._common import SourceFileError, FolderIndex, read_bytes
 
 SPEC = TaskSpec(key="coco-cn", category="chinese", lang="zh", splits=("train", "validation", "test"), rephrase=False)
 
@@ -41,7 +41,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     except SourceFileError as e:
         yield Reject(SPEC.key, split, f"{split_path} + {cap_path}", str(e))
         return
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for n, raw_line in enumerate(caption_bytes.splitlines(), start=1):
         where = f"{cap_path}:{n}"
         head_tokens = raw_line.split(b"#", 1)[0].split(b"\t", 1)[0].split()
@@ -62,10 +62,8 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         if sub is None:
             yield Reject(SPEC.key, split, where, f"image id {image_id!r} is not COCO_<train2014|val2014>_<number>")
             continue
-        if sub not in listings:
-            listings[sub] = list_names(storage.join(root, sub))
         filename = f"{image_id}.jpg"
-        if filename not in listings[sub]:
+        if not present.has(storage.join(root, sub), filename):
             yield Reject(SPEC.key, split, where, f"missing image file {sub}/{filename}")
             continue
         yield SourceInstance(

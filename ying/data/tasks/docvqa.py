@@ -16,7 +16,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import SourceFileError, FolderIndex, load_json
 
 SPEC = TaskSpec(key="docvqa", category="vqa", lang="en", splits=("train", "validation"), rephrase=True)
 
@@ -35,7 +35,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     except (SourceFileError, KeyError, TypeError) as e:
         yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
         return
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for i, rec in enumerate(records):
         where = f"{ann_path}#data[{i}]"
         try:
@@ -50,9 +50,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
             yield Reject(SPEC.key, split, where, "answers is not a non-empty list of text")
             continue
         folder, _, name = image.rpartition("/")
-        if folder not in listings:
-            listings[folder] = list_names(storage.join(root, sub, folder) if folder else storage.join(root, sub))
-        if name not in listings[folder]:
+        if not present.has(storage.join(root, sub, folder) if folder else storage.join(root, sub), name):
             yield Reject(SPEC.key, split, where, f"missing image file {sub}/{image}")
             continue
         yield SourceInstance(

@@ -18,7 +18,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import SourceFileError, FolderIndex, load_json
 
 SPEC = TaskSpec(
     key="image-paragraph-captioning", category="captioning", lang="en", splits=("train", "validation", "test"), rephrase=False
@@ -42,7 +42,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     except (SourceFileError, TypeError) as e:
         yield Reject(SPEC.key, split, f"{par_path} + {split_path}", f"unusable annotation files: {e}")
         return
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for i, item in enumerate(paragraphs):
         where = f"{par_path}#[{i}]"
         image_id = item.get("image_id") if isinstance(item, dict) else None
@@ -64,9 +64,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
             yield Reject(SPEC.key, split, where, f"can't tell the image folder from url {url!r}")
             continue
         folder, filename = parts[-2], parts[-1]
-        if folder not in listings:
-            listings[folder] = list_names(storage.join(root, folder))
-        if filename not in listings[folder]:
+        if not present.has(storage.join(root, folder), filename):
             yield Reject(SPEC.key, split, where, f"missing image file {folder}/{filename}")
             continue
         yield SourceInstance(

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, read_bytes
+from ._common import SourceFileError, FolderIndex, read_bytes
 
 SPEC = TaskSpec(key="nlvr", category="reasoning", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -52,7 +52,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"nlvr has splits {SPEC.splits}; got {split!r}")
     name = _FILE[split]
     path = storage.join(root, f"{name}.json")
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for item in _json_lines(path, split):
         if isinstance(item, Reject):
             yield item
@@ -74,10 +74,8 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         folder = storage.join(root, "images", name)
         if rec.get("directory") is not None:
             folder = storage.join(folder, str(rec["directory"]))
-        if folder not in listings:
-            listings[folder] = list_names(folder)
         files = [f"{stem}-img0.png", f"{stem}-img1.png"]
-        missing = [f for f in files if f not in listings[folder]]
+        missing = [f for f in files if not present.has(folder, f)]
         if missing:
             yield Reject(SPEC.key, split, where, f"missing image file {', '.join(missing)} in {folder}")
             continue

@@ -16,7 +16,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import SourceFileError, FolderIndex, load_json
 
 SPEC = TaskSpec(key="st-vqa", category="vqa", lang="en", splits=("train",), rephrase=True)
 
@@ -36,7 +36,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
         return
     image_dir = IMAGE_DIR[split]
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for i, rec in enumerate(records):
         where = f"{ann_path}#data[{i}]"
         try:
@@ -51,9 +51,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
             yield Reject(SPEC.key, split, where, "answers is not a non-empty list of text")
             continue
         folder, _, name = file_path.rpartition("/")
-        if folder not in listings:
-            listings[folder] = list_names(storage.join(root, image_dir, folder) if folder else storage.join(root, image_dir))
-        if name not in listings[folder]:
+        if not present.has(storage.join(root, image_dir, folder) if folder else storage.join(root, image_dir), name):
             yield Reject(SPEC.key, split, where, f"missing image file {image_dir}/{file_path}")
             continue
         yield SourceInstance(

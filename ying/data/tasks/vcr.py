@@ -30,7 +30,7 @@ from typing import Any, Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json, read_bytes
+from ._common import SourceFileError, FolderIndex, load_json, read_bytes
 from ._options import LETTERS, format_options
 
 SPEC = TaskSpec(key="vcr", category="reasoning", lang="en", splits=("train", "validation"), rephrase=False)
@@ -115,7 +115,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in _FILE:
         raise ValueError(f"vcr has splits {SPEC.splits}; got {split!r}")
     path = storage.join(root, _FILE[split])
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for item in _lines(path, split):
         if isinstance(item, Reject):
             yield item
@@ -144,9 +144,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
             yield Reject(SPEC.key, split, where, str(e))
             continue
         folder, _, filename = storage.join(root, IMAGE_DIR, img_fn).rpartition("/")
-        if folder not in listings:
-            listings[folder] = list_names(folder)
-        if filename not in listings[folder]:
+        if not present.has(folder, filename):
             yield Reject(SPEC.key, split, where, f"missing image file {IMAGE_DIR}/{img_fn}")
             continue
         meta_path = storage.join(root, IMAGE_DIR, meta_fn)

@@ -22,7 +22,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import SourceFileError, FolderIndex, load_json
 
 SPEC = TaskSpec(key="visual-dialog", category="generation", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -55,15 +55,13 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     except (SourceFileError, KeyError, TypeError) as e:
         yield Reject(SPEC.key, split, path, f"unusable dialog file: {e}")
         return
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
 
     def find_image(image_id: int) -> str | None:
         for pattern in _IMAGE_DIRS[split]:
             rel = pattern % image_id
             folder, name = rel.split("/")
-            if folder not in listings:
-                listings[folder] = list_names(storage.join(root, folder))
-            if name in listings[folder]:
+            if present.has(storage.join(root, folder), name):
                 return rel
         return None
 

@@ -20,7 +20,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import SourceFileError, FolderIndex, load_json
 
 SPEC = TaskSpec(key="visual-mrc", category="reasoning", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -38,7 +38,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     except SourceFileError as e:
         yield Reject(SPEC.key, split, path, str(e))
         return
-    listings: dict[str, set[str]] = {}
+    present = FolderIndex()  # one listing per image folder
     for d, doc in enumerate(docs):
         where_doc = f"{path}#[{d}]"
         try:
@@ -51,9 +51,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
             continue
         image_path = storage.join(root, image_filename)
         folder, _, name = image_path.rpartition("/")
-        if folder not in listings:
-            listings[folder] = list_names(folder)
-        if name not in listings[folder]:
+        if not present.has(folder, name):
             yield Reject(SPEC.key, split, where_doc, f"missing image file {image_filename}")
             continue
         for k, qa in enumerate(qa_data):
