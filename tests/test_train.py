@@ -15,6 +15,7 @@ from ying.data.schema import RECORD_SCHEMA
 from ying.model.checkpoint import save_checkpoint
 from ying.model.tokenizer import build_tokenizer
 from ying.model.vlm import build_model
+from ying.train.data import micro_batches, stream_records
 from ying.train.loop import lr_lambda
 from ying.train.stages import fit, stage_plan, stage_tasks
 
@@ -42,6 +43,27 @@ def data_dir(tmp_path_factory):
         pq.write_table(pa.Table.from_pylist(_records(split, n), schema=RECORD_SCHEMA),
                        root / "records" / split / "part-0.parquet")
     return str(root)
+
+
+def test_workers_stream_disjoint_shares_that_cover_the_split(data_dir):
+    def ids(rank, world, epoch, buffer_size=4):
+        return [r["id"] for r in stream_records(data_dir, "train", ["coco", "vqa-v2"], rank, world, 0, epoch, buffer_size)]
+
+    a, b = ids(0, 2, 0), ids(1, 2, 0)
+    assert not set(a) & set(b) and len(a) + len(b) == 24 and len(set(a + b)) == 24
+    assert ids(0, 2, 0) == a  # deterministic
+    assert ids(0, 2, 1) != a  # a new epoch, a new order
+    coco_only = [r["task"] for r in stream_records(data_dir, "train", ["coco"], 0, 1, 0, 0, 4)]
+    assert coco_only == ["coco"] * 12
+
+
+def test_micro_batches_resume_exactly_and_refuse_too_little_data(data_dir):
+    full = micro_batches(data_dir, ["coco", "vqa-v2"], 0, 2, 7, 4, 8)
+    first_five = [[r["id"] for r in next(full)] for _ in range(5)]  # crosses an epoch (3 per epoch)
+    resumed = micro_batches(data_dir, ["coco", "vqa-v2"], 0, 2, 7, 4, 8, start_step=3)
+    assert [[r["id"] for r in next(resumed)] for _ in range(2)] == first_five[3:]
+    with pytest.raises(ValueError, match="fewer than 64 training records"):
+        next(micro_batches(data_dir, ["coco"], 0, 1, 0, 64, 8))
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine():

@@ -154,6 +154,7 @@ class TrainConfig(_Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     weight_decay: float = 0.05
     grad_clip: float = 1.0
+    shuffle_buffer: int = 16384  # records per worker mixed in memory while streaming the training split
     stage1: StageConfig
     stage2: StageConfig
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -71,20 +70,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _batches(records: list[dict], batch_size: int, seed: int, start_step: int):
-    """Endless shuffled batches; the same seed and step give the same batch (for exact resume)."""
-    step = 0
-    epoch = 0
-    while True:
-        order = list(range(len(records)))
-        random.Random(seed * 1000 + epoch).shuffle(order)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            if step >= start_step:
-                yield [records[j] for j in order[i : i + batch_size]]
-            step += 1
-        epoch += 1
-
-
 def train_loop_per_worker(plan_dict: dict) -> dict | None:
     plan = StagePlan(**plan_dict)
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if plan.config["train"]["use_gpu"] else "cpu")
@@ -93,7 +78,7 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
 
     from ying import telemetry
     from ying.config import YingConfig
-    from ying.data.build import read_records
+    from ying.train.data import first_records, micro_batches, split_files
     from ying.model.checkpoint import load_checkpoint, save_checkpoint
     from ying.model.processor import YingProcessor
     from ying.model.tokenizer import build_tokenizer
@@ -120,14 +105,11 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
               f"train ({len(trainable)} tensors); tasks={plan.tasks}; world={world}, "
               f"torch threads={torch.get_num_threads()}", flush=True)
 
-    # --- data --------------------------------------------------------------------------------
-    train_records = read_records(plan.data_dir, "train", plan.tasks)
-    if not train_records:
-        raise ValueError(f"[{plan.stage}] no training records for tasks {plan.tasks} under {plan.data_dir}")
-    shard = train_records[rank::world]
+    # --- data (streamed: no worker holds a split in memory) --------------------------------
+    if not split_files(plan.data_dir, "train")[1]:
+        raise ValueError(f"[{plan.stage}] no training records under {plan.data_dir}/records/train")
     micro = plan.batch_size // world
-    val_records = read_records(plan.data_dir, "validation", plan.tasks)
-    val_records = sorted(val_records, key=lambda r: r["id"])[: plan.val_examples][rank::world]
+    val_records = first_records(plan.data_dir, "validation", plan.tasks, plan.val_examples)[rank::world]
 
     # --- DeepSpeed ---------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=plan.lr, betas=(0.9, 0.999))
@@ -163,7 +145,8 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
     t0 = time.time()
     window_loss, window_n, seen = 0.0, 0, 0
     history: list[dict] = []  # the logged points, for the report's loss curve
-    batches = _batches(shard, micro, seed + rank, start_step)
+    batches = micro_batches(plan.data_dir, plan.tasks, rank, world, seed, micro,
+                            cfg.train.shuffle_buffer, start_step)
     step = start_step
     for step in range(start_step, plan.max_steps):
         batch = processor.collate([processor.encode_train(r) for r in next(batches)])
