@@ -147,7 +147,6 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
     history: list[dict] = []  # the logged points, for the report's loss curve
     batches = micro_batches(plan.data_dir, plan.tasks, rank, world, seed, micro,
                             cfg.train.shuffle_buffer, start_step)
-    step = start_step
     for step in range(start_step, plan.max_steps):
         batch = processor.collate([processor.encode_train(r) for r in next(batches)])
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -160,9 +159,11 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
         last = step + 1 == plan.max_steps
         if (step + 1) % plan.log_every == 0 or last:
             elapsed = time.time() - t0
+            mean_loss = torch.tensor([window_loss / window_n], device=device)  # nccl reduces device tensors
+            torch.distributed.all_reduce(mean_loss)  # the loss of the whole global batch, not rank 0's share
             metrics = {
                 "step": step + 1,
-                "loss": window_loss / window_n,
+                "loss": float(mean_loss) / world,
                 "lr": scheduler.get_last_lr()[0],
                 "samples_per_s": seen / elapsed,
             }
@@ -180,13 +181,13 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
 
     # --- evaluate ----------------------------------------------------------------------------
     engine.eval()
-    val_sum = torch.zeros(2)
+    val_sum = torch.zeros(2, device=device)
     with torch.no_grad():
         for i in range(0, len(val_records), micro):
             batch = processor.collate([processor.encode_train(r) for r in val_records[i : i + micro]])
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, n = answer_loss(engine, batch)
-            val_sum += torch.tensor([float(loss) * n, n])
+            val_sum += torch.tensor([float(loss) * n, n], device=device)
     torch.distributed.all_reduce(val_sum)
     val_loss = float(val_sum[0] / max(val_sum[1], 1))
     final = {
