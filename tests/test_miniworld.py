@@ -11,7 +11,7 @@ from ying.config import MiniWorldConfig
 from ying.data.miniworld import generate_miniworld, lexicon_corpus
 from ying.data.miniworld.scenes import BACKGROUNDS, COLORS
 
-TASKS = ["coco", "vqa-v2", "coco-goi", "flickr8k-cn", "msrvtt-qa"]
+TASKS = ["coco", "vqa-v2", "coco-goi", "flickr8k-cn", "msrvtt-qa", "okvqa", "clevr", "visual-dialog"]
 
 
 def small_cfg(n: int = 12) -> MiniWorldConfig:
@@ -19,7 +19,9 @@ def small_cfg(n: int = 12) -> MiniWorldConfig:
         image_size=64,
         n_images={"coco/train": n, "coco/validation": 3, "coco/test": 3, "vqa-v2/train": n,
                   "vqa-v2/validation": 4, "coco-goi/train": n, "coco-goi/validation": 3,
-                  "flickr8k-cn/train": 4, "flickr8k-cn/validation": 2, "flickr8k-cn/test": 2},
+                  "flickr8k-cn/train": 4, "flickr8k-cn/validation": 2, "flickr8k-cn/test": 2,
+                  "okvqa/train": n, "okvqa/validation": 4, "clevr/train": n, "clevr/validation": 3,
+                  "visual-dialog/train": 20, "visual-dialog/validation": 3, "visual-dialog/test": 3},
         n_videos={"msrvtt-qa/train": 3, "msrvtt-qa/validation": 2, "msrvtt-qa/test": 2},
     )
 
@@ -195,3 +197,158 @@ def test_lexicon_covers_generated_text(world):
 def test_unknown_task_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="knows"):
         generate_miniworld(str(tmp_path), small_cfg(), seed=0, tasks=["imagenet"])
+
+
+# --- okvqa, clevr, visual-dialog: read by the real adapters, answers true of the picture -------------
+
+def adapter_output(root: str, task: str):
+    from ying.data.schema import Reject
+    from ying.data.tasks import get_task
+
+    adapter = get_task(task)
+    out = {}
+    for split in adapter.SPEC.splits:
+        items = list(adapter.read_instances(root, split))
+        assert not [i for i in items if isinstance(i, Reject)], (task, split, items)
+        out[split] = items
+    return out
+
+
+def shape_at_box_is(img, shape, color):
+    x, y, w, h = shape["box"]
+    return close(img.getpixel((x + w // 2, y + h // 2)), COLORS[color])
+
+
+def test_every_category_has_a_miniworld_task_in_the_tiny_preset():
+    from ying.config import load_config
+    from ying.data.miniworld import MINIWORLD_TASKS
+    from ying.data.schema import CATEGORIES
+    from ying.data.tasks import get_task
+
+    cfg = load_config("tiny")
+    assert set(cfg.data.tasks) <= set(MINIWORLD_TASKS)
+    assert {get_task(t).SPEC.category for t in cfg.data.tasks} == set(CATEGORIES)
+    for task in cfg.data.tasks:  # every task gets a train split and an evaluation split
+        sizes = cfg.miniworld.n_videos if task == "msrvtt-qa" else cfg.miniworld.n_images
+        assert sizes.get(f"{task}/train", 0) > 0, task
+        assert sizes.get(f"{task}/validation", 0) + sizes.get(f"{task}/test", 0) > 0, task
+    # small next to VQA v2, so the new tasks don't crowd it out of Stage II
+    for task in ("okvqa", "clevr", "visual-dialog"):
+        assert cfg.miniworld.n_images[f"{task}/train"] <= 150
+
+
+def test_okvqa_adapter_reads_it_and_answers_need_knowledge_and_are_true(world):
+    from ying.data.miniworld.scenes import FRUITS_BY_COLOR
+
+    root = world["okvqa"]
+    scenes = json.load(open(os.path.join(root, "_miniworld", "scenes.json")))
+    out = adapter_output(root, "okvqa")
+    assert len(out["train"]) == 12 and len(out["validation"]) == 4
+    kinds = set()
+    for split, sub in (("train", "train2014"), ("validation", "val2014")):
+        for inst in out[split]:
+            rel = f"{sub}/COCO_{sub}_{inst.meta['image_id']:012d}.jpg"
+            scene, img = scenes[rel], Image.open(os.path.join(root, rel)).convert("RGB")
+            q = inst.inputs
+            if q.startswith("What fruit is the same color as the "):
+                kind = q[len("What fruit is the same color as the "):-1]
+                (shape,) = [s for s in scene["shapes"] if s["kind"] == kind]
+                assert shape_at_box_is(img, shape, shape["color"])
+                assert inst.outputs == FRUITS_BY_COLOR[shape["color"]][0]
+                assert set(inst.meta["answers"]) <= set(FRUITS_BY_COLOR[shape["color"]])
+                kinds.add("fruit")
+            else:
+                color = q[len("How many sides does the "):-len(" shape have?")]
+                (shape,) = [s for s in scene["shapes"] if s["color"] == color]
+                assert inst.outputs == {"triangle": "3", "square": "4"}[shape["kind"]]
+                kinds.add("sides")
+    assert kinds == {"fruit", "sides"}
+
+
+def test_clevr_adapter_reads_it_and_spatial_answers_are_true(world):
+    root = world["clevr"]
+    scenes = json.load(open(os.path.join(root, "_miniworld", "scenes.json")))
+    out = adapter_output(root, "clevr")
+    assert len(out["train"]) == 24 and len(out["validation"]) == 6
+    families = set()
+    for split, sub in (("train", "train"), ("validation", "val")):
+        for inst in out[split]:
+            rel = f"images/{sub}/{inst.meta['image_filename']}"
+            scene = scenes[rel]
+            with Image.open(os.path.join(root, rel)) as im:
+                assert im.format == "PNG"
+                img = im.convert("RGB")
+            by_name = {f"{s['color']} {s['kind']}": s for s in scene["shapes"]}
+            for s in scene["shapes"]:
+                assert shape_at_box_is(img, s, s["color"])
+            # Where each shape really is, from its pixels' centre (not from the file's boxes).
+            centre = {name: (s["box"][0] + s["box"][2] / 2, s["box"][1] + s["box"][3] / 2) for name, s in by_name.items()}
+            q, a = inst.inputs, inst.outputs
+            families.add(inst.meta["question_family_index"])
+            if q.startswith("Is the "):
+                body = q[len("Is the "):-1]
+                for word in ("left of", "right of", "above", "below"):
+                    if f" {word} the " in body:
+                        first, second = body.split(f" {word} the ")
+                        break
+                (ax, ay), (bx, by) = centre[first], centre[second]
+                truth = {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[word]
+                assert a == ("yes" if truth else "no"), (q, a)
+            else:
+                body = q[len("How many shapes are "):-1]
+                for word in ("left of", "right of", "above", "below"):
+                    if body.startswith(word + " the "):
+                        ref = body[len(word + " the "):]
+                        break
+                rx, ry = centre[ref]
+                n = sum({"left of": x < rx, "right of": x > rx, "above": y < ry, "below": y > ry}[word]
+                        for name, (x, y) in centre.items() if name != ref)
+                assert a == str(n), (q, a)
+    assert families == {0, 1, 2}
+
+
+def test_visual_dialog_adapter_reads_it_and_answers_are_true(world):
+    root = world["visual-dialog"]
+    scenes = json.load(open(os.path.join(root, "_miniworld", "scenes.json")))
+    out = adapter_output(root, "visual-dialog")
+    assert len(out["train"]) == 40 and len(out["validation"]) == 6
+    assert len(out["test"]) == 3  # the last test round is the hidden one
+    folders = {"validation": "VisualDialog_val2018", "test": "VisualDialog_test2018"}
+    for split, items in out.items():
+        for inst in items:
+            image_id = inst.meta["image_id"]
+            if split == "train":
+                sub = "val2014" if image_id >= 900_001 else "train2014"
+                rel = f"{sub}/COCO_{sub}_{image_id:012d}.jpg"
+            else:
+                rel = f"{folders[split]}/{folders[split]}_{image_id:012d}.jpg"
+            scene = scenes[rel]
+            img = Image.open(os.path.join(root, rel)).convert("RGB")
+            caption = inst.inputs.splitlines()[0]
+            n = len(scene["shapes"])
+            assert caption.startswith("Caption: ") and caption.endswith(f"on a {scene['background']} background")
+            assert caption.split()[1] == {1: "one", 2: "two", 3: "three"}[n]
+            question = inst.inputs.splitlines()[-1][len("Question: "):]
+            kinds = {s["kind"]: s for s in scene["shapes"]}
+            colors = {s["color"]: s for s in scene["shapes"]}
+            if question.startswith("what color is the "):
+                shape = kinds[question[len("what color is the "):]]
+                assert inst.outputs == f"it is {shape['color']}" and shape_at_box_is(img, shape, shape["color"])
+            elif question.startswith("what shape is the "):
+                assert inst.outputs == f"a {colors[question[len('what shape is the '):-len(' one')]]['kind']}"
+            else:
+                asked = question[len("is there a "):]
+                assert inst.outputs == (f"yes, a {kinds[asked]['color']} one" if asked in kinds else "no")
+
+
+def test_shared_coco_val_image_is_the_same_picture_in_both_datasets(world):
+    """One visual-dialog training dialog in ten is about an OK-VQA validation image (id and bytes)."""
+    vd = world["visual-dialog"]
+    shared = sorted(os.listdir(os.path.join(vd, "val2014")))
+    assert shared == ["COCO_val2014_000000900001.jpg", "COCO_val2014_000000900002.jpg"]  # 20 dialogs / 10
+    for name in shared:
+        a = open(os.path.join(vd, "val2014", name), "rb").read()
+        b = open(os.path.join(world["okvqa"], "val2014", name), "rb").read()
+        assert a == b
+    train_ids = {i.meta["image_id"] for i in adapter_output(vd, "visual-dialog")["train"]}
+    assert {900_001, 900_002} <= train_ids

@@ -21,11 +21,12 @@ from .scenes import (
     COLORS_ZH,
     COUNT_WORDS,
     COUNT_WORDS_ZH,
+    FRUITS_BY_COLOR,
     SHAPES,
     SHAPES_ZH,
 )
 from .video import DIRECTIONS
-from .writers import WRITERS, _Sink
+from .writers import SEEDED_WRITERS, WRITERS, _Sink
 
 __all__ = ["generate_miniworld", "lexicon_corpus", "MINIWORLD_TASKS"]
 
@@ -65,6 +66,8 @@ def generate_miniworld(out_dir: str, cfg: MiniWorldConfig, seed: int, tasks: lis
         sizes = _split_sizes(cfg, task)
         if task in _VIDEO_TASKS:
             WRITERS[task](sink, sizes, cfg.image_size, rngs, n_frames=cfg.video_frames)
+        elif task in SEEDED_WRITERS:
+            WRITERS[task](sink, sizes, cfg.image_size, rngs, seed=seed)
         else:
             WRITERS[task](sink, sizes, cfg.image_size, rngs)
         sink.finish()
@@ -88,6 +91,19 @@ def lexicon_corpus() -> list[str]:
     out += [f"Is there a {c} {s}?" for c in colors for s in shapes]
     out += ["what shape is moving?"]
     out += [f"what color is the {s}?" for s in shapes] + [f"which way does the {s} move?" for s in shapes]
+    # okvqa, clevr and visual-dialog
+    out += sorted({f for fruits in FRUITS_BY_COLOR.values() for f in fruits}) + ["4"]
+    out += [f"What fruit is the same color as the {s}?" for s in shapes]
+    out += [f"How many sides does the {c} shape have?" for c in colors]
+    # One phrase per relation, not the whole cross product: the BPE sees the words without the
+    # new tasks' templates outweighing the VQA questions in its merges.
+    out += [f"Is the {c} {s} {w} the" for c, s, w in zip(colors, shapes * 2, ("left of", "right of", "above", "below"))]
+    out += [f"How many shapes are {w} the" for w in ("left of", "right of", "above", "below")]
+    out += [f"{COUNT_WORDS[n]} {'shape' if n == 1 else 'shapes'} on a {b} background" for n in (1, 2, 3) for b in bgs]
+    out += [f"what color is the {s}" for s in shapes] + [f"it is {c}" for c in colors]
+    out += [f"what shape is the {c} one" for c in colors] + [f"a {s}" for s in shapes]
+    out += [f"is there a {s}" for s in shapes] + [f"yes, a {c} one" for c in colors]
+    out += ["Caption:", "Dialog so far:", "Q:", "A:", "Question:"]
     out += list(COLORS_ZH.values()) + list(SHAPES_ZH.values()) + list(BACKGROUNDS_ZH.values())
     out += list(COUNT_WORDS_ZH.values())
     out += [f"一个{COLORS_ZH[c]}的{SHAPES_ZH[s]}" for c in colors for s in shapes]

@@ -34,6 +34,10 @@ __all__ = [
     "captions_en",
     "captions_zh",
     "vqa_questions",
+    "FRUITS_BY_COLOR",
+    "knowledge_question",
+    "spatial_questions",
+    "dialog_rounds",
 ]
 
 # Well separated in RGB and none of them pale, so none is confused with a background.
@@ -222,3 +226,117 @@ def vqa_questions(scene: Scene, rng: random.Random, k: int = 3) -> list[tuple[st
             answer = "yes" if (color, shape_kind) in present else "no"
             out.append((f"Is there a {color} {shape_kind}?", answer, "yes/no", "is there a"))
     return out
+
+
+# Outside knowledge for OK-VQA-style questions: fruits whose usual colour is each shape colour. The
+# first is the majority answer; the others are also true, as OK-VQA's ten annotators disagree.
+FRUITS_BY_COLOR: dict[str, tuple[str, ...]] = {
+    "red": ("apple", "cherry", "strawberry"),
+    "green": ("lime", "kiwi"),
+    "blue": ("blueberry",),
+    "yellow": ("banana", "lemon"),
+    "purple": ("grape", "plum"),
+    "black": ("blackberry",),
+}
+_SIDES = {"triangle": "3", "square": "4"}
+
+
+def _ten_answers(choices: tuple[str, ...]) -> list[str]:
+    """Ten annotator answers with choices[0] the clear majority (6 of 10), the rest shared out."""
+    if len(choices) == 1:
+        return [choices[0]] * 10
+    rest = choices[1:]
+    return [choices[0]] * 6 + [rest[i % len(rest)] for i in range(4)]
+
+
+def knowledge_question(scene: Scene, rng: random.Random) -> tuple[str, list[str], str]:
+    """One (question, ten answers, OK-VQA question_type) needing a little knowledge beyond the picture.
+
+    Fruit colours are OK-VQA's "five" (cooking and food); a polygon's sides are "nine" (science and
+    technology). Every answer is true of the scene.
+    """
+    polygons = [s for s in scene.shapes if s.kind in _SIDES]
+    if polygons and rng.random() < 0.4:
+        s = rng.choice(polygons)
+        return f"How many sides does the {s.color} shape have?", [_SIDES[s.kind]] * 10, "nine"
+    s = rng.choice(scene.shapes)
+    return f"What fruit is the same color as the {s.kind}?", _ten_answers(FRUITS_BY_COLOR[s.color]), "five"
+
+
+def _left_of(a: Shape, b: Shape) -> bool:
+    return a.box[0] + a.box[2] <= b.box[0]
+
+
+def _above(a: Shape, b: Shape) -> bool:
+    return a.box[1] + a.box[3] <= b.box[1]
+
+
+def _relation_holds(a: Shape, word: str, b: Shape) -> bool:
+    return {"left of": _left_of(a, b), "right of": _left_of(b, a), "above": _above(a, b), "below": _above(b, a)}[word]
+
+
+def spatial_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, int]]:
+    """Two CLEVR-style (question, answer, question_family_index) over a scene of 2-3 shapes.
+
+    Relations are only asked where they are unambiguous: "left of" between shapes whose boxes don't
+    overlap along x (likewise "above" along y), and a count only where every other shape lies
+    clearly on one side of the reference. Non-overlapping shapes always give at least one such pair.
+    Families (ours, numbered like CLEVR's): 0 relation yes/no, 1 count left/right, 2 count above/below.
+    """
+    if len(scene.shapes) < 2:
+        raise ValueError("spatial questions need a scene of at least 2 shapes")
+    out: list[tuple[str, str, int]] = []
+    # A count question, where some shape splits the others cleanly along an axis.
+    counts = []
+    for ref in scene.shapes:
+        others = [s for s in scene.shapes if s is not ref]
+        if all(_left_of(s, ref) or _left_of(ref, s) for s in others):
+            side = rng.choice(["left of", "right of"])
+            counts.append((ref, side, 1, sum(_relation_holds(s, side, ref) for s in others)))
+        if all(_above(s, ref) or _above(ref, s) for s in others):
+            side = rng.choice(["above", "below"])
+            counts.append((ref, side, 2, sum(_relation_holds(s, side, ref) for s in others)))
+    if counts:
+        ref, side, family, n = rng.choice(counts)
+        out.append((f"How many shapes are {side} the {ref.color} {ref.kind}?", str(n), family))
+    # Relation yes/no questions until there are two, each about a different pair where possible.
+    pairs = [(a, b) for a in scene.shapes for b in scene.shapes if a is not b]
+    rng.shuffle(pairs)
+    for a, b in pairs:
+        words = []
+        if _left_of(a, b) or _left_of(b, a):
+            words += ["left of", "right of"]
+        if _above(a, b) or _above(b, a):
+            words += ["above", "below"]
+        if not words:
+            continue
+        word = rng.choice(words)
+        answer = "yes" if _relation_holds(a, word, b) else "no"
+        out.append((f"Is the {a.color} {a.kind} {word} the {b.color} {b.kind}?", answer, 0))
+        if len(out) == 2:
+            break
+    return out
+
+
+def dialog_rounds(scene: Scene, rng: random.Random, n_rounds: int = 2) -> tuple[str, list[tuple[str, str]]]:
+    """A VisDial-style (caption, [(question, answer)]) in that dataset's lower-case, unpunctuated style.
+
+    The caption gives only the count and background, so the dialog has something left to ask.
+    """
+    n = len(scene.shapes)
+    caption = f"{COUNT_WORDS[n]} {'shape' if n == 1 else 'shapes'} on a {scene.background} background"
+    present = {s.kind: s for s in scene.shapes}
+    kinds = rng.sample(["color", "exists", "shape"], n_rounds)
+    rounds = []
+    for kind in kinds:
+        if kind == "color":
+            s = rng.choice(scene.shapes)
+            rounds.append((f"what color is the {s.kind}", f"it is {s.color}"))
+        elif kind == "shape":
+            s = rng.choice(scene.shapes)
+            rounds.append((f"what shape is the {s.color} one", f"a {s.kind}"))
+        else:
+            asked = rng.choice(SHAPES)
+            answer = f"yes, a {present[asked].color} one" if asked in present else "no"
+            rounds.append((f"is there a {asked}", answer))
+    return caption, rounds

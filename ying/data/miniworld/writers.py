@@ -17,6 +17,23 @@ Every writer takes a ``_Sink`` (where to put files), the split sizes, an image s
 - ``msrvtt-qa``: ``{train,val,test}_qa.json`` (lists of {question, answer, video_id, id}) and
   ``videos/video<N>.mp4``, video ids numbered on across splits as in MSR-VTT.
 
+- ``okvqa``: OK-VQA v1.1's ``OpenEnded_mscoco_{train,val}2014_questions.json`` and
+  ``mscoco_{train,val}2014_annotations.json`` (ten answers each, no ``multiple_choice_answer``: the
+  majority answer is the output) with images ``{train,val}2014/COCO_*2014_%012d.jpg``; questions need
+  a little outside knowledge about the shapes (fruit colours, a polygon's sides).
+- ``clevr``: CLEVR v1.0's ``questions/CLEVR_{train,val}_questions.json`` and PNG images
+  ``images/{train,val}/CLEVR_{train,val}_%06d.png``; spatial relation and counting questions.
+- ``visual-dialog``: VisDial v1.0's ``visdial_1.0_{train,val,test}.json`` (shared question and
+  answer lists, dialogs of index pairs; the last test round has no answer), with train images in
+  ``train2014/`` and ``val2014/`` (COCO names), val in ``VisualDialog_val2018/`` and test in
+  ``VisualDialog_test2018/``.
+
+Shared COCO val2014 pictures: as in the real releases, a COCO val2014 image can appear in several
+datasets. OK-VQA validation and one in ten Visual Dialog training dialogs draw on the same pool of
+val2014 images (same id, same bytes), just as VisDial v1.0 trains on COCO val2014 images that
+VQA v2 and OK-VQA evaluate on; the QC stage's contamination guard must take those training
+records out. (The first five writers keep their own id ranges, as they always had.)
+
 Each root also gets ``_miniworld/scenes.json`` (the drawn ground truth, per file), which no adapter
 reads: it is there for tests and debugging.
 """
@@ -30,6 +47,9 @@ from typing import Any
 from ... import storage
 from .scenes import (
     Scene,
+    dialog_rounds,
+    knowledge_question,
+    spatial_questions,
     captions_en,
     captions_zh,
     draw_scene,
@@ -39,7 +59,7 @@ from .scenes import (
 )
 from .video import clip_frames, clip_questions, encode_mp4, random_clip
 
-__all__ = ["WRITERS"]
+__all__ = ["WRITERS", "SEEDED_WRITERS", "COCO_VAL_POOL_FIRST_ID", "coco_val_pool_scene"]
 
 # Record split -> (COCO image folder, Karpathy split name, id offset keeping ids unique per task).
 _COCO_SPLITS = {"train": ("train2014", "train", 1), "validation": ("val2014", "val", 400_001), "test": ("val2014", "test", 700_001)}
@@ -248,10 +268,150 @@ def write_msrvtt_qa(
         sink.put_json(f"{_MSRVTT_SPLITS[split]}_qa.json", qa)
 
 
+# The shared "COCO val2014" pool: image id -> scene depends on (seed, id) only, so every dataset
+# that uses a pool id writes the same picture under it.
+COCO_VAL_POOL_FIRST_ID = 900_001
+
+
+def coco_val_pool_scene(seed: int, image_id: int, size: int) -> Scene:
+    return random_scene(random.Random(f"miniworld/{seed}/coco-val2014-pool/{image_id}"), size)
+
+
+_OKVQA_SPLITS = {"train": "train2014", "validation": "val2014"}
+_OKVQA_TRAIN_FIRST_ID = 800_001
+
+
+def write_okvqa(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str, random.Random], seed: int = 0) -> None:
+    for split, n in sizes.items():
+        if split not in _OKVQA_SPLITS:
+            raise ValueError(f"okvqa has splits {sorted(_OKVQA_SPLITS)}; got {split!r}")
+        folder, rng = _OKVQA_SPLITS[split], rngs[split]
+        questions, annotations = [], []
+        for i in range(n):
+            if split == "validation":  # OK-VQA val images are COCO val2014 images others use too
+                image_id = COCO_VAL_POOL_FIRST_ID + i
+                scene = coco_val_pool_scene(seed, image_id, size)
+            else:
+                image_id = _OKVQA_TRAIN_FIRST_ID + i
+                scene = random_scene(rng, size)
+            sink.put_scene_image(f"{folder}/{_coco_name(folder, image_id)}", scene)
+            question, answers, question_type = knowledge_question(scene, rng)
+            qid = image_id * 10 + 5  # OK-VQA's ids are the image id with one digit appended
+            questions.append({"image_id": image_id, "question": question, "question_id": qid})
+            annotations.append(
+                {
+                    "image_id": image_id,
+                    "answer_type": "other",
+                    "question_type": question_type,
+                    "question_id": qid,
+                    "confidence": 3,
+                    "answers": [{"answer_id": j + 1, "raw_answer": a, "answer_confidence": "yes", "answer": a}
+                                for j, a in enumerate(answers)],
+                }
+            )
+        sink.put_json(f"OpenEnded_mscoco_{folder}_questions.json",
+                      {"license": {}, "data_subtype": folder, "task_type": "Open-Ended", "data_type": "mscoco",
+                       "info": {"description": "Ying mini-world in the OK-VQA v1.1 format"}, "questions": questions})
+        sink.put_json(f"mscoco_{folder}_annotations.json",
+                      {"license": {}, "data_subtype": folder, "data_type": "mscoco",
+                       "info": {"description": "Ying mini-world in the OK-VQA v1.1 format"}, "annotations": annotations})
+
+
+_CLEVR_SPLITS = {"train": "train", "validation": "val"}
+
+
+def write_clevr(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str, random.Random]) -> None:
+    import io
+
+    for split, n in sizes.items():
+        if split not in _CLEVR_SPLITS:
+            raise ValueError(f"clevr has splits {sorted(_CLEVR_SPLITS)} (test has no answers); got {split!r}")
+        sub, rng = _CLEVR_SPLITS[split], rngs[split]
+        questions = []
+        for i in range(n):
+            scene = random_scene(rng, size, n_shapes=rng.choice([2, 3]))
+            filename = f"CLEVR_{sub}_{i:06d}.png"
+            buf = io.BytesIO()
+            draw_scene(scene).save(buf, format="PNG")  # CLEVR ships PNG renders
+            sink.put(f"images/{sub}/{filename}", buf.getvalue())
+            sink.scenes[f"images/{sub}/{filename}"] = {
+                "background": scene.background,
+                "shapes": [{"kind": s.kind, "color": s.color, "box": list(s.box)} for s in scene.shapes],
+            }
+            for question, answer, family in spatial_questions(scene, rng):
+                questions.append({"image_index": i, "split": sub, "image_filename": filename,
+                                  "question_index": len(questions), "question": question, "answer": answer,
+                                  "question_family_index": family})
+        sink.put_json(f"questions/CLEVR_{sub}_questions.json",
+                      {"info": {"split": sub, "version": "1.0", "license": "Creative Commons Attribution (CC BY 4.0)"},
+                       "questions": questions})
+
+
+_VISDIAL_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+_VISDIAL_TRAIN_FIRST_ID = 850_001
+_VISDIAL_SHARED_EVERY = 10  # one training dialog in ten is about a COCO val2014 pool image
+
+
+def write_visual_dialog(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str, random.Random],
+                        seed: int = 0) -> None:
+    for split, n in sizes.items():
+        rng = rngs[split]
+        questions: list[str] = []
+        answers: list[str] = []
+        q_index: dict[str, int] = {}
+        a_index: dict[str, int] = {}
+
+        def index_of(text: str, table: dict[str, int], texts: list[str]) -> int:
+            if text not in table:
+                table[text] = len(texts)
+                texts.append(text)
+            return table[text]
+
+        dialogs = []
+        for i in range(n):
+            if split == "train" and i % _VISDIAL_SHARED_EVERY == _VISDIAL_SHARED_EVERY - 1:
+                image_id = COCO_VAL_POOL_FIRST_ID + i // _VISDIAL_SHARED_EVERY
+                rel = f"val2014/{_coco_name('val2014', image_id)}"
+                scene = coco_val_pool_scene(seed, image_id, size)
+            elif split == "train":
+                image_id = _VISDIAL_TRAIN_FIRST_ID + i
+                rel = f"train2014/{_coco_name('train2014', image_id)}"
+                scene = random_scene(rng, size)
+            else:
+                image_id = i + 1
+                folder = "VisualDialog_val2018" if split == "validation" else "VisualDialog_test2018"
+                rel = f"{folder}/{folder}_{image_id:012d}.jpg"
+                scene = random_scene(rng, size)
+            sink.put_scene_image(rel, scene)
+            caption, rounds = dialog_rounds(scene, rng)
+            turns = []
+            for r, (question, answer) in enumerate(rounds):
+                qi, ai = index_of(question, q_index, questions), index_of(answer, a_index, answers)
+                # VisDial offers 100 candidate answers a round; four keep the mini-world small.
+                options = sorted({ai} | set(rng.sample(range(len(answers)), min(3, len(answers)))))
+                turn = {"question": qi, "answer": ai, "answer_options": options, "gt_index": options.index(ai)}
+                if split == "test" and r == len(rounds) - 1:
+                    turn = {"question": qi, "answer_options": options}  # the hidden round the challenge scores
+                turns.append(turn)
+            dialog = {"image_id": image_id, "caption": caption, "dialog": turns}
+            if split == "test":
+                dialog["round_id"] = len(turns)
+            dialogs.append(dialog)
+        sub = _VISDIAL_SPLITS[split]
+        sink.put_json(f"visdial_1.0_{sub}.json",
+                      {"version": "1.0", "split": sub if split == "train" else f"{sub}2018",
+                       "data": {"questions": questions, "answers": answers, "dialogs": dialogs}})
+
+
 WRITERS = {
     "coco": write_coco,
     "vqa-v2": write_vqa_v2,
     "coco-goi": write_coco_goi,
     "flickr8k-cn": write_flickr8k_cn,
     "msrvtt-qa": write_msrvtt_qa,
+    "okvqa": write_okvqa,
+    "clevr": write_clevr,
+    "visual-dialog": write_visual_dialog,
 }
+# Writers that need the run seed itself (for the shared COCO val2014 pool), not only their own rngs.
+SEEDED_WRITERS = {"okvqa", "visual-dialog"}
