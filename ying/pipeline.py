@@ -53,10 +53,18 @@ def run_rephrase(ctx: StageContext) -> dict:
 
 
 def run_qc(ctx: StageContext) -> dict:
+    from ying import storage
     from ying.data.qc import check_records
+    from ying.data.review import write_review_page
+    from ying.data.stats import write_stats
 
     counts = check_records(ctx.output_of("rephrase", "data_dir"), ctx.stage_dir, ctx.cfg.data.max_image_pixels)
-    return {"data_dir": ctx.stage_dir, "counts": counts}
+    # The paper's Stage III: statistics (Tables 2, 3, 9) and the review page, of the data training reads.
+    # (The seed is already in this stage's fingerprint through unify's.)
+    stats = write_stats(ctx.stage_dir, ctx.stage_dir)
+    review = write_review_page(ctx.stage_dir, storage.join(ctx.stage_dir, "review.html"), seed=ctx.cfg.run.seed)
+    return {"data_dir": ctx.stage_dir, "counts": counts, "stats_json": stats["stats_json"],
+            "stats_md": stats["stats_md"], "review_html": review["path"]}
 
 
 def run_stage1(ctx: StageContext) -> dict:

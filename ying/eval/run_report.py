@@ -85,6 +85,12 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
         extras["Rephrase"] = f"provider `{cfg.rephrase.provider}`; counts: `{c}`"
     if "qc" in outputs:
         extras["Quality check"] = f"`{outputs['qc']['counts']}`"
+        if outputs["qc"].get("review_html"):
+            extras["Quality check"] += f"\n\nReview page (random records per task and split): `{outputs['qc']['review_html']}`"
+        if outputs["qc"].get("stats_md") and storage.exists(outputs["qc"]["stats_md"]):
+            fs, p = storage.filesystem(outputs["qc"]["stats_md"])
+            with fs.open(p, "r", encoding="utf-8") as f:
+                extras["Dataset statistics (paper Tables 2, 3, 9)"] = f.read()
     if stages:
         plot_path = storage.join(eval_dir, "loss.png")
         storage.write_bytes_atomic(plot_path, _loss_plot(stages))

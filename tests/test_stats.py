@@ -1,0 +1,134 @@
+"""`ying stats`: the paper's Table 2 from the instruction pools, Tables 3/9 from built records,
+and the qc stage / run report carrying them."""
+
+import hashlib
+import io
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ying.cli import main
+from ying.data.schema import RECORD_SCHEMA
+from ying.data.stats import count_instruction_tokens, instance_stats, instruction_stats, write_stats
+from ying.data.tasks import TASKS
+
+
+def _png(key: str) -> bytes:
+    """A small image of its own per record (QC's contamination guard blocks shared images)."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:3], "big")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (h % 256, h // 256 % 256, h // 65536 % 256)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _record(task, split, n, category="captioning", lang="en"):
+    return {"id": f"{task}-{split}-{n}", "task": task, "category": category, "lang": lang, "split": split,
+            "images": [_png(f"{task}-{split}-{n}")], "instruction": "Describe the image.", "inputs": "", "outputs": "a red box",
+            "meta": "{}"}
+
+
+def write_split(data_dir, split, name, records):
+    d = os.path.join(data_dir, "records", split)
+    os.makedirs(d, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records, schema=RECORD_SCHEMA), os.path.join(d, name))
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = str(tmp_path / "data")
+    write_split(d, "train", "a.parquet", [_record("coco", "train", i) for i in range(3)]
+                + [_record("vqa-v2", "train", i, "vqa") for i in range(2)])
+    write_split(d, "train", "b.parquet", [_record("coco", "train", 9)])
+    write_split(d, "validation", "a.parquet", [_record("coco", "validation", 0)])
+    write_split(d, "test", "a.parquet", [_record("coco-cn", "test", 0, "chinese", "zh"),
+                                         _record("not-a-task", "test", 0)])
+    return d
+
+
+def test_table2_over_the_shipped_pools_counts_every_instruction_by_registry_category():
+    s = instruction_stats()
+    assert s["tasks"] == 40 and s["instructions"] == 400
+    expected = {}
+    for module in TASKS.values():
+        expected[module.SPEC.category] = expected.get(module.SPEC.category, 0) + 10
+    assert s["instructions_per_category"] == expected
+    assert sum(s["instructions_per_category"].values()) == 400
+    assert s["edit_distance_within_task"]["n"] == 40 * 45  # every pair inside each task
+    assert s["edit_distance_across_tasks"]["n"] == 400 * 399 // 2 - 40 * 45
+    # Hand-written pools of distinct sentences: real distances and lengths, not degenerate ones.
+    assert s["tokens_per_instruction"]["mean"] > 5
+    assert s["edit_distance_across_tasks"]["mean"] > s["edit_distance_within_task"]["mean"] > 10
+
+
+def test_table2_values_on_a_pool_with_known_answers(tmp_path):
+    pools = tmp_path / "pools"
+    pools.mkdir()
+    (pools / "coco.json").write_text(json.dumps(["aaaa", "aaab"]))  # en; within distance 1
+    (pools / "coco-cn.json").write_text(json.dumps(["bbbb", "bbbc"]), encoding="utf-8")  # zh
+    s = instruction_stats(pools)
+    assert s["instructions_per_category"] == {"captioning": 2, "chinese": 2}
+    assert s["edit_distance_within_task"] == {"mean": 1.0, "sd": 0.0, "n": 2}
+    # across: aaaa-bbbb 4, aaaa-bbbc 4, aaab-bbbb 3, aaab-bbbc 4 (population sd)
+    assert s["edit_distance_across_tasks"] == {"mean": 3.75, "sd": pytest.approx(0.75 ** 0.5 / 2), "n": 4}
+    assert s["tokens_per_instruction"]["mean"] == 1.0
+    assert s["per_task"]["coco-cn"]["lang"] == "zh"
+
+
+def test_tokens_are_words_in_english_and_jieba_words_in_chinese_without_punctuation():
+    assert count_instruction_tokens("Describe the image , briefly.", "en") == 4
+    assert count_instruction_tokens("请描述这张图片。", "zh") == 4  # 请 / 描述 / 这张 / 图片
+    assert count_instruction_tokens("请描述这张图片。", "en") == 1  # no spaces: one whitespace token
+
+
+def test_tables_3_and_9_count_records_by_task_category_and_split(data_dir):
+    s = instance_stats(data_dir)
+    assert s["by_task"]["coco"] == {"category": "captioning", "train": 4, "validation": 1, "test": 0, "total": 5}
+    assert s["by_task"]["vqa-v2"] == {"category": "vqa", "train": 2, "validation": 0, "test": 0, "total": 2}
+    assert s["by_task"]["coco-cn"]["category"] == "chinese"
+    assert s["by_task"]["not-a-task"]["category"] == "(unregistered)"
+    assert s["by_category"]["captioning"] == {"train": 4, "validation": 1, "test": 0, "total": 5}
+    assert s["total"] == {"train": 6, "validation": 1, "test": 2, "total": 9}
+    assert list(s["by_category"])[:3] == ["captioning", "vqa", "chinese"]  # the paper's category order
+
+
+def test_cli_prints_tables_and_writes_json_and_markdown(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    main(["stats", "--data-dir", data_dir, "--out", out])
+    printed = capsys.readouterr().out
+    assert "Instructions (paper Table 2)" in printed and "| captioning | coco | 4 | 1 | 0 | 5 |" in printed
+    saved = json.load(open(os.path.join(out, "stats.json")))
+    assert saved["instances"]["total"]["total"] == 9
+    assert saved["instructions"]["instructions"] == 400
+    md = open(os.path.join(out, "stats.md"), encoding="utf-8").read()
+    assert "| **total** | 6 | 1 | 2 | 9 |" in md
+    assert "tokens per instruction" in md and "jieba" in md
+
+
+def test_cli_names_a_missing_data_dir(tmp_path, capsys):
+    main(["stats", "--data-dir", str(tmp_path / "empty")])  # no records: an honest empty table
+    assert "(no records under" in capsys.readouterr().out
+
+
+def test_qc_stage_writes_stats_and_review_and_the_run_report_includes_them(data_dir, tmp_path):
+    from ying.config import load_config
+    from ying.eval.run_report import write_run_report
+    from ying.pipeline import run_qc
+    from ying.workflow import StageContext
+
+    cfg = load_config("tiny", overrides=[f"run.run_dir={tmp_path / 'run'}"])
+    qc_dir = str(tmp_path / "run" / "qc")
+    ctx = StageContext(cfg=cfg, stage_dir=qc_dir, inputs={"rephrase": {"outputs": {"data_dir": data_dir}}})
+    out = run_qc(ctx)
+    assert out["counts"]["passed"] == 9
+    for key in ("stats_json", "stats_md", "review_html"):
+        assert os.path.exists(out[key]) and os.path.dirname(out[key]) == qc_dir
+    assert json.load(open(out["stats_json"]))["instances"]["total"]["train"] == 6
+    report = write_run_report(cfg, {"qc": {"outputs": out}}, {}, str(tmp_path / "run" / "eval"))
+    text = open(report, encoding="utf-8").read()
+    assert "## Dataset statistics (paper Tables 2, 3, 9)" in text
+    assert "| captioning | coco | 4 | 1 | 0 | 5 |" in text
+    assert "review.html" in text

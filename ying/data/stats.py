@@ -1,0 +1,232 @@
+"""Dataset statistics: the paper's Table 2 (instructions) and Tables 3 and 9 (instances).
+
+Table 2 is computed from the instruction pools (``instructions/<task>.json``), grouped by each
+task's category in the adapter registry:
+
+- number of instructions per category (and in total);
+- tokens per instruction, mean ± sd. English instructions are split on whitespace (the paper's
+  "24.4 tokens" reads as words); Chinese ones are cut into words with jieba. Tokens that are only
+  punctuation or whitespace are not counted in either language, so the two are comparable;
+- instruction edit distance within a task (every pair of the same task's instructions) and across
+  tasks (every pair from two different tasks), mean ± sd of the character-level Levenshtein
+  distance (rapidfuzz), the paper's "average edit distance".
+
+Tables 3 and 9 count a built dataset directory (``records/<split>/*.parquet``) by task, category
+and split, reading only the ``task`` column, so image bytes are never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+from .. import storage
+from .build import _parquet_files, records_dir
+from .instructions import POOL_DIR
+from .schema import CATEGORIES, SPLITS
+
+__all__ = [
+    "TOKENIZER_NOTE",
+    "count_instruction_tokens",
+    "instruction_stats",
+    "instance_stats",
+    "dataset_stats",
+    "stats_markdown",
+    "write_stats",
+]
+
+TOKENIZER_NOTE = (
+    "tokens: English split on whitespace, Chinese cut into words by jieba; punctuation-only tokens "
+    "are not counted. Edit distance: character-level Levenshtein (rapidfuzz)."
+)
+UNREGISTERED = "(unregistered)"  # category of a task key the adapter registry does not know
+
+
+def _is_punctuation(token: str) -> bool:
+    return all(unicodedata.category(ch).startswith("P") or ch.isspace() for ch in token)
+
+
+def count_instruction_tokens(text: str, lang: str) -> int:
+    """Tokens of one instruction, per TOKENIZER_NOTE."""
+    if lang == "zh":
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)  # jieba logs its dictionary load at INFO on first use
+        tokens = jieba.lcut(text)
+    else:
+        tokens = text.split()
+    return sum(1 for t in tokens if t.strip() and not _is_punctuation(t))
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, "sd": 0.0, "n": 0}
+    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "n": len(values)}
+
+
+def _load_pools(pool_dir: Path) -> dict[str, list[str]]:
+    pools: dict[str, list[str]] = {}
+    for path in sorted(Path(pool_dir).glob("*.json")):
+        pool = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(pool, list) or not all(isinstance(s, str) for s in pool):
+            raise ValueError(f"{path}: an instruction pool must be a JSON list of strings")
+        pools[path.stem] = pool
+    if not pools:
+        raise FileNotFoundError(f"no instruction pools (*.json) in {pool_dir}")
+    return pools
+
+
+def _task_spec(task: str):
+    from .tasks import TASKS
+
+    module = TASKS.get(task)
+    return None if module is None else module.SPEC
+
+
+def instruction_stats(pool_dir: str | Path = POOL_DIR) -> dict[str, Any]:
+    """Table 2 from the instruction pools in ``pool_dir`` (one ``<task>.json`` list per task)."""
+    import numpy as np
+    from rapidfuzz.distance import Levenshtein
+    from rapidfuzz.process import cdist
+
+    pools = _load_pools(Path(pool_dir))
+    texts: list[str] = []
+    owner: list[int] = []
+    per_category: dict[str, int] = {}
+    per_task: dict[str, dict[str, Any]] = {}
+    token_counts: list[int] = []
+    for t_index, (task, pool) in enumerate(sorted(pools.items())):
+        spec = _task_spec(task)
+        category = spec.category if spec else UNREGISTERED
+        lang = spec.lang if spec else "en"
+        counts = [count_instruction_tokens(s, lang) for s in pool]
+        token_counts.extend(counts)
+        per_category[category] = per_category.get(category, 0) + len(pool)
+        per_task[task] = {"category": category, "lang": lang, "instructions": len(pool),
+                          "tokens": _mean_sd(counts)}
+        texts.extend(pool)
+        owner.extend([t_index] * len(pool))
+
+    # One (n x n) distance matrix; pairs are its upper triangle, split by same/different task.
+    dist = cdist(texts, texts, scorer=Levenshtein.distance, dtype=np.int32)
+    owner_arr = np.asarray(owner)
+    upper = np.triu(np.ones(dist.shape, dtype=bool), k=1)
+    same = owner_arr[:, None] == owner_arr[None, :]
+    within = dist[upper & same].astype(float)
+    across = dist[upper & ~same].astype(float)
+    for t_index, task in enumerate(sorted(pools)):
+        idx = np.flatnonzero(owner_arr == t_index)
+        sub = dist[np.ix_(idx, idx)][np.triu(np.ones((len(idx), len(idx)), dtype=bool), k=1)]
+        per_task[task]["edit_distance_within"] = _mean_sd(sub.astype(float).tolist())
+
+    def array_stats(a) -> dict[str, float]:
+        return {"mean": float(a.mean()) if a.size else 0.0, "sd": float(a.std()) if a.size else 0.0,
+                "n": int(a.size)}
+
+    ordered = {c: per_category[c] for c in CATEGORIES if c in per_category}
+    ordered.update({c: n for c, n in per_category.items() if c not in ordered})
+    return {
+        "tasks": len(pools),
+        "instructions": len(texts),
+        "instructions_per_category": ordered,
+        "tokens_per_instruction": _mean_sd([float(c) for c in token_counts]),
+        "edit_distance_within_task": array_stats(within),
+        "edit_distance_across_tasks": array_stats(across),
+        "per_task": per_task,
+        "method": TOKENIZER_NOTE,
+    }
+
+
+def instance_stats(data_dir: str) -> dict[str, Any]:
+    """Tables 3 and 9: record counts by task, by category and in total, per split."""
+    import pyarrow.parquet as pq
+
+    by_task: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        fs, files = _parquet_files(records_dir(data_dir, split))
+        for f in files:
+            with fs.open(f, "rb") as fh:
+                tasks = pq.read_table(fh, columns=["task"]).column("task").to_pylist()
+            for task in tasks:
+                row = by_task.setdefault(task, {s: 0 for s in SPLITS})
+                row[split] += 1
+    by_category: dict[str, dict[str, int]] = {}
+    task_category: dict[str, str] = {}
+    for task, row in by_task.items():
+        spec = _task_spec(task)
+        category = spec.category if spec else UNREGISTERED
+        task_category[task] = category
+        cat_row = by_category.setdefault(category, {s: 0 for s in SPLITS})
+        for s in SPLITS:
+            cat_row[s] += row[s]
+    total = {s: sum(r[s] for r in by_task.values()) for s in SPLITS}
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    return {
+        "by_task": {t: {"category": task_category[t], **by_task[t], "total": sum(by_task[t].values())}
+                    for t in sorted(by_task, key=lambda t: (order.get(task_category[t], 99), t))},
+        "by_category": {c: {**by_category[c], "total": sum(by_category[c].values())}
+                        for c in sorted(by_category, key=lambda c: order.get(c, 99))},
+        "total": {**total, "total": sum(total.values())},
+    }
+
+
+def dataset_stats(data_dir: str, pool_dir: str | Path = POOL_DIR) -> dict[str, Any]:
+    return {"data_dir": str(data_dir), "instructions": instruction_stats(pool_dir),
+            "instances": instance_stats(data_dir)}
+
+
+def _pm(s: dict[str, float]) -> str:
+    return f"{s['mean']:.1f} ± {s['sd']:.1f}"
+
+
+def stats_markdown(stats: dict[str, Any]) -> str:
+    """The three tables as one Markdown section (headings at level 3, for embedding in a report)."""
+    ins = stats["instructions"]
+    lines = ["### Instructions (paper Table 2)", "", "| statistic | value |", "|---|---:|"]
+    for category, n in ins["instructions_per_category"].items():
+        lines.append(f"| instructions: {category} | {n} |")
+    lines += [
+        f"| instructions: total ({ins['tasks']} tasks) | {ins['instructions']} |",
+        f"| tokens per instruction | {_pm(ins['tokens_per_instruction'])} |",
+        f"| instruction edit distance within a task ({ins['edit_distance_within_task']['n']} pairs) | "
+        f"{_pm(ins['edit_distance_within_task'])} |",
+        f"| instruction edit distance across tasks ({ins['edit_distance_across_tasks']['n']} pairs) | "
+        f"{_pm(ins['edit_distance_across_tasks'])} |",
+        "",
+        f"_{ins['method']}_",
+        "",
+    ]
+    inst = stats["instances"]
+    lines += ["### Instances by category and split (paper Table 3)", "",
+              "| category | train | validation | test | total |", "|---|---:|---:|---:|---:|"]
+    for category, row in inst["by_category"].items():
+        lines.append(f"| {category} | {row['train']:,} | {row['validation']:,} | {row['test']:,} | {row['total']:,} |")
+    t = inst["total"]
+    lines.append(f"| **total** | {t['train']:,} | {t['validation']:,} | {t['test']:,} | {t['total']:,} |")
+    lines += ["", "### Instances by task and split (paper Table 9)", "",
+              "| category | task | train | validation | test | total |", "|---|---|---:|---:|---:|---:|"]
+    for task, row in inst["by_task"].items():
+        lines.append(f"| {row['category']} | {task} | {row['train']:,} | {row['validation']:,} | "
+                     f"{row['test']:,} | {row['total']:,} |")
+    if not inst["by_task"]:
+        lines.append(f"| | (no records under {stats['data_dir']}/records) | 0 | 0 | 0 | 0 |")
+    return "\n".join(lines) + "\n"
+
+
+def write_stats(data_dir: str, out_dir: str, pool_dir: str | Path = POOL_DIR) -> dict[str, Any]:
+    """Compute the statistics and write ``<out_dir>/stats.json`` and ``<out_dir>/stats.md``.
+
+    Returns ``{"stats": ..., "markdown": ..., "stats_json": path, "stats_md": path}``.
+    """
+    stats = dataset_stats(data_dir, pool_dir)
+    markdown = stats_markdown(stats)
+    json_path = storage.join(out_dir, "stats.json")
+    md_path = storage.join(out_dir, "stats.md")
+    storage.write_json_atomic(json_path, stats)
+    storage.write_bytes_atomic(md_path, markdown.encode("utf-8"))
+    return {"stats": stats, "markdown": markdown, "stats_json": json_path, "stats_md": md_path}
