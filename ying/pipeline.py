@@ -58,7 +58,9 @@ def run_qc(ctx: StageContext) -> dict:
     from ying.data.review import write_review_page
     from ying.data.stats import write_stats
 
-    counts = check_records(ctx.output_of("rephrase", "data_dir"), ctx.stage_dir, ctx.cfg.data.max_image_pixels)
+    # Also the held-out policy and the contamination guard: eval-only tasks and evaluation images never reach training.
+    counts = check_records(ctx.output_of("rephrase", "data_dir"), ctx.stage_dir, ctx.cfg.data.max_image_pixels,
+                           eval_only=ctx.cfg.data.eval_only)
     # The paper's Stage III: statistics (Tables 2, 3, 9) and the review page, of the data training reads.
     # (The seed is already in this stage's fingerprint through unify's.)
     stats = write_stats(ctx.stage_dir, ctx.stage_dir)
@@ -109,7 +111,7 @@ STAGES: list[Stage] = [
     Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources"]),
     Stage("unify", run_unify, ["sources"], ["run.seed", "data"]),
     Stage("rephrase", run_rephrase, ["unify"], ["rephrase"]),
-    Stage("qc", run_qc, ["rephrase"], ["data.max_image_pixels"]),
+    Stage("qc", run_qc, ["rephrase"], ["data.max_image_pixels", "data.eval_only"]),
     Stage("stage1", run_stage1, ["qc"], _TRAIN_COMMON + ["train.stage1"]),
     Stage("stage2", run_stage2, ["qc", "stage1"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only"]),
     # Tune waits for Stage II: both want every CPU of a small machine, and the DAG is a chain.

@@ -1,0 +1,145 @@
+"""The held-out policy and the contamination guard, as the QC stage applies them."""
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ying.data.build import read_records
+from ying.data.contamination import ContaminationGuard, image_identities
+from ying.data.qc import check_records
+from ying.data.schema import RECORD_SCHEMA
+
+
+def png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def rec(task, split, n, image, **meta) -> dict:
+    return {"id": f"{task}-{split}-{n}", "task": task, "category": "vqa", "lang": "en", "split": split,
+            "images": [image], "instruction": "Answer.", "inputs": "q", "outputs": "a",
+            "meta": json.dumps(meta)}
+
+
+def write_split(root, split, rows):
+    d = root / "records" / split
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), d / "part-0.parquet")
+
+
+def test_identities_use_the_coco_id_where_the_source_is_coco():
+    img = png((1, 2, 3))
+    assert "coco:42" in image_identities(rec("vqa-v2", "validation", 1, img, image_id=42))
+    assert "coco:42" in image_identities(rec("coco", "train", 1, img, cocoid=42))
+    assert "coco:290008" in image_identities(rec("coco-cn", "test", 1, img, image_id="COCO_val2014_000000290008"))
+    assert "coco:159102" in image_identities(
+        rec("st-vqa", "train", 1, img, file_path="coco-text/COCO_train2014_000000159102.jpg"))
+    # VisDial's val/test photos are numbered apart from COCO; GQA's ids are Visual Genome's.
+    assert not any(i.startswith("coco:") for i in image_identities(rec("visual-dialog", "validation", 1, img, image_id=42)))
+    assert not any(i.startswith("coco:") for i in image_identities(rec("gqa", "train", 1, img, image_id="42")))
+    assert "coco:42" in image_identities(rec("visual-dialog", "train", 1, img, image_id=42))
+    # Every record also has its bytes' hash, whatever its source.
+    assert sum(i.startswith("sha256:") for i in image_identities(rec("gqa", "train", 1, img))) == 1
+
+
+def test_guard_reports_the_coco_id_and_who_evaluates_on_it():
+    guard = ContaminationGuard()
+    guard.add_evaluation(rec("okvqa", "validation", 1, png((9, 9, 9)), image_id=7))
+    # Same COCO picture with a red box drawn (new bytes): still found by id.
+    assert guard.find(rec("coco-goi", "train", 1, png((200, 0, 0)), image_id=7)) == ("coco:7", "okvqa/validation")
+    assert guard.find(rec("coco-goi", "train", 2, png((200, 0, 0)), image_id=8)) is None
+
+
+@pytest.fixture
+def qc_run(tmp_path):
+    shared_coco, shared_bytes = png((10, 10, 10)), png((20, 20, 20))
+    src = tmp_path / "in"
+    write_split(src, "test", [rec("viquae", "test", 1, png((30, 30, 30)))])
+    write_split(src, "train", [
+        # COCO Karpathy "restval" image 101: VQA v2 evaluates on it (other bytes: found by id)
+        rec("coco", "train", 1, png((11, 11, 11)), cocoid=101),
+        rec("coco", "train", 2, png((12, 12, 12)), cocoid=102),
+        # byte-identical to a CLEVR validation image, no COCO id: found by hash
+        rec("nlvr", "train", 1, shared_bytes),
+        # eval-only task: set aside, and its image blocked from other tasks' training
+        rec("viquae", "train", 1, png((40, 40, 40))),
+        rec("okvqa", "train", 1, png((40, 40, 40)), image_id=555),
+        # same number as a COCO id, but a VisDial val photo: not the same picture
+        rec("visual-dialog", "train", 1, png((50, 50, 50)), image_id=777),
+    ])
+    write_split(src, "validation", [
+        rec("vqa-v2", "validation", 1, shared_coco, image_id=101),
+        rec("clevr", "validation", 1, shared_bytes),
+        rec("visual-dialog", "validation", 1, png((60, 60, 60)), image_id=102),
+    ])
+    out = tmp_path / "out"
+    counts = check_records(str(src), str(out), eval_only=["viquae"])
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    return counts, {r["id"]: r["reason"] for r in rejects}, out
+
+
+def test_training_records_on_evaluation_images_are_blocked_with_the_reason(qc_run):
+    counts, reasons, out = qc_run
+    assert reasons["coco-train-1"] == "contamination: image coco:101 is used by vqa-v2/validation evaluation"
+    assert reasons["nlvr-train-1"].startswith("contamination: image sha256:")
+    assert reasons["nlvr-train-1"].endswith("is used by clevr/validation evaluation")
+    assert reasons["okvqa-train-1"].endswith("is used by viquae/train evaluation")
+    assert "evaluation-only" in reasons["viquae-train-1"] and "data.eval_only" in reasons["viquae-train-1"]
+    kept = sorted(r["id"] for r in read_records(str(out), "train"))
+    # coco 102 is a VisDial *val* photo's number, not a COCO image: kept
+    assert kept == ["coco-train-2", "visual-dialog-train-1"]
+    assert counts["contamination_blocked"] == {"coco": 1, "nlvr": 1, "okvqa": 1}
+    assert counts["eval_only_removed"] == {"viquae": 1}
+
+
+def test_evaluation_splits_are_never_touched_and_counts_reconcile(qc_run):
+    counts, _, out = qc_run
+    assert sorted(r["id"] for r in read_records(str(out), "validation")) == [
+        "clevr-validation-1", "visual-dialog-validation-1", "vqa-v2-validation-1"]
+    assert [r["id"] for r in read_records(str(out), "test")] == ["viquae-test-1"]
+    for split, c in counts["splits"].items():
+        assert c["checked"] == c["passed"] + c["rejected"], split
+    for task, by_split in counts["tasks"].items():
+        for split, c in by_split.items():
+            assert c["checked"] == c["passed"] + c["rejected"] == c["passed"] + c["invalid"] + c["eval_only"] + c["contamination"]
+    assert (counts["checked"], counts["passed"], counts["rejected"]) == (10, 6, 4)
+    assert json.loads((out / "qc_counts.json").read_text())["contamination_blocked"] == counts["contamination_blocked"]
+
+
+def test_the_guard_can_be_turned_off(tmp_path):
+    src = tmp_path / "in"
+    img = png((1, 1, 1))
+    write_split(src, "validation", [rec("vqa-v2", "validation", 1, img, image_id=5)])
+    write_split(src, "train", [rec("coco", "train", 1, img, cocoid=5)])
+    on = check_records(str(src), str(tmp_path / "on"))
+    off = check_records(str(src), str(tmp_path / "off"), block_contamination=False)
+    assert on["contamination_blocked"] == {"coco": 1} and off["contamination_blocked"] == {}
+    assert len(read_records(str(tmp_path / "off"), "train")) == 1
+
+
+def test_the_default_miniworld_has_a_shared_image_and_qc_blocks_it(ray_cluster, tmp_path):
+    """VisDial trains on COCO val2014 images OK-VQA evaluates on: the built records must be blocked."""
+    from ying.config import MiniWorldConfig, load_config
+    from ying.data.build import build_unified
+    from ying.data.miniworld import generate_miniworld
+
+    cfg = load_config("tiny", overrides=["data.tasks=[okvqa,visual-dialog]", "data.held_out=[]"])
+    mw = MiniWorldConfig(n_images={"okvqa/train": 3, "okvqa/validation": 3, "visual-dialog/train": 20,
+                                   "visual-dialog/validation": 2})
+    roots = generate_miniworld(str(tmp_path / "src"), mw, seed=0, tasks=["okvqa", "visual-dialog"])
+    build_unified(cfg, roots, str(tmp_path / "unified"))
+    counts = check_records(str(tmp_path / "unified"), str(tmp_path / "qc"))
+    # 20 dialogs, one in ten on a pool image: 2 dialogs x 2 rounds
+    assert counts["contamination_blocked"] == {"visual-dialog": 4}
+    reasons = [json.loads(line)["reason"] for line in (tmp_path / "qc" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(set(reasons)) == [
+        "contamination: image coco:900001 is used by okvqa/validation evaluation",
+        "contamination: image coco:900002 is used by okvqa/validation evaluation",
+    ]
+    train = read_records(str(tmp_path / "qc"), "train", ["visual-dialog"])
+    assert len(train) == 36 and all(json.loads(r["meta"])["image_id"] < 900_001 for r in train)
