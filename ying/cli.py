@@ -7,6 +7,10 @@
     ying run --serve                  # keep the Serve app up at the end
     ying config --preset tiny         # print the resolved config
     ying stages                       # list the stages in order
+    ying stats --data-dir DIR         # paper Tables 2, 3 and 9 -> DIR/stats.json, DIR/stats.md
+    ying review --data-dir DIR        # QC review page: 20 random records per task and split -> review.html
+    ying m3it import SRC --out DIR    # the released M3IT layout -> our Parquet records
+    ying m3it export --data-dir DIR --out DST   # our records -> the M3IT layout (base64 JSONL)
 
 ``workflows/full.py`` is the same as ``ying run`` (and what ``ray job submit`` runs).
 """
@@ -112,6 +116,78 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
     return manifests
 
 
+def _add_data_commands(sub) -> None:
+    stats = sub.add_parser(
+        "stats", help="dataset statistics (paper Tables 2, 3 and 9) of a built data dir",
+        description="Table 2 from the 40 instruction pools (instructions per category; tokens per instruction, "
+        "English on whitespace, Chinese by jieba; character-level Levenshtein edit distance within and across "
+        "tasks) and Tables 3/9 (records by category/task and split) from DIR/records/<split>/*.parquet. "
+        "Prints the tables and writes stats.json and stats.md.")
+    stats.add_argument("--data-dir", required=True, help="a built dataset dir (e.g. <run_dir>/qc), local or s3://")
+    stats.add_argument("--out", default=None, help="where to write stats.json and stats.md (default: --data-dir)")
+    review = sub.add_parser(
+        "review", help="write the quality-check review page (HTML, images inline)",
+        description="Draw N random records (seeded) per task and split and write them, images inline, with "
+        "instruction, inputs, outputs and meta beside them, as one self-contained HTML file.")
+    review.add_argument("--data-dir", required=True, help="a built dataset dir, local or s3://")
+    review.add_argument("--out", default=None, help="the HTML file (default: DATA_DIR/review.html)")
+    review.add_argument("--per-split", type=int, default=20, help="records per task and split (default 20)")
+    review.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    m3it = sub.add_parser("m3it", help="import/export the released M3IT layout (see `ying m3it -h`)")
+    m3it_sub = m3it.add_subparsers(dest="m3it_command", required=True)
+    imp = m3it_sub.add_parser(
+        "import", help="M3IT folders -> our Parquet records",
+        description="Read data/<group>/<task>/{instructions.json, *train/val/validation/test.jsonl} under SRC "
+        "into OUT/records/<split>/*.parquet; bad lines go to OUT/rejects/rejects.jsonl with their reason.")
+    imp.add_argument("src", help="the M3IT checkout (or its data/ folder, or one task folder)")
+    imp.add_argument("--out", required=True, help="output data dir")
+    imp.add_argument("--tasks", default=None, help="comma-separated task keys to import (default: all found)")
+    exp = m3it_sub.add_parser(
+        "export", help="our Parquet records -> the M3IT layout",
+        description="Write DST/data/<category>/<task>/{instructions.json, train.jsonl, val.jsonl, test.jsonl} "
+        "with images as base64 strings.")
+    exp.add_argument("--data-dir", required=True, help="a built dataset dir (records/<split>/*.parquet)")
+    exp.add_argument("--out", required=True, help="output root of the M3IT layout")
+    exp.add_argument("--tasks", default=None, help="comma-separated task keys to export (default: all)")
+
+
+def _run_data_command(args) -> None:
+    from ying import storage
+
+    try:
+        if args.command == "stats":
+            from ying.data.stats import write_stats
+
+            result = write_stats(args.data_dir, args.out or args.data_dir)
+            print(result["markdown"])
+            print(f"wrote {result['stats_json']} and {result['stats_md']}")
+        elif args.command == "review":
+            from ying.data.review import write_review_page
+
+            out = args.out or storage.join(args.data_dir, "review.html")
+            result = write_review_page(args.data_dir, out, per_split=args.per_split, seed=args.seed)
+            print(f"wrote {result['records']} records in {result['sections']} task/split sections to {out}")
+        elif args.command == "m3it":
+            tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+            if args.m3it_command == "import":
+                from ying.data.m3it import import_m3it
+
+                stats = import_m3it(args.src, args.out, tasks=tasks)
+                read = sum(c["read"] for s in stats.values() for c in s.values())
+                written = sum(c["written"] for s in stats.values() for c in s.values())
+                print(f"read {read} lines: {written} records written, {read - written} rejected "
+                      f"(reasons in {storage.join(args.out, 'rejects', 'rejects.jsonl')})")
+            else:
+                from ying.data.m3it import export_m3it
+
+                counts = export_m3it(args.data_dir, args.out, tasks=tasks)
+                print(f"exported {sum(sum(c.values()) for c in counts.values())} records of {len(counts)} tasks "
+                      f"to {args.out}")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ying {args.command}: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ying", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     show = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(show)
     sub.add_parser("stages", help="list the DAG's stages in order")
+    _add_data_commands(sub)
 
     if argv and argv[0] == "run":
         run_pipeline_from_args(argv[1:])
@@ -132,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
 
         for s in STAGES:
             print(f"{s.name:9s} <- {', '.join(s.deps) or '(none)'}")
+    else:
+        _run_data_command(args)
 
 
 if __name__ == "__main__":
