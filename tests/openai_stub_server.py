@@ -1,24 +1,38 @@
-"""A real OpenAI-compatible chat-completions server on loopback, for tests.
+"""A real OpenAI-compatible chat-completions server on loopback, for tests and benchmarks.
 
 It answers deterministically: the answer on the "Answer:" line after the last "Question:" of the
-prompt is embedded in a sentence. It records every request (body and Authorization header), can be
-told to refuse for chosen answers, or to fail with HTTP 500.
+prompt is embedded in a sentence. It records every request (body, Authorization header, HTTP status,
+arrival time), and it can be made to behave like a busy provider:
 
-    with OpenAIStubServer() as stub:
+- ``latency_s``: every answer takes this long (an asyncio sleep, so requests overlap);
+- ``rpm_cap``: a token bucket of ``rpm_cap`` requests per minute (``burst_s`` seconds of burst);
+  a request beyond it gets 429 with ``Retry-After`` / ``retry-after-ms`` saying when to come back;
+- ``faults``: rates of injected faults, e.g. ``{"429": 0.04, "500": 0.04, "timeout": 0.04,
+  "malformed": 0.04, "refusal": 0.04}``: 429 with Retry-After ``fault_retry_after_s``, a 500, an
+  answer only after ``timeout_sleep_s`` (longer than the client's timeout), a 200 whose body is cut-off
+  JSON, or a refusal sentence;
+- ``refuse_answers`` / ``fail_with_500``: deterministic refusals for chosen answers / always 500.
+
+    with OpenAIStubServer(latency_s=0.2, rpm_cap=1200) as stub:
         client = openai.OpenAI(base_url=stub.base_url, api_key="k")
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import random
 import threading
 import time
 import uuid
+from collections import Counter
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 REFUSAL_TEXT = "Sorry, I cannot determine that from the image."
+FAULT_KINDS = ("429", "500", "timeout", "malformed", "refusal")
 
 
 def answer_from_prompt(prompt: str) -> str:
@@ -30,11 +44,37 @@ def answer_from_prompt(prompt: str) -> str:
 
 
 class OpenAIStubServer:
-    def __init__(self, refuse_answers: set[str] | None = None, fail_with_500: bool = False) -> None:
+    def __init__(
+        self,
+        refuse_answers: set[str] | None = None,
+        fail_with_500: bool = False,
+        latency_s: float = 0.0,
+        rpm_cap: float | None = None,
+        burst_s: float = 1.0,
+        faults: dict[str, float] | None = None,
+        fault_retry_after_s: float = 1.0,
+        timeout_sleep_s: float = 5.0,
+        seed: int = 0,
+    ) -> None:
+        unknown = set(faults or {}) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+        if sum((faults or {}).values()) > 1:
+            raise ValueError(f"fault rates add up to more than 1: {faults}")
         self.refuse_answers = set(refuse_answers or ())
         self.fail_with_500 = fail_with_500
-        self.requests: list[dict] = []  # {"body": ..., "authorization": ...}
+        self.latency_s = latency_s
+        self.rpm_cap = rpm_cap
+        self.burst_s = burst_s
+        self.faults = dict(faults or {})
+        self.fault_retry_after_s = fault_retry_after_s
+        self.timeout_sleep_s = timeout_sleep_s
+        self._rng = random.Random(seed)
+        # every request: {"body", "authorization", "status", "t", "prompt", "fault"}
+        self.requests: list[dict] = []
         self._lock = threading.Lock()
+        self._bucket = None if rpm_cap is None else max(1.0, rpm_cap / 60 * burst_s)
+        self._bucket_t = time.monotonic()
         self.app = self._make_app()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -44,24 +84,92 @@ class OpenAIStubServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    # -- what tests and benchmarks read ---------------------------------------------------------
+
+    def answered_prompts(self) -> Counter:
+        """prompt -> how many times it got a 200 with a well-formed answer."""
+        with self._lock:
+            return Counter(r["prompt"] for r in self.requests if r["status"] == 200 and r["fault"] is None)
+
+    def count(self, status: int | None = None) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if status is None or r["status"] == status)
+
+    # -- the server -------------------------------------------------------------------------------
+
+    def _take_rate_token(self) -> float | None:
+        """None when the request is within the cap, else the seconds until a token is free."""
+        if self.rpm_cap is None:
+            return None
+        rate = self.rpm_cap / 60.0
+        capacity = max(1.0, rate * self.burst_s)
+        with self._lock:
+            now = time.monotonic()
+            self._bucket = min(capacity, self._bucket + (now - self._bucket_t) * rate)
+            self._bucket_t = now
+            if self._bucket >= 1.0:
+                self._bucket -= 1.0
+                return None
+            return (1.0 - self._bucket) / rate
+
+    def _pick_fault(self) -> str | None:
+        with self._lock:
+            x = self._rng.random()
+        acc = 0.0
+        for kind in FAULT_KINDS:
+            acc += self.faults.get(kind, 0.0)
+            if x < acc:
+                return kind
+        return None
+
+    def _record(self, body: dict, request: Request, prompt: str) -> dict:
+        entry = {"body": body, "authorization": request.headers.get("authorization"), "status": None,
+                 "t": time.monotonic(), "prompt": prompt, "fault": None}
+        with self._lock:
+            self.requests.append(entry)
+        return entry
+
     def _make_app(self) -> FastAPI:
         app = FastAPI()
+
+        def error(entry: dict, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+            entry["status"] = status
+            kind = "rate_limit_exceeded" if status == 429 else "server_error"
+            return JSONResponse(status_code=status, headers=headers,
+                                content={"error": {"message": message, "type": kind, "code": None}})
+
+        def retry_after_headers(seconds: float) -> dict:
+            return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(int(seconds * 1000))}
 
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request):
             body = await request.json()
-            with self._lock:
-                self.requests.append({"body": body, "authorization": request.headers.get("authorization")})
-            if self.fail_with_500:
-                return JSONResponse(
-                    status_code=500,
-                    content={"error": {"message": "stub failure", "type": "server_error", "code": None}},
-                )
             prompt = "\n".join(
                 m["content"] if isinstance(m.get("content"), str) else "" for m in body.get("messages", [])
             )
+            entry = self._record(body, request, prompt)
+            wait = self._take_rate_token()
+            if wait is not None:
+                entry["fault"] = "rate_cap"
+                return error(entry, 429, "Rate limit reached for requests", retry_after_headers(wait))
+            if self.fail_with_500:
+                return error(entry, 500, "stub failure")
+            fault = self._pick_fault()
+            entry["fault"] = fault
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            if fault == "429":
+                return error(entry, 429, "Rate limit reached (injected)", retry_after_headers(self.fault_retry_after_s))
+            if fault == "500":
+                return error(entry, 500, "injected server error")
+            if fault == "timeout":
+                await asyncio.sleep(self.timeout_sleep_s)
+            if fault == "malformed":
+                entry["status"] = 200
+                return Response(content=b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess',
+                                media_type="application/json")
             answer = answer_from_prompt(prompt)
-            if answer in self.refuse_answers:
+            if fault == "refusal" or answer in self.refuse_answers:
                 content = REFUSAL_TEXT
             elif any("\u4e00" <= ch <= "\u9fff" for ch in answer):
                 content = f"根据图片，答案是{answer}。"
@@ -69,6 +177,7 @@ class OpenAIStubServer:
                 content = f"Looking at the image, the answer is {answer}."
             prompt_tokens = len(prompt.split())
             completion_tokens = len(content.split())
+            entry["status"] = 200
             return {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
                 "object": "chat.completion",
@@ -91,7 +200,8 @@ class OpenAIStubServer:
         return app
 
     def start(self) -> "OpenAIStubServer":
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                backlog=4096, timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="openai-stub", daemon=True)
         self._thread.start()

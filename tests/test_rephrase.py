@@ -103,11 +103,11 @@ def test_openai_provider_over_http(stub, monkeypatch):
 def test_openai_provider_500_falls_back_after_retries(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with OpenAIStubServer(fail_with_500=True) as server:
-        provider = make_provider(_cfg(server.base_url, max_retries=1))
+        provider = make_provider(_cfg(server.base_url, max_retries=1, backoff_s=0.01))
         out = provider.rephrase([RephraseItem("What color?", "blue", "en")])
         assert out[0].status == "fallback:error:http_500"
         assert out[0].text == "The answer is blue."
-        assert len(server.requests) == 2  # one try + one retry
+        assert len(server.requests) == 2  # one try + one retry (backoff_s keeps the test fast)
         assert server.requests[0]["authorization"] == "Bearer EMPTY"  # placeholder when the env var is unset
 
 
@@ -154,7 +154,9 @@ def test_stage_template(ray_cluster, tmp_path):
     stale.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([_row(9, "vqa-v2", "old")], schema=RECORD_SCHEMA), stale)
     counts = rephrase_records(cfg, str(tmp_path / "in"), str(tmp_path / "out"))
-    assert counts == {"rephrased": 4, "fallback": 0, "untouched": 1, "by_status": {"template": 4}}
+    assert counts == {"rephrased": 4, "fallback": 0, "untouched": 1, "by_status": {"template": 4},
+                      "requests": 0, "cache_hits": 0, "failures": {}, "prompt_tokens": 0, "completion_tokens": 0,
+                      "requests_per_min": 0.0}
     rows = _read(tmp_path / "out")
     originals = {r["id"]: r for rs in inputs.values() for r in rs}
     assert set(rows) == set(originals)
@@ -177,8 +179,10 @@ def test_stage_openai_actor_pool(ray_cluster, tmp_path, stub):
         counts = rephrase_records(cfg, str(tmp_path / "in"), str(tmp_path / "out"))
     finally:
         del os.environ[KEY_ENV]
-    assert counts == {"rephrased": 2, "fallback": 1, "untouched": 1,
-                      "by_status": {"fallback:refusal": 1, "rephrased": 2}}
+    assert {k: counts[k] for k in ("rephrased", "fallback", "untouched", "by_status", "requests", "cache_hits")} == {
+        "rephrased": 2, "fallback": 1, "untouched": 1, "by_status": {"fallback:refusal": 1, "rephrased": 2},
+        "requests": 3, "cache_hits": 0}
+    assert counts["prompt_tokens"] > 0 and counts["completion_tokens"] > 0 and counts["failures"] == {}
     assert not (tmp_path / "out" / "records" / "test").exists()
     rows = _read(tmp_path / "out", only=("train",))
     originals = {r["id"]: r for rs in inputs.values() for r in rs}

@@ -85,9 +85,27 @@ class RephraseConfig(_Strict):
     prompt_version: str = "table10-v1"
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable only
     max_concurrency: int = 16  # requests in flight per actor
-    timeout_s: float = 30.0
-    max_retries: int = 4
+    timeout_s: float = 30.0  # per request; a timeout is retried like a 5xx
+    max_retries: int = 4  # retries per record after 429 / 5xx / timeout / malformed, then fallback:error:<kind>
+    max_tokens: int = 256  # completion cap per request (also the tokens/min booking estimate)
     tasks: list[str] = Field(default_factory=list)  # tasks whose short answers get rephrased
+    # One limit for the whole cluster (a Ray actor); set them a little under the provider's own limits.
+    rpm: float | None = None  # requests per minute; None: unlimited
+    tpm: float | None = None  # tokens (prompt + completion) per minute; None: unlimited
+    burst_s: float = 0.5  # how many seconds of the rate may be sent at once
+    backoff_s: float = 0.5  # first retry delay, doubled per retry (with jitter); Retry-After wins when longer
+    backoff_max_s: float = 30.0
+    budget_tokens: int | None = None  # stop sending after this many tokens this run; the rest fall back ("budget")
+    retry_failed: bool = False  # re-send only the records whose cached outcome fell back (ying run --retry-failed)
+    cache_dir: str | None = None  # default <run_dir>/rephrase/cache; local path or s3://...
+    cache_flush_every: int = 64  # object-store cache shards: entries per shard file (local: every entry)
+    actors: int = 2  # rephrase actors (each keeps max_concurrency requests in flight)
+    batch_size: int = 64  # rows per Ray Data batch
+    batches_in_flight_per_actor: int = 4  # concurrent batches per actor, so one slow request stalls no batch
+    caption_tasks: list[str] = Field(default_factory=lambda: ["vqa-v2"])  # get COCO captions by meta image_id
+    captions_per_image: int = 2  # COCO captions put in the prompt's Caption line
+    coco_captions_file: str | None = None  # COCO captions_*.json; default: the run's own coco records
+    progress_interval_s: float = 10.0  # seconds between progress lines
 
 
 class VisionConfig(_Strict):
