@@ -161,13 +161,13 @@ def parse_m3it_line(raw: Any, task: str, split: str, index: int | str, category:
             pass
     meta: dict[str, Any] = dict(raw_meta) if isinstance(raw_meta, dict) else (
         {} if raw_meta is None else {"m3it_meta": raw_meta})
-    extra = {k: v for k, v in raw.items() if k not in _KNOWN_KEYS}
-    if extra:
-        meta["m3it_extra"] = {**meta.get("m3it_extra", {}), **extra}
     source_id = meta.get("source_id", meta.get("id", index))
     if isinstance(source_id, (dict, list)) or source_id is None or str(source_id) == "":
         source_id = index
-    meta["source_id"] = str(source_id)
+    meta["source_id"] = str(source_id)  # an existing key keeps its place, so our own meta round-trips byte for byte
+    extra = {k: v for k, v in raw.items() if k not in _KNOWN_KEYS}
+    if extra:
+        meta["m3it_extra"] = {**meta.get("m3it_extra", {}), **extra}
     if lang is None:
         lang = "zh" if _CJK.search(instruction + inputs + outputs) else "en"
     record = {
@@ -180,7 +180,7 @@ def parse_m3it_line(raw: Any, task: str, split: str, index: int | str, category:
         "instruction": instruction,
         "inputs": inputs,
         "outputs": outputs,
-        "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
+        "meta": json.dumps(meta, ensure_ascii=False),  # key order as given: an export re-imports identically
     }
     problem = validate_record(record)
     if problem:
