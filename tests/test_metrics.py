@@ -116,3 +116,45 @@ def test_score_write_and_render(tmp_path):
     assert ROUGE_TOKENIZERS["zh"] in md
     with pytest.raises(ValueError, match="lacks"):
         write_metrics(str(tmp_path), {"m": {"t": {"rouge_l": 1.0}}})
+
+
+# ---- option accuracy ---------------------------------------------------------------------------
+
+from ying.eval.metrics import option_accuracy, parse_choice, parse_options  # noqa: E402
+
+OPTS = "Options: (A) hot dog (B) dog (C) cat (G) bird"
+
+
+@pytest.mark.parametrize("prediction,letter", [
+    ("(G)", "G"),
+    ("G", "G"),
+    ("g", "G"),
+    ("G.", "G"),
+    ("Answer: G", "G"),
+    ("The answer is (C) cat.", "C"),
+    ("bird", "G"),  # the label text alone
+    ("It is a cat.", "C"),  # the only label named
+    ("A dog", "B"),  # "A" is an article here, not option A
+    ("hot dog", "A"),  # the longer label wins over the one inside it
+    ("a cat or a dog", None),  # two labels: no choice
+    ("I can't tell", None),
+])
+def test_parse_choice(prediction, letter):
+    assert parse_choice(prediction, parse_options(OPTS)) == letter
+
+
+def test_parse_options_english_and_chinese():
+    assert parse_options(OPTS) == {"A": "hot dog", "B": "dog", "C": "cat", "G": "bird"}
+    zh = parse_options("这是什么食物？(A)薯条 (B)凉拌西红柿 (G)扬州炒饭")
+    assert zh == {"A": "薯条", "B": "凉拌西红柿", "G": "扬州炒饭"}
+    assert parse_choice("这是扬州炒饭。", zh) == "G"  # Chinese labels match inside a sentence
+    assert parse_options("no options here") == {}
+
+
+def test_option_accuracy():
+    assert option_accuracy("(C)", "(C) cat", OPTS) == 1.0
+    assert option_accuracy("cat", "(C) cat", OPTS) == 1.0
+    assert option_accuracy("dog", "(C) cat", OPTS) == 0.0
+    assert option_accuracy("whatever", "cat", "What is it?") is None  # not a multiple-choice record
+    with pytest.raises(ValueError, match="names none of the options"):
+        option_accuracy("(A)", "(Z) zebra", OPTS)

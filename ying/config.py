@@ -184,10 +184,40 @@ class TuneConfig(_Strict):
     mode: Literal["min", "max"] = "min"
 
 
+class JudgeConfig(_Strict):
+    """The LLM judge (paper §4 Figure 4, Appendix G; Table 8). Off unless ``base_url`` is set."""
+
+    base_url: str | None = None  # OpenAI-compatible endpoint, e.g. https://api.openai.com/v1; None: judge not configured
+    model: str = "gpt-4-0613"  # the paper's judge
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (the key is never logged)
+    temperature: float = 1.0  # Appendix G: temperature 1 ...
+    samples: int = 3  # ... and three completions per order, both orders, six scores averaged
+    max_examples: int = 300  # Figure 4: examples sampled from the KVQA tasks per baseline
+    video_max_examples: int = 100  # Table 8: examples per video QA task
+    timeout_s: float = 60.0
+    max_retries: int = 2  # per request; a request that still fails counts as missing, never as a score
+    concurrency: int = 4  # requests in flight
+
+
 class EvalConfig(_Strict):
     max_new_tokens: int = 24
     max_per_task: int = 200  # test instances scored per task
     batch_size: int = 32
+    # Paper suites to run (ying.eval.suites.SUITES); a suite whose tasks were not built says "not run".
+    suites: list[str] = ["kvqa", "hallucination", "chinese", "video", "generation_classification", "unseen_instructions"]
+    caption_max_new_tokens: int = 48  # Table 5 captions are free descriptions, longer than answers
+    # CHAIR object vocabulary: "auto" (the mini-world's shapes for mini-world sources, else the 80 COCO
+    # objects with Lu et al.'s synonyms), a shipped name ("coco", "miniworld") or a JSON file path.
+    chair_vocabulary: str = "auto"
+    # COCO instances_*.json whose annotations join the reference captions as CHAIR ground truth
+    # (Rohrbach et al. use both); None: captions (and, for the mini-world, its scene file) only.
+    chair_instances: str | None = None
+    # Other vision-to-text models to evaluate beside ours: name -> local dir of a transformers model
+    # (Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration, LlavaForConditionalGeneration, ...).
+    hf_models: dict[str, str] = {}
+    num_actors: int = 1  # model actors per model in the Ray Data prediction pool
+    cache_dir: str | None = None  # predictions and judge responses; None: <run_dir>/cache/eval
+    judge: JudgeConfig = JudgeConfig()
 
 
 class ServeConfig(_Strict):

@@ -93,7 +93,8 @@ def run_eval(ctx: StageContext) -> dict:
     from ying.eval.run_report import write_run_report
 
     checkpoints = {"stage1": ctx.output_of("stage1", "checkpoint"), "stage2": ctx.output_of("stage2", "checkpoint")}
-    result = evaluate_models(ctx.cfg, ctx.output_of("qc", "data_dir"), checkpoints, ctx.stage_dir)
+    result = evaluate_models(ctx.cfg, ctx.output_of("qc", "data_dir"), checkpoints, ctx.stage_dir,
+                             sources=ctx.output_of("sources", "sources"))
     report_path = write_run_report(ctx.cfg, ctx.inputs, result["metrics"], ctx.stage_dir)
     return {**result, "report": report_path}
 
@@ -116,7 +117,8 @@ STAGES: list[Stage] = [
     Stage("stage2", run_stage2, ["qc", "stage1"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only"]),
     # Tune waits for Stage II: both want every CPU of a small machine, and the DAG is a chain.
     Stage("tune", run_tune, ["qc", "stage1", "stage2"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only", "tune"]),
-    Stage("eval", run_eval, ["qc", "stage1", "stage2", "tune", "unify", "rephrase"], ["eval", "data.tasks"]),
+    Stage("eval", run_eval, ["qc", "stage1", "stage2", "tune", "unify", "rephrase", "sources"],
+          ["eval", "data.tasks", "data.held_out", "data.eval_only"]),
     Stage("serve", run_serve, ["qc", "stage2", "eval"], ["serve.host", "serve.port", "serve.max_body_bytes"]),
 ]
 

@@ -10,7 +10,7 @@ import io
 
 from ying import storage
 from ying.config import YingConfig
-from ying.eval.report import render_report
+from ying.eval.report import figure4_plot, figure5_plot, render_paper_tables, render_report
 
 __all__ = ["write_run_report"]
 
@@ -97,6 +97,21 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
         extras["Training"] = _training_table(stages) + "\n\n![training loss](eval/loss.png)"
     if "tune" in outputs:
         extras["Learning-rate search (Ray Tune)"] = _tune_table(outputs["tune"])
+    results_path = storage.join(eval_dir, "paper_results.json")
+    if storage.exists(results_path):
+        results = storage.read_json(results_path)
+        body = render_paper_tables(results)
+        fig5 = figure5_plot(results["suites"]["unseen_instructions"]) if "unseen_instructions" in results["suites"] else None
+        if fig5:
+            storage.write_bytes_atomic(storage.join(eval_dir, "figure5.png"), fig5)
+            body += "\n![Figure 5: seen vs unseen instructions](eval/figure5.png)\n"
+        fig4 = figure4_plot(results.get("judge", {}).get("pairwise", {}))
+        if fig4:
+            storage.write_bytes_atomic(storage.join(eval_dir, "figure4.png"), fig4)
+        cache = results.get("prediction_cache", {})
+        body += f"\nPrediction cache `{cache.get('dir')}`: " + ", ".join(
+            f"{m}: {c}" for m, c in cache.items() if m != "dir") + "\n"
+        extras["The paper's tables"] = body
     text = render_report(metrics, extras, title=f"Ying run report ({cfg.preset})")
     path = storage.join(cfg.run.run_dir, "report.md")
     storage.write_bytes_atomic(path, text.encode("utf-8"))
