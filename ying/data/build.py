@@ -69,6 +69,8 @@ def check_image_bytes(data: bytes, max_image_pixels: int) -> str | None:
                 img.load()  # verify() misses truncated data; a full decode doesn't
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return f"decompression bomb: {e}"
+    except Image.UnidentifiedImageError:  # Pillow's own message names only an in-memory buffer
+        return f"image does not decode: not an image format Pillow knows (first bytes {data[:16]!r})"
     except Exception as e:  # Pillow raises many types for corrupt data
         return f"image does not decode: {type(e).__name__}: {e}"
     return None
