@@ -143,3 +143,22 @@ def test_the_default_miniworld_has_a_shared_image_and_qc_blocks_it(ray_cluster, 
     ]
     train = read_records(str(tmp_path / "qc"), "train", ["visual-dialog"])
     assert len(train) == 36 and all(json.loads(r["meta"])["image_id"] < 900_001 for r in train)
+
+
+def test_paper_preset_holds_out_chinese_and_video_and_keeps_viquae_winoground_for_evaluation():
+    from ying.config import load_config
+    from ying.data.tasks import TASKS, get_task
+    from ying.train.stages import stage_tasks
+
+    cfg = load_config("paper")
+    assert sorted(cfg.data.tasks) == sorted(TASKS)  # Table 9: all 40
+    by_category = {t: get_task(t).SPEC.category for t in cfg.data.tasks}
+    assert sorted(cfg.data.held_out) == sorted(t for t, c in by_category.items() if c in ("chinese", "video"))
+    assert cfg.data.eval_only == ["viquae", "winoground"]
+    trained = stage_tasks(cfg, "stage2")
+    assert len(trained) == 40 - 11 - 2
+    assert not {by_category[t] for t in trained} & {"chinese", "video"}
+    assert "viquae" not in trained and "winoground" not in trained
+    # every choice is config: a user may train on Chinese and evaluate only on ViQuAE
+    cfg = load_config("paper", overrides=["data.held_out=[]", "data.eval_only=[viquae]"])
+    assert "coco-cn" in stage_tasks(cfg, "stage2") and "winoground" in stage_tasks(cfg, "stage2")
