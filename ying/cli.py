@@ -5,6 +5,7 @@
     ying run --until unify            # stop after a stage (later stages are not run)
     ying run --force stage2           # re-run a stage even if its manifest matches
     ying run --serve                  # keep the Serve app up at the end
+    ying run --retry-failed           # re-send only the rephrase fallbacks (the rest comes from the cache)
     ying config --preset tiny         # print the resolved config
     ying stages                       # list the stages in order
     ying stats --data-dir DIR         # paper Tables 2, 3 and 9 -> DIR/stats.json, DIR/stats.md
@@ -45,6 +46,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="stop after this stage")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage (repeatable)")
     p.add_argument("--serve", action="store_true", help="keep the Serve app running at the end (Ctrl-C stops it)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="re-run the rephrase stage, re-sending to the LLM only the records whose cached outcome "
+                   "fell back to the template (errors, refusals, disagreements); cached rewrites are reused")
     p.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local cluster")
     return p
 
@@ -57,6 +61,8 @@ def _load(args):
         overrides.append(f"run.run_dir={args.run_dir}")
     if getattr(args, "serve", False):
         overrides.append("serve.keep_running=true")
+    if getattr(args, "retry_failed", False):
+        overrides.append("rephrase.retry_failed=true")
     return load_config(args.preset, args.config, overrides)
 
 
@@ -84,7 +90,7 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
     if unknown:
         print(f"ying: unknown stage(s) {unknown}; stages are {stage_names()}", file=sys.stderr)
         raise SystemExit(2)
-    force = set(args.force) | ({"serve"} if args.serve else set())
+    force = set(args.force) | ({"serve"} if args.serve else set()) | ({"rephrase"} if args.retry_failed else set())
 
     started = time.time()
     _init_ray(cfg, args.address)

@@ -252,7 +252,7 @@ class _Progress(threading.Thread):
             cap = f" (cap {self.cfg.rpm:.0f}/min)" if self.cfg.rpm else ""
             print(f"[ying] rephrase: {c.get('rows', 0)}/{self.total} rows, {s['rate_per_s'] * 60:.0f} requests/min"
                   f"{cap}, {c.get('requests', 0)} requests, {c.get('cache_hits', 0)} cache hits, failures "
-                  f"{s['failures'] or 0}, tokens {c.get('prompt_tokens', 0)} in / {c.get('completion_tokens', 0)} out",
+                  f"{s['failures']}, tokens {c.get('prompt_tokens', 0)} in / {c.get('completion_tokens', 0)} out",
                   flush=True)
 
 
@@ -323,7 +323,7 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
                                            "cache_ref": [cache_ref], "captions_ref": [captions_ref],
                                            "cache_dir": cache_dir},
                     compute=ray.data.ActorPoolStrategy(
-                        min_size=1, max_size=cfg.actors,
+                        min_size=cfg.actors, max_size=cfg.actors,
                         max_concurrent_calls_per_actor=cfg.batches_in_flight_per_actor,
                         max_tasks_in_flight_per_actor=cfg.batches_in_flight_per_actor * 2),
                     batch_size=cfg.batch_size,
