@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from ying.config import load_config
-from ying.data.build import build_unified, materialize_record, read_records, read_rejects, read_split
+from ying.data.build import (build_unified, build_unified_local, materialize_record, read_records, read_rejects,
+                              read_split)
 from ying.data.miniworld import generate_miniworld
 from ying.data.qc import check_records
 from ying.data.schema import RECORD_SCHEMA, validate_record
@@ -137,3 +138,62 @@ def test_max_per_split_caps(ray_cluster, tmp_path):
     roots = generate_miniworld(str(tmp_path / "s"), small_cfg(3), seed=0, tasks=["coco"])
     stats = build_unified(cfg, roots, str(tmp_path / "u"))
     assert all(c["read"] == 2 and c["written"] == 2 for c in stats["coco"].values())
+
+
+def test_local_build_gives_the_same_records_rejects_and_counts(built, tmp_path):
+    """The plain one-process build (the benchmark's baseline) is the same build: same outputs."""
+    cfg, roots, out, stats, _ = built
+    local = str(tmp_path / "local")
+    assert build_unified_local(cfg, roots, local) == stats
+    for split in ("train", "validation", "test"):
+        by_id = lambda rows: {r["id"]: r for r in rows}  # noqa: E731
+        assert by_id(read_records(local, split)) == by_id(read_records(out, split))
+    assert read_rejects(local) == read_rejects(out)
+    # only the documented layout is left behind: no listing chunks
+    assert sorted(os.listdir(out)) == ["records", "rejects"] == sorted(os.listdir(local))
+
+
+def test_many_chunks_rebuild_in_place_without_duplicates(ray_cluster, tmp_path, monkeypatch):
+    import ying.data.build as build
+
+    monkeypatch.setattr(build, "_CHUNK_ROWS", 4)  # chunks are cut in the driver: 4 instances per Ray task
+    cfg = load_config("tiny", overrides=["data.tasks=[coco,vqa-v2]", "data.held_out=[]"])
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(9), seed=0, tasks=["coco", "vqa-v2"])
+    out = str(tmp_path / "u")
+    first = build_unified(cfg, roots, out)
+    again = build_unified(cfg, roots, out)  # a rerun replaces the shards, never adds to them
+    assert first == again
+    train = read_records(out, "train")
+    assert len(train) == len({r["id"] for r in train}) == first["coco"]["train"]["written"] + first["vqa-v2"]["train"]["written"]
+    assert len(os.listdir(os.path.join(out, "records", "train"))) >= len(train) // 4
+
+
+def test_an_instance_that_crashes_is_rejected_and_the_run_completes(tmp_path, monkeypatch):
+    import ying.data.build as build
+
+    cfg = load_config("tiny", overrides=["data.tasks=[coco]", "data.held_out=[]"])
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(5), seed=0, tasks=["coco"])
+    real = build.materialize_record
+
+    def flaky(inst, *a, **k):
+        if inst["source_id"].endswith("3"):
+            raise KeyError("boom")
+        return real(inst, *a, **k)
+
+    monkeypatch.setattr(build, "materialize_record", flaky)
+    stats = build_unified_local(cfg, roots, str(tmp_path / "u"))
+    rejects = read_rejects(str(tmp_path / "u"))
+    assert rejects and all("build failed: KeyError" in r["reason"] and r["source"] for r in rejects)
+    assert sum(c["rejected"] for c in stats["coco"].values()) == len(rejects)
+    assert all(c["read"] == c["written"] + c["rejected"] for c in stats["coco"].values())
+
+
+def test_counts_that_do_not_reconcile_fail_loudly(tmp_path, monkeypatch):
+    import ying.data.build as build
+
+    cfg = load_config("tiny", overrides=["data.tasks=[coco]", "data.held_out=[]"])
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(3), seed=0, tasks=["coco"])
+    real = build.build_chunk
+    monkeypatch.setattr(build, "build_chunk", lambda rows, *a: real(rows[:-2], *a))  # a chunk loses records
+    with pytest.raises(RuntimeError, match="don't reconcile"):
+        build_unified_local(cfg, roots, str(tmp_path / "u"))

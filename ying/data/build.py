@@ -1,13 +1,15 @@
-"""Unify source datasets into instruction records with Ray Data.
+"""Unify source datasets into instruction records with Ray Data, in one streaming pass.
 
-The driver lists instances (annotation parsing only, cheap); Ray Data then reads and checks image
-bytes, draws region boxes, samples video frames and picks instructions in parallel, one plain
-function per instance (``materialize_record``, testable without Ray). Output layout:
+The driver lists instances (annotation parsing only, cheap) and cuts them into chunks; each Ray
+task then reads and checks a chunk's image bytes, draws region boxes, samples video frames, picks
+instructions (one plain function per instance: ``materialize_record``, testable without Ray) and
+writes the chunk's records to Parquet itself, a row group at a time. Only rejects and counts come
+back to the driver, so memory stays bounded whatever the dataset's size. Output layout:
 
-    <out_dir>/records/<split>/*.parquet   RECORD_SCHEMA rows
+    <out_dir>/records/<split>/part-<first instance>.parquet   RECORD_SCHEMA rows
     <out_dir>/rejects/rejects.jsonl       {task, split, source, reason}, adapter and build rejects
 
-For every task and split, read = written + rejected.
+For every task and split, read = written + rejected (checked, not assumed).
 """
 
 from __future__ import annotations
@@ -16,32 +18,36 @@ import dataclasses
 import io
 import json
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from .. import storage
-from ..config import YingConfig
 from .instructions import pick_instruction
 from .schema import RECORD_SCHEMA, REJECT_SCHEMA, SPLITS, Reject, SourceInstance, make_record_id
 from .tasks import get_task
 from .video import VideoReadError, sample_frames
 from .visual_prompt import draw_region_box
 
+if TYPE_CHECKING:  # Ray workers import this module; they need no pydantic config classes
+    from ..config import YingConfig
+
 __all__ = [
     "check_image_bytes",
     "materialize_record",
     "build_unified",
+    "build_unified_local",
+    "build_chunk",
+    "iter_listing",
     "read_split",
     "read_records",
+    "read_rejects",
+    "count_records",
     "records_dir",
     "rejects_path",
 ]
-
-_REJECT_COLS = ("reject_source", "reject_reason")
-
 
 def records_dir(out_dir: str, split: str) -> str:
     return storage.join(out_dir, "records", split)
@@ -146,110 +152,269 @@ def materialize_record(
     }
 
 
-# One row shape for records and rejects, so a single dataset carries both.
-_BUILD_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [pa.field(c, pa.string()) for c in _REJECT_COLS])
+# Listing rows: what the listing step streams to the build step, one per source record read.
+# kind "instance" carries a SourceInstance as JSON; "reject" an adapter reject with its reason;
+# "count" closes a (task, split) with how many source records it read, so the driver can check that
+# no chunk was lost on the way (read = written + rejected).
+_LISTING_SCHEMA = pa.schema(
+    [("kind", pa.string()), ("task", pa.string()), ("split", pa.string()), ("index", pa.int64()),
+     ("instance", pa.string()), ("source", pa.string()), ("reason", pa.string()), ("read", pa.int64())]
+)
+# What a build chunk reports back to the driver: rejects with their reasons, records written per
+# task and split, and the listing's read counts. Small whatever the chunk: images never travel
+# back through the object store.
+_OUTCOME_SCHEMA = pa.schema(
+    [("task", pa.string()), ("split", pa.string()), ("index", pa.int64()), ("source", pa.string()),
+     ("reason", pa.string()), ("written", pa.int64()), ("read", pa.int64())]
+)
+# Instances per build task (and per Parquet file): big enough that per-task overhead is a few percent
+# of the work, small enough that 2 CPUs get a dozen tasks from a thousand records to balance the
+# slow ones (videos, big images) between them.
+_CHUNK_ROWS = 256
+# Parquet row groups are flushed at whichever limit comes first: memory per build task stays bounded
+# by one row group, however big the chunk or the images.
+_ROW_GROUP_ROWS = 256
+_ROW_GROUP_BYTES = 32 * 1024 * 1024
 
 
-def _materialize_batch(batch: pa.Table, seed: int, frames_per_video: int, max_image_pixels: int) -> pa.Table:
-    """Ray wrapper around ``materialize_record`` for a batch of JSON-encoded instances."""
-    rows = []
-    for text in batch.column("instance").to_pylist():
-        out = materialize_record(json.loads(text), seed, frames_per_video, max_image_pixels)
-        if "reason" in out:
-            row = {c: "" for c in RECORD_SCHEMA.names}
-            row.update(images=[], task=out["task"], split=out["split"],
-                       reject_source=out["source"], reject_reason=out["reason"])
+def iter_listing(task: str, root: str, split: str, cap: int | None) -> Iterator[dict[str, Any]]:
+    """Listing rows of one task's split: its adapter's instances and rejects, then a count row.
+    Parses annotations only; no image is opened."""
+    adapter = get_task(task)
+    n = 0
+    for item in adapter.read_instances(root, split):
+        if cap is not None and n >= cap:
+            break
+        row = {"kind": "instance", "task": task, "split": split, "index": n, "instance": "",
+               "source": "", "reason": "", "read": 0}
+        if isinstance(item, Reject):
+            row.update(kind="reject", source=item.source, reason=item.reason)
         else:
-            row = {**out, "reject_source": "", "reject_reason": ""}
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=_BUILD_SCHEMA)
+            row["instance"] = json.dumps(dataclasses.asdict(item), ensure_ascii=False)
+        n += 1
+        yield row
+    yield {"kind": "count", "task": task, "split": split, "index": n, "instance": "", "source": "",
+           "reason": "", "read": n}
 
 
-def _list_instances(cfg: YingConfig, sources: dict[str, str]) -> tuple[list[dict], list[Reject], dict]:
-    items: list[dict] = []
-    rejects: list[Reject] = []
-    stats: dict[str, dict[str, dict[str, int]]] = {}
-    cap = cfg.data.max_per_split
+class _SplitWriters:
+    """One Parquet file per split for one chunk, written a row group at a time."""
+
+    def __init__(self, out_dir: str, file_name: str):
+        self.out_dir = out_dir
+        self.file_name = file_name
+        self.pending: dict[str, list[dict]] = {}
+        self.pending_bytes: dict[str, int] = {}
+        self.written: dict[tuple[str, str], int] = {}
+        self._open: dict[str, tuple[Any, pq.ParquetWriter]] = {}
+
+    def add(self, record: dict[str, Any]) -> None:
+        split = record["split"]
+        self.pending.setdefault(split, []).append(record)
+        self.pending_bytes[split] = self.pending_bytes.get(split, 0) + sum(len(b) for b in record["images"])
+        key = (record["task"], split)
+        self.written[key] = self.written.get(key, 0) + 1
+        if len(self.pending[split]) >= _ROW_GROUP_ROWS or self.pending_bytes[split] >= _ROW_GROUP_BYTES:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        rows = self.pending.pop(split, [])
+        self.pending_bytes.pop(split, None)
+        if not rows:
+            return
+        if split not in self._open:
+            fs, d = storage.filesystem(records_dir(self.out_dir, split))
+            fs.makedirs(d, exist_ok=True)
+            fh = fs.open(f"{d.rstrip('/')}/{self.file_name}", "wb")
+            # zstd: the text columns shrink ~2x more than with snappy; JPEG bytes don't shrink either way.
+            self._open[split] = (fh, pq.ParquetWriter(fh, RECORD_SCHEMA, compression="zstd"))
+        self._open[split][1].write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))
+
+    def close(self) -> None:
+        for split in list(self.pending):
+            self._flush(split)
+        for fh, writer in self._open.values():
+            writer.close()
+            fh.close()
+        self._open.clear()
+
+
+def build_chunk(
+    rows: list[dict[str, Any]], out_dir: str, seed: int, frames_per_video: int, max_image_pixels: int
+) -> list[dict[str, Any]]:
+    """Materialize a chunk of listing rows and write its records straight to
+    ``<out_dir>/records/<split>/<task>-<split>-<index>.parquet`` (named by the chunk's first row, so
+    a retried task overwrites its own file instead of adding a duplicate). Returns outcome rows:
+    rejects with their reasons, records written per task and split, and read counts. The unit of
+    work of both builds."""
+    if not rows:
+        return []
+    first = rows[0]
+    writers = _SplitWriters(out_dir, f"{first['task']}-{first['split']}-{first['index']:09d}.parquet")
+    outcomes: list[dict[str, Any]] = []
+
+    def outcome(row: dict, source: str = "", reason: str = "", written: int = 0, read: int = 0) -> dict:
+        return {"task": row["task"], "split": row["split"], "index": row["index"], "source": source,
+                "reason": reason, "written": written, "read": read}
+
+    try:
+        for row in rows:
+            if row["kind"] == "count":
+                outcomes.append(outcome(row, read=row["read"]))
+                continue
+            if row["kind"] == "reject":
+                outcomes.append(outcome(row, source=row["source"], reason=row["reason"]))
+                continue
+            inst = json.loads(row["instance"])
+            try:
+                out = materialize_record(inst, seed, frames_per_video, max_image_pixels)
+            except Exception as e:  # one broken instance (or an adapter's bug) must not kill the run
+                out = {"source": inst.get("source", ""), "reason": f"build failed: {type(e).__name__}: {e}"}
+            if "reason" in out:
+                outcomes.append(outcome(row, source=out["source"], reason=out["reason"]))
+            else:
+                writers.add(out)
+    finally:
+        writers.close()
+    outcomes += [{"task": t, "split": s, "index": first["index"], "source": "", "reason": "", "written": n,
+                  "read": 0} for (t, s), n in writers.written.items()]
+    return outcomes
+
+
+def _write_listing(cfg: YingConfig, sources: dict[str, str], listing_dir: str) -> list[str]:
+    """Stream every task's listing rows into Parquet chunk files of ``_CHUNK_ROWS`` rows under
+    ``listing_dir``; returns their paths. The driver holds one chunk at a time, never the whole
+    dataset's instances, and workers read the chunks from storage rather than the object store."""
+    fs, base = storage.filesystem(listing_dir)
+    if fs.exists(base):
+        fs.rm(base, recursive=True)
+    fs.makedirs(base, exist_ok=True)
+    paths: list[str] = []
+
+    def flush(rows: list[dict]) -> None:
+        path = storage.join(listing_dir, f"chunk-{len(paths):07d}.parquet")
+        cfs, p = storage.filesystem(path)
+        with cfs.open(p, "wb") as f:
+            pq.write_table(pa.Table.from_pylist(rows, schema=_LISTING_SCHEMA), f, compression="zstd")
+        paths.append(path)
+
+    chunk: list[dict] = []
+    for w in _task_splits(cfg, sources):
+        for row in iter_listing(w["task"], w["root"], w["split"], cfg.data.max_per_split):
+            chunk.append(row)
+            if len(chunk) >= _CHUNK_ROWS:
+                flush(chunk)
+                chunk = []
+    if chunk:
+        flush(chunk)
+    return paths
+
+
+def _build_listing_files(batch: pa.Table, out_dir: str, seed: int, frames_per_video: int,
+                         max_image_pixels: int) -> pa.Table:
+    """Ray wrapper around ``build_chunk``: listing chunk files in, outcome rows out."""
+    outcomes: list[dict] = []
+    for path in batch.column("path").to_pylist():
+        fs, p = storage.filesystem(path)
+        with fs.open(p, "rb") as f:
+            rows = pq.read_table(f, schema=_LISTING_SCHEMA).to_pylist()
+        outcomes += build_chunk(rows, out_dir, seed, frames_per_video, max_image_pixels)
+    return pa.Table.from_pylist(outcomes, schema=_OUTCOME_SCHEMA)
+
+
+def _task_splits(cfg: YingConfig, sources: dict[str, str]) -> list[dict[str, str]]:
+    """Every (task, root, split) to read, in config order; fails early on a task without a source."""
+    out = []
     for task in cfg.data.tasks:
         if task not in sources:
             raise ValueError(f"no source root for task {task!r}; got roots for {sorted(sources)}")
-        adapter = get_task(task)
-        for split in adapter.SPEC.splits:
-            counts = stats.setdefault(task, {}).setdefault(split, {"read": 0, "written": 0, "rejected": 0})
-            for item in adapter.read_instances(sources[task], split):
-                if cap is not None and counts["read"] >= cap:
-                    break
-                counts["read"] += 1
-                if isinstance(item, Reject):
-                    rejects.append(item)
-                    counts["rejected"] += 1
-                else:
-                    items.append({"instance": json.dumps(dataclasses.asdict(item), ensure_ascii=False)})
-    return items, rejects, stats
+        out += [{"task": task, "root": sources[task], "split": s} for s in get_task(task).SPEC.splits]
+    return out
 
 
-def _write_filesystem(path: str):
-    """(pyarrow-compatible filesystem or None, path) for Ray's writers and readers."""
-    if "://" not in path:
-        return None, path
-    fs, p = storage.filesystem(path)
-    return fs, p
+def _clear_records(out_dir: str) -> None:
+    for split in SPLITS:
+        d = records_dir(out_dir, split)
+        if storage.exists(d):  # a rebuild replaces, never mixes with, old shards
+            fs, p = storage.filesystem(d)
+            fs.rm(p, recursive=True)
+
+
+def _finish(out_dir: str, cfg: YingConfig, outcomes: list[dict]) -> dict:
+    """Fold outcomes into ``{task: {split: {read, written, rejected}}}``, check read = written +
+    rejected, and write rejects.jsonl (in task, split and source order, whatever order chunks ended)."""
+    stats = {t: {s: {"read": 0, "written": 0, "rejected": 0} for s in get_task(t).SPEC.splits}
+             for t in cfg.data.tasks}
+    task_order = {t: i for i, t in enumerate(cfg.data.tasks)}
+    split_order = {s: i for i, s in enumerate(SPLITS)}
+    rejects: list[Reject] = []
+    for o in sorted(outcomes, key=lambda o: (task_order[o["task"]], split_order[o["split"]], o["index"])):
+        c = stats[o["task"]][o["split"]]
+        c["read"] += o["read"]
+        c["written"] += o["written"]
+        if o["reason"]:
+            rejects.append(Reject(o["task"], o["split"], o["source"], o["reason"]))
+            c["rejected"] += 1
+    bad = {f"{t}/{s}": c for t, splits in stats.items() for s, c in splits.items()
+           if c["read"] != c["written"] + c["rejected"]}
+    if bad:  # a lost or duplicated chunk; never report counts that don't add up
+        raise RuntimeError(f"build counts don't reconcile (read != written + rejected): {bad}")
+    lines = "".join(json.dumps(r.to_row(), ensure_ascii=False) + "\n" for r in rejects)
+    storage.write_bytes_atomic(rejects_path(out_dir), lines.encode("utf-8"))
+    return stats
 
 
 def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dict:
     """Build every task in ``cfg.data.tasks`` from ``sources`` (task -> root); returns
-    ``{task: {split: {read, written, rejected}}}``."""
+    ``{task: {split: {read, written, rejected}}}``.
+
+    One streaming pass: the driver streams the listing (annotations only) into chunk files of
+    ``_CHUNK_ROWS`` instances; then one Ray Data map runs one task per chunk, which materializes
+    the chunk's records and writes them to Parquet itself, sending back only rejects and counts.
+    Memory is bounded by one chunk in the driver and a row group per running task, whatever the
+    dataset's size; nothing big ever sits in the object store.
+    """
     import ray
 
-    items, rejects, stats = _list_instances(cfg, sources)
-    for split in SPLITS:
-        d = records_dir(out_dir, split)
-        if storage.exists(d):  # a rebuild replaces, never mixes with, old shards
-            storage.filesystem(d)[0].rm(storage.filesystem(d)[1], recursive=True)
+    _task_splits(cfg, sources)  # a task without a source fails here, before anything is removed
+    _clear_records(out_dir)
+    listing_dir = storage.join(out_dir, "_listing")
+    paths = _write_listing(cfg, sources, listing_dir)
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths))).map_batches(
+        _build_listing_files,
+        batch_size=None,  # one block = one chunk file = one task (and one Parquet file per split)
+        batch_format="pyarrow",
+        num_cpus=1,
+        fn_kwargs={
+            "out_dir": out_dir,
+            "seed": cfg.run.seed,
+            "frames_per_video": cfg.data.frames_per_video,
+            "max_image_pixels": cfg.data.max_image_pixels,
+        },
+    )
+    outcomes: list[dict] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        outcomes += batch.to_pylist()
+    stats = _finish(out_dir, cfg, outcomes)
+    fs, p = storage.filesystem(listing_dir)
+    fs.rm(p, recursive=True)
+    return stats
 
-    built_rejects: list[dict] = []
-    if items:
-        from ray.data.expressions import col
 
-        ds = (
-            ray.data.from_items(items, override_num_blocks=max(1, min(64, len(items) // 50)))
-            .map_batches(
-                _materialize_batch,
-                batch_format="pyarrow",
-                batch_size=16,
-                fn_kwargs={
-                    "seed": cfg.run.seed,
-                    "frames_per_video": cfg.data.frames_per_video,
-                    "max_image_pixels": cfg.data.max_image_pixels,
-                },
-            )
-            .materialize()  # each instance is read and decoded once; the filters below reuse it
-        )
-        built_rejects = (
-            ds.filter(expr=col("reject_reason") != "").select_columns(["task", "split", *_REJECT_COLS]).take_all()
-        )
-        rejected_per_split: dict[str, int] = {}
-        for r in built_rejects:
-            rejected_per_split[r["split"]] = rejected_per_split.get(r["split"], 0) + 1
-        for split in SPLITS:
-            n_items = sum(c.get(split, {}).get("read", 0) - c.get(split, {}).get("rejected", 0) for c in stats.values())
-            if n_items - rejected_per_split.get(split, 0) <= 0:
-                continue
-            wfs, wpath = _write_filesystem(records_dir(out_dir, split))
-            part = ds.filter(expr=(col("split") == split) & (col("reject_reason") == ""))
-            part.select_columns(RECORD_SCHEMA.names).write_parquet(
-                wpath, filesystem=wfs, min_rows_per_file=2000
-            )
-
-    for r in built_rejects:
-        rejects.append(Reject(r["task"], r["split"], r["reject_source"], r["reject_reason"]))
-        stats[r["task"]][r["split"]]["rejected"] += 1
-    for task, splits in stats.items():
-        for split, c in splits.items():
-            c["written"] = c["read"] - c["rejected"]
-
-    lines = "".join(json.dumps(r.to_row(), ensure_ascii=False) + "\n" for r in rejects)
-    storage.write_bytes_atomic(rejects_path(out_dir), lines.encode("utf-8"))
+def build_unified_local(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dict:
+    """The same build as ``build_unified`` in this one process, without Ray: the same listing,
+    chunk files and record functions, one chunk after another. Same outputs and counts; for
+    debugging and as the benchmark's baseline."""
+    _task_splits(cfg, sources)
+    _clear_records(out_dir)
+    listing_dir = storage.join(out_dir, "_listing")
+    outcomes: list[dict] = []
+    for path in _write_listing(cfg, sources, listing_dir):
+        outcomes += _build_listing_files(pa.table({"path": [path]}), out_dir, cfg.run.seed,
+                                         cfg.data.frames_per_video, cfg.data.max_image_pixels).to_pylist()
+    stats = _finish(out_dir, cfg, outcomes)
+    fs, p = storage.filesystem(listing_dir)
+    fs.rm(p, recursive=True)
     return stats
 
 

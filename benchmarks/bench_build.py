@@ -1,0 +1,326 @@
+"""Benchmark of the unify build (ying.data.build), side by side on the same mini-world inputs.
+
+    python benchmarks/bench_build.py                      # default sizes: a few minutes on 2 CPUs
+    python benchmarks/bench_build.py --size 0.02 --image-size 64   # smoke test, about a minute
+    python benchmarks/bench_build.py --workdir /tmp/bb --keep      # keep (and on reruns reuse) the sources
+
+It prints four figures, each measured in this one run, and ends with one JSON line holding them:
+
+  speedup_2cpu           records/s of ``build_unified`` (Ray Data, a fresh local cluster of --cpus
+                         CPUs) over records/s of ``build_unified_local`` (one plain process calling
+                         the same listing, chunk and record functions), both on the 10x inputs
+                         (the 1x figure is printed too). Goal >= 1.8. ``ray.init`` is outside the
+                         timer; worker, Ray Data actor and import start-up are inside.
+  passthrough_identical  share of built images that carry no visual prompt (no box drawn; video
+                         frames excluded, they have no source image file) whose bytes are identical
+                         to the source file. Goal 1.0.
+  rss_ratio_10x          peak resident memory of the whole Ray build (driver + every Ray process:
+                         GCS, raylet, agents, workers; all are children of the driver on a local
+                         cluster), summed over processes and sampled every --sample-s, at 10x the
+                         records over 1x. Goal <= 1.2. Each size runs in its own fresh process and
+                         cluster. Summed RSS counts shared pages once per process and includes the
+                         idle cluster, so the growth above the idle cluster is printed beside it.
+  bytes_ratio_vs_jsonl   bytes of our Parquet records over the bytes of the same records exported
+                         in the M3IT layout (per-task folders of <split>.jsonl with instruction,
+                         inputs, outputs, image_base64_str, meta). Goal <= 0.77.
+
+Sizes: --size scales the tiny preset's mini-world (every task the mini-world can write), and
+--factor is the memory comparison's multiplier. Absolute timings depend on what else runs on the
+machine; run it alone for figures you report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local benchmark cluster needs no token
+
+from ying.config import MiniWorldConfig, YingConfig, load_config  # noqa: E402
+from ying.data.build import (  # noqa: E402
+    build_unified,
+    build_unified_local,
+    iter_listing,
+    read_records,
+    records_dir,
+)
+from ying.data.miniworld import MINIWORLD_TASKS, generate_miniworld  # noqa: E402
+from ying.data.schema import SPLITS, make_record_id  # noqa: E402
+from ying.data.tasks import get_task  # noqa: E402
+
+GOALS = {"speedup_2cpu": (">=", 1.8), "passthrough_identical": (">=", 1.0),
+         "rss_ratio_10x": ("<=", 1.2), "bytes_ratio_vs_jsonl": ("<=", 0.77)}
+
+
+def bench_config(image_size: int, size: float) -> YingConfig:
+    """The tiny preset, building every mini-world task, its mini-world scaled by ``size``."""
+    base = load_config("tiny")
+    tasks = [t for t in MINIWORLD_TASKS]
+    cfg = load_config("tiny", overrides=[f"data.tasks=[{','.join(tasks)}]", "data.held_out=[]",
+                                         "data.eval_only=[]"])
+    scale = lambda table: {k: max(1, math.ceil(v * size)) for k, v in table.items()}  # noqa: E731
+    mw = MiniWorldConfig(image_size=image_size, n_images=scale(base.miniworld.n_images),
+                         n_videos=scale(base.miniworld.n_videos), video_frames=base.miniworld.video_frames)
+    return cfg.model_copy(update={"miniworld": mw})
+
+
+# ---------------------------------------------------------------- child: one build, measured
+
+
+class TreeRssSampler:
+    """Peak of the summed RSS of this process and all its descendants, sampled on a thread."""
+
+    def __init__(self, every_s: float):
+        import psutil
+
+        self.psutil = psutil
+        self.every_s = every_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> int:
+        me = self.psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                pass  # a worker that exited between listing and reading
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.every_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.sample())
+
+
+def run_child(mode: str, cfg_json: str, roots_json: str, out_dir: str, cpus: int, sample_s: float) -> dict:
+    cfg = YingConfig.model_validate_json(cfg_json)
+    roots = json.loads(roots_json)
+    if mode == "local":
+        with TreeRssSampler(sample_s) as rss:
+            t0 = time.perf_counter()
+            stats = build_unified_local(cfg, roots, out_dir)
+            seconds = time.perf_counter() - t0
+        idle = 0
+    else:
+        import ray
+
+        t_init = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        init_s = time.perf_counter() - t_init
+        time.sleep(1.0)  # let the cluster's agents finish starting, so "idle" is idle
+        with TreeRssSampler(sample_s) as rss:
+            idle = rss.sample()
+            t0 = time.perf_counter()
+            stats = build_unified(cfg, roots, out_dir)
+            seconds = time.perf_counter() - t0
+        ray.shutdown()
+    read = sum(c["read"] for s in stats.values() for c in s.values())
+    written = sum(c["written"] for s in stats.values() for c in s.values())
+    out = {"mode": mode, "seconds": seconds, "read": read, "written": written,
+           "rejected": read - written, "peak_rss": rss.peak, "idle_rss": idle}
+    if mode != "local":
+        out["ray_init_s"] = init_s
+    return out
+
+
+def spawn_child(mode: str, cfg: YingConfig, roots: dict, out_dir: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-cfg", cfg.model_dump_json(),
+           "--child-roots", json.dumps(roots), "--child-out", out_dir, "--cpus", str(args.cpus),
+           "--sample-s", str(args.sample_s)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} build of {out_dir} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- figures from the built outputs
+
+
+def passthrough_share(cfg: YingConfig, roots: dict, out_dir: str) -> tuple[int, int]:
+    """(images without a visual prompt, those byte-identical to their source file)."""
+    sources = {}
+    listing = (row for task in cfg.data.tasks for split in get_task(task).SPEC.splits
+               for row in iter_listing(task, roots[task], split, cfg.data.max_per_split))
+    for row in listing:
+        if row["kind"] != "instance":
+            continue
+        inst = json.loads(row["instance"])
+        if inst["video_path"]:
+            continue  # sampled frames are new images; there is no source file to compare with
+        sources[make_record_id(inst["task"], inst["split"], inst["source_id"])] = inst
+    checked = identical = 0
+    for split in SPLITS:
+        for rec in read_records(out_dir, split):
+            inst = sources.get(rec["id"])
+            if inst is None:
+                continue
+            boxes = inst["boxes"] or []
+            for k, (path, data) in enumerate(zip(inst["image_paths"], rec["images"])):
+                if k < len(boxes) and boxes[k]:
+                    continue  # a red box was drawn: bytes are meant to differ
+                checked += 1
+                with open(path, "rb") as f:
+                    identical += f.read() == data
+    return checked, identical
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def export_m3it_jsonl(out_dir: str, export_dir: str) -> int:
+    """Our records as M3IT's release layout (<task>/<split>.jsonl, images base64); returns bytes."""
+    for split in SPLITS:
+        files: dict[str, object] = {}
+        try:
+            for rec in read_records(out_dir, split):
+                f = files.get(rec["task"])
+                if f is None:
+                    os.makedirs(os.path.join(export_dir, rec["task"]), exist_ok=True)
+                    f = files[rec["task"]] = open(os.path.join(export_dir, rec["task"], f"{split}.jsonl"), "w",
+                                                  encoding="utf-8")
+                row = {"instruction": rec["instruction"], "inputs": rec["inputs"], "outputs": rec["outputs"],
+                       "image_base64_str": [base64.b64encode(b).decode("ascii") for b in rec["images"]],
+                       "meta": json.loads(rec["meta"])}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        finally:
+            for f in files.values():
+                f.close()
+    return dir_bytes(export_dir)
+
+
+# ---------------------------------------------------------------- main
+
+
+def sources(cfg: YingConfig, root: str) -> dict[str, str]:
+    """The mini-world for ``cfg`` under ``root``; reused when a previous run left the same one."""
+    stamp = os.path.join(root, "_bench_stamp.json")
+    want = {"miniworld": cfg.miniworld.model_dump(), "tasks": cfg.data.tasks}
+    roots = {t: os.path.join(root, t) for t in cfg.data.tasks}
+    if os.path.exists(stamp) and json.load(open(stamp)) == want:
+        print(f"reusing the mini-world in {root}", flush=True)
+        return roots
+    shutil.rmtree(root, ignore_errors=True)
+    t = time.perf_counter()
+    roots = generate_miniworld(root, cfg.miniworld, seed=0, tasks=cfg.data.tasks)
+    with open(stamp, "w") as f:
+        json.dump(want, f)
+    print(f"generated the mini-world in {root} in {time.perf_counter() - t:.1f}s", flush=True)
+    return roots
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=float, default=0.3,
+                    help="mini-world size at 1x, as a fraction of the tiny preset's (default 0.3: ~3k records)")
+    ap.add_argument("--factor", type=int, default=10, help="records multiplier of the memory comparison (default 10)")
+    ap.add_argument("--image-size", type=int, default=512,
+                    help="side of the generated images in pixels (default 512: about a COCO image's pixel count, "
+                         "so decoding weighs per record and JPEG bytes dominate storage, as with real data)")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the benchmark's Ray cluster (default 2)")
+    ap.add_argument("--sample-s", type=float, default=0.05, help="RSS sampling period in seconds (default 0.05)")
+    ap.add_argument("--workdir", default=None, help="where sources and outputs go (default: a temporary dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir afterwards")
+    ap.add_argument("--child", choices=["ray", "local"], help=argparse.SUPPRESS)
+    ap.add_argument("--child-cfg", help=argparse.SUPPRESS)
+    ap.add_argument("--child-roots", help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child:
+        print(json.dumps(run_child(args.child, args.child_cfg, args.child_roots, args.child_out,
+                                   args.cpus, args.sample_s)))
+        return
+    if args.size <= 0 or args.factor < 2:
+        ap.error("--size must be > 0 and --factor >= 2")
+
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_build-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        cfg1 = bench_config(args.image_size, args.size)
+        cfgN = bench_config(args.image_size, args.size * args.factor)
+        print(f"tasks: {', '.join(cfg1.data.tasks)}; image size {args.image_size}px; work dir {work}", flush=True)
+        roots1 = sources(cfg1, os.path.join(work, "src-1x"))
+        rootsN = sources(cfgN, os.path.join(work, f"src-{args.factor}x"))
+
+        out = lambda name: os.path.join(work, name)  # noqa: E731
+        print("building 1x with Ray Data ...", flush=True)
+        ray1 = spawn_child("ray", cfg1, roots1, out("ray-1x"), args)
+        print(f"  {ray1['read']} read, {ray1['written']} written, {ray1['rejected']} rejected in "
+              f"{ray1['seconds']:.2f}s (ray.init {ray1['ray_init_s']:.1f}s, outside the timer)", flush=True)
+        print("building 1x in one plain process ...", flush=True)
+        local1 = spawn_child("local", cfg1, roots1, out("local-1x"), args)
+        print(f"  {local1['written']} written in {local1['seconds']:.2f}s", flush=True)
+        shutil.rmtree(out("local-1x"), ignore_errors=True)
+        print(f"building {args.factor}x with Ray Data ...", flush=True)
+        rayN = spawn_child("ray", cfgN, rootsN, out(f"ray-{args.factor}x"), args)
+        print(f"  {rayN['read']} read, {rayN['written']} written in {rayN['seconds']:.2f}s", flush=True)
+        shutil.rmtree(out(f"ray-{args.factor}x"), ignore_errors=True)
+        print(f"building {args.factor}x in one plain process ...", flush=True)
+        localN = spawn_child("local", cfgN, rootsN, out(f"local-{args.factor}x"), args)
+        print(f"  {localN['written']} written in {localN['seconds']:.2f}s", flush=True)
+        shutil.rmtree(out(f"local-{args.factor}x"), ignore_errors=True)
+        for a, b in ((ray1, local1), (rayN, localN)):
+            if (a["written"], a["rejected"]) != (b["written"], b["rejected"]):
+                raise RuntimeError(f"the two builds disagree: Ray {a}, local {b}")
+
+        rate = lambda r: r["read"] / r["seconds"]  # noqa: E731
+        speedup1 = rate(ray1) / rate(local1)
+        speedup = rate(rayN) / rate(localN)
+        mib = 2**20
+        rss_ratio = rayN["peak_rss"] / ray1["peak_rss"]
+        grow1, growN = ray1["peak_rss"] - ray1["idle_rss"], rayN["peak_rss"] - rayN["idle_rss"]
+
+        checked, identical = passthrough_share(cfg1, roots1, out("ray-1x"))
+        parquet = sum(dir_bytes(records_dir(out("ray-1x"), s)) for s in SPLITS)
+        jsonl = export_m3it_jsonl(out("ray-1x"), out("m3it-1x"))
+
+        print(f"speed at {args.factor}x ({rayN['read']} records): Ray Data on {args.cpus} CPUs {rate(rayN):.1f} "
+              f"records/s, one process {rate(localN):.1f} records/s: x{speedup:.2f} "
+              f"(at 1x, where fixed start-up costs weigh more: x{speedup1:.2f})")
+        print(f"passthrough: {identical}/{checked} images without a visual prompt are byte-identical to their source")
+        print(f"memory: peak RSS (driver + Ray processes) {ray1['peak_rss'] / mib:.0f} MiB at 1x "
+              f"({ray1['read']} records), {rayN['peak_rss'] / mib:.0f} MiB at {args.factor}x "
+              f"({rayN['read']}): x{rss_ratio:.3f}; above the idle cluster {grow1 / mib:.0f} -> {growN / mib:.0f} MiB "
+              f"(one plain process: {local1['peak_rss'] / mib:.0f} -> {localN['peak_rss'] / mib:.0f} MiB)")
+        print(f"bytes: Parquet {parquet / mib:.2f} MiB, M3IT base64 JSONL {jsonl / mib:.2f} MiB: x{parquet / jsonl:.3f}")
+        figures = {
+            "speedup_2cpu": round(speedup, 3),
+            "passthrough_identical": round(identical / checked, 4) if checked else None,
+            "rss_ratio_10x": round(rss_ratio, 3),
+            "bytes_ratio_vs_jsonl": round(parquet / jsonl, 3),
+        }
+        for key, (op, goal) in GOALS.items():
+            v = figures[key]
+            met = v is not None and (v >= goal if op == ">=" else v <= goal)
+            print(f"  {key:<22} {v!s:>8}  goal {op} {goal}  {'met' if met else 'MISSED'}")
+        print(json.dumps(figures))
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
