@@ -30,7 +30,7 @@ import pyarrow as pa
 from ying import storage
 from ying.config import RephraseConfig
 from ying.data.rephrase.cache import CacheWriter, cache_key, load_cache
-from ying.data.rephrase.limiter import RateLimiterActor
+from ying.data.rephrase.limiter import RateBudget, RateLimiterActor
 from ying.data.rephrase.prompt import RephraseItem, RephraseResult, build_prompt, context_from_meta, prompt_sha256
 from ying.data.rephrase.providers import (
     ActorLimiter,
@@ -295,6 +295,7 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
         for name in ("actors", "batch_size", "batches_in_flight_per_actor"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"rephrase.{name} must be >= 1, got {getattr(cfg, name)}")
+        RateBudget(cfg.rpm, cfg.tpm, cfg.budget_tokens, cfg.burst_s)  # a bad limit fails here, not in an actor
         cache_dir = cfg.cache_dir or storage.join(out_dir, "cache")
         cache = load_cache(cache_dir, cfg.model, cfg.prompt_version)
         captions = load_coco_captions(cfg, in_dir) if set(cfg.caption_tasks) & set(tasks) else {}
@@ -303,6 +304,8 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
         log.info("rephrase: %d rows to rephrase, %d cached outcomes in %s, captions for %d images",
                  total, len(cache), cache_dir, len(captions))
         limiter = ray.remote(num_cpus=0)(RateLimiterActor).remote(cfg.rpm, cfg.tpm, cfg.budget_tokens, cfg.burst_s)
+        # Every actor holds the cache dict (~150 bytes an entry): ~300 MB at 2M records. The key is a hash
+        # of the prompt, so it cannot be split by actor without a shuffle; fine for a handful of actors.
         cache_ref, captions_ref = ray.put(cache), ray.put(captions)
         del cache
         progress = _Progress(limiter, total, cfg)
