@@ -132,8 +132,7 @@ def render_suite_table(suite: Mapping[str, Any]) -> str:
     head = f"### {suite['paper']}: {suite['title']}"
     lines = [head, ""]
     if not suite["status"].startswith("ok"):
-        lines.append("not run:")
-        lines += [f"- {task}: {why}" for task, why in suite.get("not_run", {}).items()]
+        lines += [f"- {task}: not run: {why}" for task, why in suite.get("not_run", {}).items()]
         return "\n".join(lines + [""])
     columns: list[str] = list(suite.get("columns") or [])
     for row in suite["rows"].values():
