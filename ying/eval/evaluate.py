@@ -160,7 +160,9 @@ def _run_judge(cfg: YingConfig, plans: dict, answers: dict, checkpoints: dict[st
         return {"status": "not configured"}
     client = JudgeClient.from_config(jcfg, cache_dir)
     ours = list(checkpoints)[-1] if checkpoints else None
-    out: dict[str, Any] = {"status": "ok", "settings": judge_settings(jcfg), "pairwise": {}, "video_accuracy": {}}
+    # "Ours" in Figure 4 is the last Ying checkpoint (Stage II in the DAG); every other model is a baseline.
+    out: dict[str, Any] = {"status": "ok", "settings": judge_settings(jcfg), "ours": ours, "pairwise": {},
+                           "video_accuracy": {}}
     base_examples = plans[_TASKS_SUITE].examples
     kvqa = [e for e in base_examples if e["task"] in _KVQA_TASKS]
     # Figure 4: a fixed random subset of the KVQA tasks, the same for every baseline.

@@ -19,7 +19,7 @@ import re
 import threading
 from urllib.parse import urlsplit, urlunsplit
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ying import storage
 
@@ -114,8 +114,8 @@ class JudgeClient:
 
     base_url: str
     model: str
-    api_key: str
-    cache_dir: str
+    api_key: str = field(repr=False)  # never printed
+    cache_dir: str = ""
     temperature: float = 1.0
     timeout_s: float = 60.0
     max_retries: int = 2

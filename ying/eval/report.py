@@ -161,7 +161,7 @@ def render_judge(judge: Mapping[str, Any]) -> str:
            f"both orders; Table 13 prompt sha256 `{s['pairwise_prompt_sha256']}`, video QA prompt sha256 "
            f"`{s['video_prompt_sha256']}`. A failed request is missing, never a score.", ""]
     if judge["pairwise"]:
-        out += ["### Figure 4: pairwise judge, ours vs baseline", "",
+        out += [f"### Figure 4: pairwise judge, `{judge.get('ours')}` vs each baseline", "",
                 "| baseline | win | tie | lose | judged / total (coverage) |", "|---|---:|---:|---:|---|"]
         for base, r in judge["pairwise"].items():
             out.append(f"| {base} | {r['win']} | {r['tie']} | {r['lose']} | {r['judged']}/{r['total']} "
