@@ -178,6 +178,12 @@ def tiny_run(tmp_path_factory, miniworld_coco):
     for seed, name in ((0, "stage1"), (1, "stage2")):
         ckpts[name] = str(base / name)
         save_checkpoint(build_model(cfg.model, tok, seed=seed), tok, cfg.model, ckpts[name], {"stage": name})
+    from test_hf_vlm import build_blip2
+
+    model, proc = build_blip2()  # any transformers VLM given a path is evaluated beside ours
+    model.save_pretrained(base / "blip2")
+    proc.save_pretrained(base / "blip2")
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"hf_models": {"tiny-blip2": str(base / "blip2")}})})
     return cfg, str(data), ckpts, {"coco": root}
 
 
@@ -198,11 +204,12 @@ def test_eval_stage_runs_every_suite_with_judge_and_report(ray_cluster, tiny_run
         n_requests = len(stub.requests)
         again = evaluate_models(cfg, data_dir, ckpts, str(tmp_path / "eval2"), sources=sources)
         resent = [r["prompt"] for r in stub.requests[n_requests:]]
-        assert len(resent) == 2 and all("FAIL" in p for p in resent)  # only the failed item is asked again
+        # only the failed item is asked again: two baselines, both orders
+        assert len(resent) == 4 and all("FAIL" in p for p in resent)
     assert all(stats["generated"] == 0 for m, stats in again["prediction_cache"].items() if m != "dir")
 
     metrics = json.loads(Path(out, "metrics.json").read_text())
-    assert set(metrics) == {"majority-answer", "stage1", "stage2"}
+    assert set(metrics) == {"majority-answer", "stage1", "stage2", "tiny-blip2"}
     assert set(metrics["stage2"]) == {"coco", "okvqa", "flickr8k-cn", "msrvtt-qa"}
     assert all(set(s) == {"exact_match", "rouge_l", "n"} for s in metrics["stage2"].values())
     suites = res["suites"]
@@ -216,9 +223,11 @@ def test_eval_stage_runs_every_suite_with_judge_and_report(ray_cluster, tiny_run
     # Training records here use one instruction per pool, so nine are held back for Figure 5.
     assert suites["unseen_instructions"]["status"] == "ok"
     assert {"okvqa/seen", "okvqa/unseen", "coco/seen", "coco/unseen"} <= set(suites["unseen_instructions"]["columns"])
+    assert set(res["judge"]["pairwise"]) == {"stage1", "tiny-blip2"} and res["judge"]["ours"] == "stage2"
     pw = res["judge"]["pairwise"]["stage1"]
     assert pw["total"] == 5 and pw["judged"] == 4 and pw["coverage"] == pytest.approx(0.8)
     assert set(res["judge"]["video_accuracy"]["stage2"]) == {"msrvtt-qa"}
+    assert set(res["judge"]["video_accuracy"]) == {"stage1", "stage2", "tiny-blip2"}
 
     inputs = {}
     report_path = write_run_report(cfg, inputs, res["metrics"], out)

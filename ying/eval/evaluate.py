@@ -142,7 +142,8 @@ def evaluate_models(cfg: YingConfig, data_dir: str, checkpoints: dict[str, str],
 
     lines = []
     for e in records:
-        row = {"id": e["record_id"], "task": e["task"], "inputs": e["inputs"], "reference": e["outputs"]}
+        row = {"id": e["record_id"], "task": e["task"], "split": e["split"], "inputs": e["inputs"],
+               "reference": e["outputs"]}
         row.update({m: answers[m][_TASKS_SUITE].get(e["key"], "") for m in answers})
         lines.append(json.dumps(row, ensure_ascii=False))
     storage.write_bytes_atomic(storage.join(out_dir, "predictions.jsonl"), ("\n".join(lines) + "\n").encode())

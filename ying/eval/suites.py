@@ -69,6 +69,7 @@ def make_example(rec: Mapping[str, Any], max_new_tokens: int, instruction: str |
     e = {
         "record_id": rec["id"],
         "task": rec["task"],
+        "split": rec.get("split", ""),
         "lang": rec.get("lang", "en"),
         "variant": variant,
         "images": rec["images"],
