@@ -245,3 +245,17 @@ def test_eval_stage_runs_every_suite_with_judge_and_report(ray_cluster, tiny_run
     everything = Path(report_path).read_text() + Path(out, "paper_results.json").read_text()
     assert "sk-secret-value" not in everything
     assert {r["authorization"] for r in stub.requests} == {"Bearer sk-secret-value"}
+
+
+def test_device_predictor_answers_as_ying_predictor(tiny_run):
+    # The path eval.use_gpu takes (YingOnDevice with "cuda"), checked here on the CPU: same answers.
+    from ying.eval.predictors import YingOnDevice
+    from ying.model.inference import YingPredictor
+
+    _, _, ckpts, _ = tiny_run
+    examples = [{"images": [_jpeg((200, 0, 0))], "instruction": "Describe the image.", "inputs": ""},
+                {"images": [_jpeg((0, 0, 200))] * 2, "instruction": "什么颜色？", "inputs": ""}]
+    ref = YingPredictor.from_checkpoint(ckpts["stage2"])
+    dev = YingOnDevice(ckpts["stage2"], "stage2", 32, "cpu")
+    for zh in (False, True):
+        assert dev.generate(examples, zh, 6) == ref.generate(examples, chinese_dialogue=zh, max_new_tokens=6)

@@ -216,6 +216,7 @@ class EvalConfig(_Strict):
     # (Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration, LlavaForConditionalGeneration, ...).
     hf_models: dict[str, str] = {}
     num_actors: int = 1  # model actors per model in the Ray Data prediction pool
+    use_gpu: bool = False  # one GPU per model actor, model and batches on cuda (the paper preset's 13B model needs it)
     cache_dir: str | None = None  # predictions and judge responses; None: <run_dir>/cache/eval
     judge: JudgeConfig = JudgeConfig()
 

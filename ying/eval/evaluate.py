@@ -106,7 +106,7 @@ def evaluate_models(cfg: YingConfig, data_dir: str, checkpoints: dict[str, str],
     for spec in specs:
         answers[spec.name], cache_stats[spec.name] = cached_predictions(
             spec, suite_examples, cache_dir, batch_size=ecfg.batch_size, num_actors=ecfg.num_actors,
-            max_new_tokens=ecfg.max_new_tokens, fingerprint=model_fingerprint(spec))
+            max_new_tokens=ecfg.max_new_tokens, fingerprint=model_fingerprint(spec), use_gpu=ecfg.use_gpu)
         print(f"[eval] {spec.name}: {cache_stats[spec.name]}", flush=True)
 
     # metrics.json: each model on each task with the task's own instruction.

@@ -26,11 +26,13 @@ __all__ = [
     "Predictor",
     "ModelSpec",
     "HFVisionPredictor",
+    "YingOnDevice",
     "load_predictor",
     "model_fingerprint",
     "example_key",
     "PredictionCache",
     "predict_examples",
+    "cached_predictions",
 ]
 
 
@@ -73,7 +75,8 @@ class HFVisionPredictor:
         self.max_new_tokens = max_new_tokens
 
     @classmethod
-    def from_pretrained(cls, path: str, name: str | None = None, max_new_tokens: int = 32) -> "HFVisionPredictor":
+    def from_pretrained(cls, path: str, name: str | None = None, max_new_tokens: int = 32,
+                        device: str = "cpu") -> "HFVisionPredictor":
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -85,7 +88,7 @@ class HFVisionPredictor:
                 f"{path}: not a transformers vision-to-text model directory with a processor ({e}); "
                 "save one with model.save_pretrained(dir) and processor.save_pretrained(dir)"
             ) from e
-        return cls(model.eval(), processor, name or path, max_new_tokens)
+        return cls(model.to(device).eval(), processor, name or path, max_new_tokens)
 
     def _prompt(self, example: dict, chinese_dialogue: bool) -> str:
         from ying.model.prompt import format_prompt
@@ -108,7 +111,7 @@ class HFVisionPredictor:
         tokenizer = getattr(self.processor, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.padding_side = "left"  # decoder-only models continue from the last real token
-        batch = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        batch = self.processor(images=images, text=texts, return_tensors="pt", padding=True).to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens or self.max_new_tokens,
                                       do_sample=False, num_beams=1)
@@ -120,13 +123,49 @@ class HFVisionPredictor:
         return [t.strip() for t in decode(out, skip_special_tokens=True)]
 
 
-def load_predictor(spec: ModelSpec, max_new_tokens: int = 32) -> Predictor:
+class YingOnDevice:
+    """A Ying checkpoint on any device (``YingPredictor`` keeps model and batches on the CPU).
+
+    The same prompt, collation and greedy decoding as ``YingPredictor.generate``; only the batch
+    moves to the model's device.
+    """
+
+    def __init__(self, path: str, name: str, max_new_tokens: int, device: str):
+        from ying.model.checkpoint import load_checkpoint
+
+        self.model, self.tokenizer, self.processor, _ = load_checkpoint(path, device=device)
+        self.name = name
+        self.max_new_tokens = max_new_tokens
+
+    def generate(self, examples: list[dict], chinese_dialogue: bool = False,
+                 max_new_tokens: int | None = None) -> list[str]:
+        import torch
+
+        if not examples:
+            return []
+        batch = self.processor.collate([self.processor.encode_prompt(e, chinese_dialogue) for e in examples],
+                                       pad_left=True)
+        device = self.model.device
+        with torch.inference_mode():
+            out = self.model.generate(
+                pixel_values=batch["pixel_values"].to(device), input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, num_beams=1,
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def load_predictor(spec: ModelSpec, max_new_tokens: int = 32, device: str = "cpu") -> Predictor:
     if spec.kind == "ying":
+        if device != "cpu":
+            return YingOnDevice(spec.path, spec.name, max_new_tokens, device)
         from ying.model.inference import YingPredictor
 
         return YingPredictor.from_checkpoint(spec.path, name=spec.name, max_new_tokens=max_new_tokens)
     if spec.kind == "hf":
-        return HFVisionPredictor.from_pretrained(spec.path, name=spec.name, max_new_tokens=max_new_tokens)
+        return HFVisionPredictor.from_pretrained(spec.path, name=spec.name, max_new_tokens=max_new_tokens,
+                                                 device=device)
     raise ValueError(f"model {spec.name!r}: unknown kind {spec.kind!r}; expected 'ying' or 'hf'")
 
 
@@ -185,11 +224,11 @@ class PredictionCache:
 class _PredictorActor:
     """A Ray Data actor: loads one model and answers batches of examples."""
 
-    def __init__(self, spec: ModelSpec, max_new_tokens: int):
+    def __init__(self, spec: ModelSpec, max_new_tokens: int, use_gpu: bool = False):
         import torch
 
         torch.set_num_threads(1)  # several actors on a small machine must not oversubscribe its cores
-        self.predictor = load_predictor(spec, max_new_tokens)
+        self.predictor = load_predictor(spec, max_new_tokens, "cuda" if use_gpu else "cpu")
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -206,7 +245,7 @@ class _PredictorActor:
 
 
 def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: int, num_actors: int = 1,
-                     max_new_tokens: int = 32) -> dict[str, str]:
+                     max_new_tokens: int = 32, use_gpu: bool = False) -> dict[str, str]:
     """``{example key: answer}`` for examples carrying ``key``, ``images``, ``instruction``, ``inputs``,
     ``chinese_dialogue`` and ``max_new_tokens``; each distinct key is generated once."""
     import ray
@@ -221,18 +260,18 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
             for k, e in sorted(unique.items())]
     ds = ray.data.from_items(rows).map_batches(
         _PredictorActor,
-        fn_constructor_kwargs={"spec": spec, "max_new_tokens": max_new_tokens},
+        fn_constructor_kwargs={"spec": spec, "max_new_tokens": max_new_tokens, "use_gpu": use_gpu},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, num_actors)),
         batch_size=batch_size,
         batch_format="pyarrow",
-        num_cpus=1,
+        **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
     )
     return {row["key"]: row["answer"] for row in ds.iter_rows()}
 
 
 def cached_predictions(spec: ModelSpec, suite_examples: dict[str, list[dict]], cache_dir: str, *,
                        batch_size: int, num_actors: int = 1, max_new_tokens: int = 32,
-                       fingerprint: str | None = None) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+                       fingerprint: str | None = None, use_gpu: bool = False) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
     """Answers per suite ``{suite: {example key: answer}}`` and counts ``{cached, generated}``.
 
     Only examples missing from the (model, suite) caches go to the model, in one Ray Data pass.
@@ -241,7 +280,7 @@ def cached_predictions(spec: ModelSpec, suite_examples: dict[str, list[dict]], c
     caches = {suite: PredictionCache(cache_dir, model_key, suite) for suite in suite_examples}
     todo = [e for suite, exs in suite_examples.items() for e in exs if caches[suite].get(e["key"]) is None]
     fresh = predict_examples(spec, todo, batch_size=batch_size, num_actors=num_actors,
-                             max_new_tokens=max_new_tokens) if todo else {}
+                             max_new_tokens=max_new_tokens, use_gpu=use_gpu) if todo else {}
     out: dict[str, dict[str, str]] = {}
     for suite, exs in suite_examples.items():
         answers = out.setdefault(suite, {})
