@@ -26,6 +26,7 @@ def test_shipped_coco_vocabulary_has_the_80_objects_and_lu_synonyms(coco):
     ("a baby elephant under a passenger jet", ["elephant", "airplane"]),  # "baby"/"passenger" are not people here
     ("a woman sits on the toilet seat", ["person", "toilet"]),  # "seat" of a toilet is not a chair
     ("mice and geese and oxen", ["mouse", "bird", "cow"]),
+    ("a baby animal with two adult giraffes", ["giraffe"]),  # "baby animal" names no COCO object, nor a person
     ("a motor bike by a stop sign and a cell phone", ["motorcycle", "stop sign", "cell phone"]),
     ("The sky is blue and empty.", []),
 ])

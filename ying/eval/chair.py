@@ -82,7 +82,7 @@ def vocabulary_from_dict(doc: Mapping, where: str = "<dict>") -> ObjectVocabular
     prefixes = doc.get("animal_prefixes") or {}
     for animal in prefixes.get("animals", []):
         for prefix in prefixes.get("prefixes", []):
-            phrases[_phrase_key(f"{prefix} {animal}")] = animal
+            phrases[_phrase_key(f"{prefix} {animal}")] = animal if animal in objects else None
     return ObjectVocabulary(name=name, phrases=phrases, max_len=max(len(k) for k in phrases))
 
 
