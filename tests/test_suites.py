@@ -259,3 +259,16 @@ def test_device_predictor_answers_as_ying_predictor(tiny_run):
     dev = YingOnDevice(ckpts["stage2"], "stage2", 32, "cpu")
     for zh in (False, True):
         assert dev.generate(examples, zh, 6) == ref.generate(examples, chinese_dialogue=zh, max_new_tokens=6)
+
+
+def test_training_instruction_subset_for_figure5():
+    from ying.data.instructions import pick_instruction
+
+    four = training_instructions("okvqa", seed=0, n=4)
+    assert len(set(four)) == 4 and set(four) <= set(load_pool("okvqa"))
+    assert training_instructions("okvqa", seed=0, n=4) == four  # stable across builds
+    picks = {pick_instruction("okvqa", f"okvqa-train-{i}", 0, n_instructions=4) for i in range(200)}
+    assert picks == set(four)  # training records use only the four; evaluation keeps all ten
+    assert {pick_instruction("okvqa", f"okvqa-test-{i}", 0) for i in range(200)} == set(load_pool("okvqa"))
+    with pytest.raises(ValueError, match="1..10"):
+        training_instructions("okvqa", seed=0, n=11)
