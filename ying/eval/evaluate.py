@@ -96,6 +96,8 @@ def evaluate_models(cfg: YingConfig, data_dir: str, checkpoints: dict[str, str],
         for task, why in plans[name].not_run.items():
             print(f"[eval] suite {name}: {task} not run: {why}", flush=True)
 
+    if ecfg.hf_models and plans.get("video") and plans["video"].examples:
+        plans["video"].notes.append(f"{', '.join(ecfg.hf_models)}: single-image models, shown each video's middle frame")
     suite_examples = {name: plan.examples for name, plan in plans.items()}
     answers: dict[str, dict[str, dict[str, str]]] = {}
     baseline = MajorityAnswerBaseline().fit(train_records)
