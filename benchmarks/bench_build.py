@@ -1,6 +1,6 @@
 """Benchmark of the unify build (ying.data.build), side by side on the same mini-world inputs.
 
-    python benchmarks/bench_build.py                      # default sizes: a few minutes on 2 CPUs
+    python benchmarks/bench_build.py                      # default sizes: ~4 minutes on 2 idle CPUs
     python benchmarks/bench_build.py --size 0.02 --image-size 64   # smoke test, about a minute
     python benchmarks/bench_build.py --workdir /tmp/bb --keep      # keep (and on reruns reuse) the sources
 
@@ -20,9 +20,16 @@ It prints four figures, each measured in this one run, and ends with one JSON li
                          records over 1x. Goal <= 1.2. Each size runs in its own fresh process and
                          cluster. Summed RSS counts shared pages once per process and includes the
                          idle cluster, so the growth above the idle cluster is printed beside it.
-  bytes_ratio_vs_jsonl   bytes of our Parquet records over the bytes of the same records exported
-                         in the M3IT layout (per-task folders of <split>.jsonl with instruction,
-                         inputs, outputs, image_base64_str, meta). Goal <= 0.77.
+  bytes_ratio_vs_jsonl   bytes of our Parquet records (the 1x build) over the bytes of the same
+                         records exported by ``ying.data.m3it.export_m3it`` in M3IT's layout (the
+                         split .jsonl files: instruction, inputs, outputs, image_base64_str, meta).
+                         Goal <= 0.77. Base64 alone makes JSONL 4/3 the image bytes; zstd in our
+                         Parquet also shares repeated bytes within a row group (an image asked
+                         about several times, JPEG headers, the text), which JSONL cannot.
+
+A check line gives the CPU seconds each build cost over its whole process tree, and the speed-up
+they allow on --cpus otherwise idle CPUs: on a busy machine the wall-clock ratio says more about
+the neighbours than about the build.
 
 Sizes: --size scales the tiny preset's mini-world (every task the mini-world can write), and
 --factor is the memory comparison's multiplier. Absolute timings depend on what else runs on the
@@ -32,7 +39,6 @@ machine; run it alone for figures you report.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import math
 import os
@@ -53,6 +59,7 @@ from ying.data.build import (  # noqa: E402
     read_records,
     records_dir,
 )
+from ying.data.m3it import export_m3it  # noqa: E402
 from ying.data.miniworld import MINIWORLD_TASKS, generate_miniworld  # noqa: E402
 from ying.data.schema import SPLITS, make_record_id  # noqa: E402
 from ying.data.tasks import get_task  # noqa: E402
@@ -85,32 +92,56 @@ class TreeRssSampler:
         self.psutil = psutil
         self.every_s = every_s
         self.peak = 0
+        self.peak_by_name: dict[str, list[int]] = {}  # name -> [bytes, processes] at the overall peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> int:
         me = self.psutil.Process()
-        total = 0
+        total, by_name = 0, {}
         for p in [me, *me.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                rss, name = p.memory_info().rss, p.name()
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
-                pass  # a worker that exited between listing and reading
+                continue  # a worker that exited between listing and reading
+            total += rss
+            entry = by_name.setdefault(name, [0, 0])
+            entry[0] += rss
+            entry[1] += 1
+        if total > self.peak:
+            self.peak, self.peak_by_name = total, by_name
         return total
+
+    def cpu_seconds(self) -> dict[int, float]:
+        """user + system CPU seconds of every process in the tree, by pid."""
+        me = self.psutil.Process()
+        out = {}
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                continue
+        return out
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.sample())
+            self.sample()
             self._stop.wait(self.every_s)
 
     def __enter__(self):
+        self.cpu_start = self.cpu_seconds()
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.sample())
+        self.sample()
+        end = self.cpu_seconds()
+        # Processes started during the build count from zero; ones that ended are lost (few: Ray
+        # keeps its workers), so this is a lower bound of the CPU the build cost.
+        self.cpu_used = sum(c - self.cpu_start.get(pid, 0.0) for pid, c in end.items())
 
 
 def run_child(mode: str, cfg_json: str, roots_json: str, out_dir: str, cpus: int, sample_s: float) -> dict:
@@ -139,7 +170,8 @@ def run_child(mode: str, cfg_json: str, roots_json: str, out_dir: str, cpus: int
     read = sum(c["read"] for s in stats.values() for c in s.values())
     written = sum(c["written"] for s in stats.values() for c in s.values())
     out = {"mode": mode, "seconds": seconds, "read": read, "written": written,
-           "rejected": read - written, "peak_rss": rss.peak, "idle_rss": idle}
+           "rejected": read - written, "peak_rss": rss.peak, "idle_rss": idle, "cpu_s": rss.cpu_used,
+           "peak_mib_by_process": {f"{k} x{n}": round(v / 2**20) for k, (v, n) in sorted(rss.peak_by_name.items())}}
     if mode != "local":
         out["ray_init_s"] = init_s
     return out
@@ -190,25 +222,9 @@ def dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def export_m3it_jsonl(out_dir: str, export_dir: str) -> int:
-    """Our records as M3IT's release layout (<task>/<split>.jsonl, images base64); returns bytes."""
-    for split in SPLITS:
-        files: dict[str, object] = {}
-        try:
-            for rec in read_records(out_dir, split):
-                f = files.get(rec["task"])
-                if f is None:
-                    os.makedirs(os.path.join(export_dir, rec["task"]), exist_ok=True)
-                    f = files[rec["task"]] = open(os.path.join(export_dir, rec["task"], f"{split}.jsonl"), "w",
-                                                  encoding="utf-8")
-                row = {"instruction": rec["instruction"], "inputs": rec["inputs"], "outputs": rec["outputs"],
-                       "image_base64_str": [base64.b64encode(b).decode("ascii") for b in rec["images"]],
-                       "meta": json.loads(rec["meta"])}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        finally:
-            for f in files.values():
-                f.close()
-    return dir_bytes(export_dir)
+def jsonl_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
+               if f.endswith(".jsonl"))
 
 
 # ---------------------------------------------------------------- main
@@ -233,8 +249,10 @@ def sources(cfg: YingConfig, root: str) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=float, default=0.3,
-                    help="mini-world size at 1x, as a fraction of the tiny preset's (default 0.3: ~3k records)")
+    ap.add_argument("--size", type=float, default=0.8,
+                    help="mini-world size at 1x, as a fraction of the tiny preset's "
+                         "(default 0.8: ~8k records at 1x, ~80k at 10x; Ray's fixed start-up, ~4 CPU-seconds, "
+                         "is then a few percent of the work)")
     ap.add_argument("--factor", type=int, default=10, help="records multiplier of the memory comparison (default 10)")
     ap.add_argument("--image-size", type=int, default=512,
                     help="side of the generated images in pixels (default 512: about a COCO image's pixel count, "
@@ -295,16 +313,23 @@ def main() -> None:
 
         checked, identical = passthrough_share(cfg1, roots1, out("ray-1x"))
         parquet = sum(dir_bytes(records_dir(out("ray-1x"), s)) for s in SPLITS)
-        jsonl = export_m3it_jsonl(out("ray-1x"), out("m3it-1x"))
+        shutil.rmtree(out("m3it-1x"), ignore_errors=True)
+        export_m3it(out("ray-1x"), out("m3it-1x"), progress=None)
+        jsonl = jsonl_bytes(out("m3it-1x"))  # the split files; instructions.json is not a record
 
         print(f"speed at {args.factor}x ({rayN['read']} records): Ray Data on {args.cpus} CPUs {rate(rayN):.1f} "
               f"records/s, one process {rate(localN):.1f} records/s: x{speedup:.2f} "
               f"(at 1x, where fixed start-up costs weigh more: x{speedup1:.2f})")
+        print(f"  CPU seconds of the whole process tree at {args.factor}x: Ray {rayN['cpu_s']:.1f}, one process "
+              f"{localN['cpu_s']:.1f}; on {args.cpus} otherwise idle CPUs that bounds the speed-up at "
+              f"x{localN['cpu_s'] / (rayN['cpu_s'] / args.cpus):.2f} (a check on figures taken on a busy machine)")
         print(f"passthrough: {identical}/{checked} images without a visual prompt are byte-identical to their source")
         print(f"memory: peak RSS (driver + Ray processes) {ray1['peak_rss'] / mib:.0f} MiB at 1x "
               f"({ray1['read']} records), {rayN['peak_rss'] / mib:.0f} MiB at {args.factor}x "
               f"({rayN['read']}): x{rss_ratio:.3f}; above the idle cluster {grow1 / mib:.0f} -> {growN / mib:.0f} MiB "
               f"(one plain process: {local1['peak_rss'] / mib:.0f} -> {localN['peak_rss'] / mib:.0f} MiB)")
+        print(f"  peak MiB by process, 1x: {ray1['peak_mib_by_process']}")
+        print(f"  peak MiB by process, {args.factor}x: {rayN['peak_mib_by_process']}")
         print(f"bytes: Parquet {parquet / mib:.2f} MiB, M3IT base64 JSONL {jsonl / mib:.2f} MiB: x{parquet / jsonl:.3f}")
         figures = {
             "speedup_2cpu": round(speedup, 3),

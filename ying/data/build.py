@@ -1,13 +1,13 @@
 """Unify source datasets into instruction records with Ray Data, in one streaming pass.
 
-The driver lists instances (annotation parsing only, cheap) and cuts them into chunks; each Ray
-task then reads and checks a chunk's image bytes, draws region boxes, samples video frames, picks
-instructions (one plain function per instance: ``materialize_record``, testable without Ray) and
-writes the chunk's records to Parquet itself, a row group at a time. Only rejects and counts come
+The driver streams the listing (annotation parsing only, cheap) into chunk files; each Ray Data
+actor call then reads and checks a chunk's image bytes, draws region boxes, samples video frames,
+picks instructions (one plain function per instance: ``materialize_record``, testable without Ray)
+and writes the chunk's records to Parquet itself, a row group at a time. Only rejects and counts come
 back to the driver, so memory stays bounded whatever the dataset's size. Output layout:
 
-    <out_dir>/records/<split>/part-<first instance>.parquet   RECORD_SCHEMA rows
-    <out_dir>/rejects/rejects.jsonl       {task, split, source, reason}, adapter and build rejects
+    <out_dir>/records/<split>/<task>-<split>-<index>.parquet   RECORD_SCHEMA rows, one file per chunk
+    <out_dir>/rejects/rejects.jsonl   {task, split, source, reason}: adapter and build rejects
 
 For every task and split, read = written + rejected (checked, not assumed).
 """
@@ -322,6 +322,14 @@ def _build_listing_files(batch: pa.Table, out_dir: str, seed: int, frames_per_vi
     return pa.Table.from_pylist(outcomes, schema=_OUTCOME_SCHEMA)
 
 
+class _ChunkBuilder:
+    """Ray Data actor around ``_build_listing_files``: imports once, then builds chunk after chunk.
+    Its arguments come per call (no constructor arguments to keep alive in the object store)."""
+
+    def __call__(self, batch: pa.Table, **kwargs: Any) -> pa.Table:
+        return _build_listing_files(batch, **kwargs)
+
+
 def _task_splits(cfg: YingConfig, sources: dict[str, str]) -> list[dict[str, str]]:
     """Every (task, root, split) to read, in config order; fails early on a task without a source."""
     out = []
@@ -369,10 +377,10 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
     ``{task: {split: {read, written, rejected}}}``.
 
     One streaming pass: the driver streams the listing (annotations only) into chunk files of
-    ``_CHUNK_ROWS`` instances; then one Ray Data map runs one task per chunk, which materializes
-    the chunk's records and writes them to Parquet itself, sending back only rejects and counts.
-    Memory is bounded by one chunk in the driver and a row group per running task, whatever the
-    dataset's size; nothing big ever sits in the object store.
+    ``_CHUNK_ROWS`` instances; then one Ray Data map (an actor per CPU) builds chunk after chunk,
+    each call materializing a chunk's records and writing them to Parquet itself, sending back
+    only rejects and counts. Memory is bounded by one chunk in the driver and a row group per
+    actor, whatever the dataset's size; nothing big ever sits in the object store.
     """
     import ray
 
@@ -380,11 +388,18 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
     _clear_records(out_dir)
     listing_dir = storage.join(out_dir, "_listing")
     paths = _write_listing(cfg, sources, listing_dir)
+    n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths))).map_batches(
-        _build_listing_files,
-        batch_size=None,  # one block = one chunk file = one task (and one Parquet file per split)
+        _ChunkBuilder,
+        batch_size=None,  # one block = one chunk file = one call (and one Parquet file per split)
         batch_format="pyarrow",
         num_cpus=1,
+        # An actor per CPU with the next chunk already queued: Ray Data notices a finished *task*
+        # only on its next scheduling tick (up to 0.1 s, often two ticks), which idled each CPU
+        # ~0.2 s per chunk with plain tasks; a queue of 2 keeps the tail to one chunk per actor.
+        # min_size=1: where other work holds CPUs, the build starts with what it gets.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_cpus, initial_size=n_cpus,
+                                           max_tasks_in_flight_per_actor=2),
         fn_kwargs={
             "out_dir": out_dir,
             "seed": cfg.run.seed,
