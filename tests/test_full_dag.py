@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = [
     "miniworld.n_images={coco/train: 40, coco/validation: 8, coco/test: 8, vqa-v2/train: 30, vqa-v2/validation: 8,"
     " coco-goi/train: 10, coco-goi/validation: 4, flickr8k-cn/train: 4, flickr8k-cn/validation: 4,"
-    " flickr8k-cn/test: 4}",
+    " flickr8k-cn/test: 4, okvqa/train: 6, okvqa/validation: 3, clevr/train: 4, clevr/validation: 2,"
+    " visual-dialog/train: 10, visual-dialog/validation: 2, visual-dialog/test: 2}",
     "miniworld.n_videos={msrvtt-qa/train: 2, msrvtt-qa/validation: 2, msrvtt-qa/test: 2}",
     "train.stage1.max_steps=6", "train.stage1.warmup_steps=2", "train.stage1.batch_size=8",
     "train.stage2.max_steps=6", "train.stage2.warmup_steps=2", "train.stage2.batch_size=8",
@@ -69,7 +70,8 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     metrics = json.loads(Path(run_dir, "eval", "metrics.json").read_text())
     assert set(metrics) == {"majority-answer", "stage1", "stage2"}
     for model in metrics.values():
-        assert set(model) == {"coco", "vqa-v2", "coco-goi", "flickr8k-cn", "msrvtt-qa"}
+        assert set(model) == {"coco", "vqa-v2", "coco-goi", "flickr8k-cn", "msrvtt-qa", "okvqa", "clevr",
+                              "visual-dialog"}
         assert all(set(s) == {"exact_match", "rouge_l", "n"} and 0 <= s["exact_match"] <= 1 for s in model.values())
     report = Path(run_dir, "report.md").read_text()
     assert "Exact match" in report and "stage2" in report and "eval/loss.png" in report
@@ -83,7 +85,10 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     # Stage II starts from Stage I and never trains on held-out tasks.
     s2 = json.loads(Path(run_dir, "stage2", "_manifest.json").read_text())["outputs"]
     assert s2["plan"]["init_checkpoint"].endswith(os.path.join("stage1", "hf"))
-    assert set(s2["plan"]["tasks"]) == {"coco", "vqa-v2", "coco-goi"}
+    assert set(s2["plan"]["tasks"]) == {"coco", "vqa-v2", "coco-goi", "okvqa", "clevr", "visual-dialog"}
+    # The contamination guard took out the one VisDial training dialog on an OK-VQA val image.
+    qc = json.loads(Path(run_dir, "qc", "_manifest.json").read_text())["outputs"]["counts"]
+    assert qc["contamination_blocked"] == {"visual-dialog": 2}
 
 
 def test_second_run_skips_every_stage(first_run):
