@@ -390,8 +390,11 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
     _clear_records(out_dir)
     listing_dir = storage.join(out_dir, "_listing")
     paths = _write_listing(cfg, sources, listing_dir)
+    if not paths:  # no task to build: nothing for Ray to do
+        storage.filesystem(listing_dir)[0].rm(storage.filesystem(listing_dir)[1], recursive=True)
+        return _finish(out_dir, cfg, [])
     n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths))).map_batches(
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths)).map_batches(
         _ChunkBuilder,
         batch_size=None,  # one block = one chunk file = one call (and one Parquet file per split)
         batch_format="pyarrow",
