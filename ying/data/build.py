@@ -152,7 +152,8 @@ def materialize_record(
     }
 
 
-# Listing rows: what the listing step streams to the build step, one per source record read.
+# Listing rows: what the driver's listing writes into chunk files for the builders, one per source
+# record read.
 # kind "instance" carries a SourceInstance as JSON; "reject" an adapter reject with its reason;
 # "count" closes a (task, split) with how many source records it read, so the driver can check that
 # no chunk was lost on the way (read = written + rejected).
@@ -167,11 +168,11 @@ _OUTCOME_SCHEMA = pa.schema(
     [("task", pa.string()), ("split", pa.string()), ("index", pa.int64()), ("source", pa.string()),
      ("reason", pa.string()), ("written", pa.int64()), ("read", pa.int64())]
 )
-# Instances per build task (and per Parquet file): big enough that per-task overhead is a few percent
-# of the work, small enough that 2 CPUs get a dozen tasks from a thousand records to balance the
-# slow ones (videos, big images) between them.
+# Listing rows per chunk (one builder call, one Parquet file per split it touches): big enough that
+# per-call overhead is small, small enough that 2 CPUs get a dozen chunks from a few thousand
+# records to balance the slow ones (videos, big images) between them, and the tail stays short.
 _CHUNK_ROWS = 256
-# Parquet row groups are flushed at whichever limit comes first: memory per build task stays bounded
+# Parquet row groups are flushed at whichever limit comes first: memory per builder stays bounded
 # by one row group, however big the chunk or the images.
 _ROW_GROUP_ROWS = 256
 _ROW_GROUP_BYTES = 32 * 1024 * 1024
@@ -190,8 +191,8 @@ def iter_listing(task: str, root: str, split: str, cap: int | None) -> Iterator[
         if isinstance(item, Reject):
             row.update(kind="reject", source=item.source, reason=item.reason)
         else:
-            # vars(), not dataclasses.asdict: asdict deep-copies every nested list and was two
-            # thirds of the listing's time, which runs serially before the build starts.
+            # vars(), not dataclasses.asdict: asdict deep-copies every nested list, and cost a third
+            # of the listing's time, which runs serially before the build starts.
             row["instance"] = json.dumps(vars(item), ensure_ascii=False)
         n += 1
         yield row
