@@ -49,3 +49,19 @@ def test_built_record_uses_its_task_pool(tmp_path):
         assert rec["instruction"] == pick_instruction(task, rec["id"], 7)
         again = materialize_record(inst.__dict__, seed=7, frames_per_video=8, max_image_pixels=10**7)
         assert again == rec
+
+
+def test_train_instructions_limit_training_records_only(tmp_path):
+    from ying.data.instructions import training_instructions
+
+    roots = generate_miniworld(str(tmp_path), small_cfg(6), seed=0, tasks=["vqa-v2"])
+    allowed = set(training_instructions("vqa-v2", 7, 4))
+    assert len(allowed) == 4
+    seen = {"train": set(), "validation": set()}
+    for split in seen:
+        for inst in get_task("vqa-v2").read_instances(roots["vqa-v2"], split):
+            rec = materialize_record(inst.__dict__, seed=7, frames_per_video=8, max_image_pixels=10**7,
+                                     train_instructions=4)
+            seen[split].add(rec["instruction"])
+    assert seen["train"] <= allowed  # training never sees the other 6 (paper Figure 5)
+    assert seen["validation"] - allowed  # evaluation draws from the whole pool

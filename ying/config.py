@@ -72,6 +72,10 @@ class DataConfig(_Strict):
     frames_per_video: int = 8  # the paper samples 8 frames uniformly
     max_image_pixels: int = 64_000_000  # larger images are rejected as decompression bombs
     max_per_split: int | None = None  # cap instances per task and split (the paper samples subsets)
+    # Paper Figure 5: training records use only this many of each pool's 10 instructions (drawn by
+    # seed); evaluation records use the whole pool, so the eval stage can score unseen instructions.
+    # None: training uses all 10.
+    train_instructions: int | None = None
     # Held-out policy (paper Figure 8): tasks never trained on in Stage II, evaluated zero-shot.
     held_out: list[str] = Field(default_factory=list)
     eval_only: list[str] = Field(default_factory=list)  # tasks whose every split is evaluation data

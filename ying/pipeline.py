@@ -106,7 +106,7 @@ def run_serve(ctx: StageContext) -> dict:
 
 
 _TRAIN_COMMON = ["run.seed", "model", "train.num_workers", "train.use_gpu", "train.zero_stage",
-                 "train.weight_decay", "train.grad_clip"]
+                 "train.weight_decay", "train.grad_clip", "train.shuffle_buffer"]
 
 STAGES: list[Stage] = [
     Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources"]),

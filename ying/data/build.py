@@ -87,9 +87,14 @@ def _read(path: str) -> bytes:
 
 
 def materialize_record(
-    instance_dict: dict[str, Any], seed: int, frames_per_video: int, max_image_pixels: int
+    instance_dict: dict[str, Any], seed: int, frames_per_video: int, max_image_pixels: int,
+    train_instructions: int | None = None,
 ) -> dict[str, Any]:
-    """A SourceInstance (as a dict) -> a RECORD_SCHEMA row, or a REJECT_SCHEMA row with its reason."""
+    """A SourceInstance (as a dict) -> a RECORD_SCHEMA row, or a REJECT_SCHEMA row with its reason.
+
+    ``train_instructions``: training records draw from that many of their pool's instructions
+    (paper Figure 5); evaluation records always draw from the whole pool.
+    """
     inst = SourceInstance(**instance_dict)
 
     def reject(reason: str) -> dict[str, str]:
@@ -145,7 +150,8 @@ def materialize_record(
         "lang": spec.lang,
         "split": inst.split,
         "images": images,
-        "instruction": pick_instruction(inst.task, record_id, seed),
+        "instruction": pick_instruction(inst.task, record_id, seed,
+                                        n_instructions=train_instructions if inst.split == "train" else None),
         "inputs": inst.inputs,
         "outputs": inst.outputs,
         "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
@@ -243,7 +249,8 @@ class _SplitWriters:
 
 
 def build_chunk(
-    rows: list[dict[str, Any]], out_dir: str, seed: int, frames_per_video: int, max_image_pixels: int
+    rows: list[dict[str, Any]], out_dir: str, seed: int, frames_per_video: int, max_image_pixels: int,
+    train_instructions: int | None = None,
 ) -> list[dict[str, Any]]:
     """Materialize a chunk of listing rows and write its records straight to
     ``<out_dir>/records/<split>/<task>-<split>-<index>.parquet`` (named by the chunk's first row, so
@@ -270,7 +277,7 @@ def build_chunk(
                 continue
             inst = json.loads(row["instance"])
             try:
-                out = materialize_record(inst, seed, frames_per_video, max_image_pixels)
+                out = materialize_record(inst, seed, frames_per_video, max_image_pixels, train_instructions)
             except Exception as e:  # one broken instance (or an adapter's bug) must not kill the run
                 out = {"source": inst.get("source", ""), "reason": f"build failed: {type(e).__name__}: {e}"}
             if "reason" in out:
@@ -314,14 +321,14 @@ def _write_listing(cfg: YingConfig, sources: dict[str, str], listing_dir: str) -
 
 
 def _build_listing_files(batch: pa.Table, out_dir: str, seed: int, frames_per_video: int,
-                         max_image_pixels: int) -> pa.Table:
+                         max_image_pixels: int, train_instructions: int | None = None) -> pa.Table:
     """Ray wrapper around ``build_chunk``: listing chunk files in, outcome rows out."""
     outcomes: list[dict] = []
     for path in batch.column("path").to_pylist():
         fs, p = storage.filesystem(path)
         with fs.open(p, "rb") as f:
             rows = pq.read_table(f, schema=_LISTING_SCHEMA).to_pylist()
-        outcomes += build_chunk(rows, out_dir, seed, frames_per_video, max_image_pixels)
+        outcomes += build_chunk(rows, out_dir, seed, frames_per_video, max_image_pixels, train_instructions)
     return pa.Table.from_pylist(outcomes, schema=_OUTCOME_SCHEMA)
 
 
@@ -411,6 +418,7 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
             "seed": cfg.run.seed,
             "frames_per_video": cfg.data.frames_per_video,
             "max_image_pixels": cfg.data.max_image_pixels,
+            "train_instructions": cfg.data.train_instructions,
         },
     )
     outcomes: list[dict] = []
@@ -432,7 +440,8 @@ def build_unified_local(cfg: YingConfig, sources: dict[str, str], out_dir: str) 
     outcomes: list[dict] = []
     for path in _write_listing(cfg, sources, listing_dir):
         outcomes += _build_listing_files(pa.table({"path": [path]}), out_dir, cfg.run.seed,
-                                         cfg.data.frames_per_video, cfg.data.max_image_pixels).to_pylist()
+                                         cfg.data.frames_per_video, cfg.data.max_image_pixels,
+                                         cfg.data.train_instructions).to_pylist()
     stats = _finish(out_dir, cfg, outcomes)
     fs, p = storage.filesystem(listing_dir)
     fs.rm(p, recursive=True)
