@@ -23,6 +23,31 @@ def _data_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def _rephrase_summary(provider: str, model: str, c: dict) -> str:
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(c.get("failures", {}).items())) or "none"
+    statuses = ", ".join(f"`{k}` {v}" for k, v in sorted(c.get("by_status", {}).items())) or "none"
+    return (
+        f"- provider `{provider}` (model `{model}` when it is `openai`)\n"
+        f"- records rephrased {c.get('rephrased', 0)}, fell back to the template {c.get('fallback', 0)}, "
+        f"left as they were (tasks not rephrased) {c.get('untouched', 0)}; by status: {statuses}\n"
+        f"- requests {c.get('requests', 0)}, cache hits {c.get('cache_hits', 0)}, failures: {failures}\n"
+        f"- tokens: prompt {c.get('prompt_tokens', 0)}, completion {c.get('completion_tokens', 0)}"
+    )
+
+
+def _qc_table(counts: dict) -> str:
+    lines = ["| task | split | checked | passed | invalid | eval-only removed | contamination blocked |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for task, splits in sorted(counts.get("tasks", {}).items()):
+        for split, c in sorted(splits.items()):
+            lines.append(f"| {task} | {split} | {c['checked']} | {c['passed']} | {c.get('invalid', 0)} | "
+                         f"{c.get('eval_only', 0)} | {c.get('contamination', 0)} |")
+    lines.append("")
+    lines.append(f"Checked {counts['checked']} = passed {counts['passed']} + rejected {counts['rejected']}; "
+                 f"{counts.get('evaluation_images', 0)} evaluation images guarded against training.")
+    return "\n".join(lines)
+
+
 def _training_table(stages: dict[str, dict]) -> str:
     lines = ["| stage | tasks | steps | peak lr | final train loss | val answer loss | samples/s | trainable tensors |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -82,9 +107,9 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
         extras["Data (unify: read = written + rejected)"] = _data_table(outputs["unify"]["stats"])
     if "rephrase" in outputs:
         c = outputs["rephrase"]["counts"]
-        extras["Rephrase"] = f"provider `{cfg.rephrase.provider}`; counts: `{c}`"
+        extras["Rephrase"] = _rephrase_summary(cfg.rephrase.provider, cfg.rephrase.model, c)
     if "qc" in outputs:
-        extras["Quality check"] = f"`{outputs['qc']['counts']}`"
+        extras["Quality check"] = _qc_table(outputs["qc"]["counts"])
         if outputs["qc"].get("review_html"):
             extras["Quality check"] += f"\n\nReview page (random records per task and split): `{outputs['qc']['review_html']}`"
         if outputs["qc"].get("stats_md") and storage.exists(outputs["qc"]["stats_md"]):
