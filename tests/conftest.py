@@ -24,3 +24,36 @@ def ray_cluster():
     ray.dashboard_url = f"http://{context.dashboard_url}"  # for tests that submit Ray Jobs
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """One S3 protocol server (moto) on loopback for the session; yields a function that makes a bucket.
+
+    botocore, and so s3fs, read the endpoint and credentials from the environment; s3fs caches its
+    filesystem objects, so the cache is cleared when the endpoint appears and when it goes.
+    """
+    import boto3
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    mp = pytest.MonkeyPatch()
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        mp.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    client = boto3.client("s3", endpoint_url=endpoint)
+
+    def make_bucket(name: str) -> str:
+        client.create_bucket(Bucket=name)
+        s3fs.S3FileSystem.clear_instance_cache()
+        return f"s3://{name}"
+
+    yield make_bucket
+    mp.undo()
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()

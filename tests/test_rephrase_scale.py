@@ -216,31 +216,17 @@ def test_stage_context_cache_retry_failed_budget_and_no_secret(ray_cluster, tmp_
     assert list((out / "cache").glob("*.jsonl"))
 
 
-def test_cache_on_s3_shards_per_flush(tmp_path):
+def test_cache_on_s3_shards_per_flush(s3_endpoint):
     """On an object store the cache is written as whole shard objects (no appends), and read back."""
-    import boto3
     import fsspec
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ying-rephrase")
-        fsspec.filesystem("s3").invalidate_cache()
-        w = CacheWriter("s3://ying-rephrase/run/rephrase/cache", flush_every=2)
-        for i in range(5):
-            w.add(f"m|v1|{i}", "m", "v1", str(i), f"text {i}", None, 1, 1)
-        w.close()
-        names = sorted(p.rsplit("/", 1)[1] for p in fsspec.filesystem("s3").find("ying-rephrase/run/rephrase/cache"))
-        assert len(names) == 3 and names[0].endswith("-000000.jsonl")  # 2 + 2 + 1 entries
-        cache = load_cache("s3://ying-rephrase/run/rephrase/cache", "m", "v1")
-        assert {k: v["text"] for k, v in cache.items()} == {f"m|v1|{i}": f"text {i}" for i in range(5)}
-    finally:
-        mp.undo()
-        server.stop()
+    s3_endpoint("ying-rephrase")
+    w = CacheWriter("s3://ying-rephrase/run/rephrase/cache", flush_every=2)
+    for i in range(5):
+        w.add(f"m|v1|{i}", "m", "v1", str(i), f"text {i}", None, 1, 1)
+    w.close()
+    names = sorted(p.rsplit("/", 1)[1] for p in fsspec.filesystem("s3").find("ying-rephrase/run/rephrase/cache"))
+    assert len(names) == 3 and names[0].endswith("-000000.jsonl")  # 2 + 2 + 1 entries
+    cache = load_cache("s3://ying-rephrase/run/rephrase/cache", "m", "v1")
+    assert {k: v["text"] for k, v in cache.items()} == {f"m|v1|{i}": f"text {i}" for i in range(5)}
+

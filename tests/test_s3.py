@@ -20,26 +20,8 @@ from ying.model.vlm import build_model
 
 
 @pytest.fixture(scope="module")
-def s3_bucket(tmp_path_factory):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    mp = pytest.MonkeyPatch()
-    # botocore (and so s3fs) reads the endpoint and credentials from the environment.
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        mp.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ying-test")
-    import fsspec
-
-    fsspec.filesystem("s3").invalidate_cache()
-    yield "s3://ying-test"
-    mp.undo()
-    server.stop()
+def s3_bucket(s3_endpoint):
+    return s3_endpoint("ying-test")
 
 
 def test_manifests_and_json_round_trip(s3_bucket):
