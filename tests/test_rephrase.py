@@ -9,7 +9,6 @@ import pytest
 
 from ying.config import RephraseConfig
 from ying.data.rephrase import (
-    TABLE10_PROMPT,
     OpenAIProvider,
     RephraseItem,
     RephraseProvider,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ying.cli import main
 from ying.data.schema import RECORD_SCHEMA
-from ying.data.stats import count_instruction_tokens, instance_stats, instruction_stats, write_stats
+from ying.data.stats import count_instruction_tokens, instance_stats, instruction_stats
 from ying.data.tasks import TASKS
 
 

@@ -3,7 +3,6 @@ mini-world's scene file, and the whole eval stage (suites, judge, report) on a t
 
 import io
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
