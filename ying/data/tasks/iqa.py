@@ -20,15 +20,13 @@ its SD and the rating distribution stay in meta.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from typing import Iterator
 
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, read_bytes
+from ._common import SourceFileError, list_names, csv_rows
 from ._options import answer_with_letter, format_options
 
 SPEC = TaskSpec(key="iqa", category="classification", lang="en", splits=("train", "validation", "test"), rephrase=False)
@@ -52,28 +50,12 @@ def quality_level(mos: float) -> str:
     return "bad"
 
 
-def _rows(path: str) -> list[dict[str, str]]:
-    try:
-        text = read_bytes(path).decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SourceFileError(f"{path} is not UTF-8: {e}") from None
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
-    except csv.Error as e:
-        raise SourceFileError(f"{path} is not valid CSV: {e}") from None
-    missing = {"image_name", "MOS", "set"} - set(reader.fieldnames or [])
-    if missing:
-        raise SourceFileError(f"{path} lacks columns {sorted(missing)}")
-    return rows
-
-
 def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in _SET:
         raise ValueError(f"iqa has splits {SPEC.splits}; got {split!r}")
     csv_path = storage.join(root, SCORE_FILE)
     try:
-        rows = _rows(csv_path)
+        rows = csv_rows(csv_path, {"image_name", "MOS", "set"})
     except SourceFileError as e:
         yield Reject(SPEC.key, split, csv_path, str(e))
         return

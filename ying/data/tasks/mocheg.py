@@ -17,14 +17,12 @@ refutes it, or is not enough. The release label is kept in meta.
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Iterator
 
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, read_bytes
+from ._common import SourceFileError, list_names, csv_rows
 from ._options import answer_with_letter, format_options, reduced_options
 
 SPEC = TaskSpec(key="mocheg", category="classification", lang="en", splits=("train", "validation", "test"), rephrase=False)
@@ -34,22 +32,6 @@ CORPUS_FILE = "Corpus2.csv"
 IMAGE_DIR = "images"
 # release label -> the option text shown to the model
 LABELS = {"supported": "supported", "refuted": "refuted", "nei": "not enough information"}
-
-
-def _rows(path: str) -> list[dict[str, str]]:
-    try:
-        text = read_bytes(path).decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SourceFileError(f"{path} is not UTF-8: {e}") from None
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
-    except csv.Error as e:
-        raise SourceFileError(f"{path} is not valid CSV: {e}") from None
-    missing = {"claim_id", "Claim", "cleaned_truthfulness"} - set(reader.fieldnames or [])
-    if missing:
-        raise SourceFileError(f"{path} lacks columns {sorted(missing)}")
-    return rows
 
 
 def _proof_images(names: set[str]) -> dict[str, list[str]]:
@@ -67,7 +49,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     folder = storage.join(root, _DIR[split])
     csv_path = storage.join(folder, CORPUS_FILE)
     try:
-        rows = _rows(csv_path)
+        rows = csv_rows(csv_path, {"claim_id", "Claim", "cleaned_truthfulness"})
     except SourceFileError as e:
         yield Reject(SPEC.key, split, csv_path, str(e))
         return

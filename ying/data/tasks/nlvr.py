@@ -14,37 +14,17 @@ right). Example line::
 
 from __future__ import annotations
 
-import json
-from typing import Any, Iterator
+from typing import Iterator
 
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, FolderIndex, read_bytes
+from ._common import FolderIndex, json_lines
 
 SPEC = TaskSpec(key="nlvr", category="reasoning", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
 _FILE = {"train": "train", "validation": "dev", "test": "test1"}
 _LABELS = {"true": "true", "false": "false"}
-
-
-def _json_lines(path: str, split: str) -> Iterator[tuple[str, Any] | Reject]:
-    """(locator, object) per non-empty line, or a Reject for a line that can't be read."""
-    try:
-        raw = read_bytes(path)
-    except SourceFileError as e:
-        yield Reject(SPEC.key, split, path, str(e))
-        return
-    for n, line in enumerate(raw.splitlines(), start=1):
-        where = f"{path}:{n}"
-        if not line.strip():
-            continue
-        try:
-            yield where, json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield Reject(SPEC.key, split, where, f"line is not UTF-8: {e}")
-        except json.JSONDecodeError as e:
-            yield Reject(SPEC.key, split, where, f"line is not valid JSON: {e}")
 
 
 def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
@@ -53,7 +33,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     name = _FILE[split]
     path = storage.join(root, f"{name}.json")
     present = FolderIndex()  # one listing per image folder
-    for item in _json_lines(path, split):
+    for item in json_lines(SPEC.key, split, path):
         if isinstance(item, Reject):
             yield item
             continue

@@ -23,14 +23,13 @@ the gold rationale stays in meta (context for rephrasing). Example line (abridge
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterator
 
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, FolderIndex, load_json, read_bytes
+from ._common import SourceFileError, FolderIndex, load_json, json_lines
 from ._options import LETTERS, format_options
 
 SPEC = TaskSpec(key="vcr", category="reasoning", lang="en", splits=("train", "validation"), rephrase=False)
@@ -81,24 +80,6 @@ def render(tokens: Any, names: list[str], mentioned: list[int]) -> str:
     return text.strip()
 
 
-def _lines(path: str, split: str) -> Iterator[tuple[str, Any] | Reject]:
-    try:
-        raw = read_bytes(path)
-    except SourceFileError as e:
-        yield Reject(SPEC.key, split, path, str(e))
-        return
-    for n, line in enumerate(raw.splitlines(), start=1):
-        where = f"{path}:{n}"
-        if not line.strip():
-            continue
-        try:
-            yield where, json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield Reject(SPEC.key, split, where, f"line is not UTF-8: {e}")
-        except json.JSONDecodeError as e:
-            yield Reject(SPEC.key, split, where, f"line is not valid JSON: {e}")
-
-
 def _region(meta: dict, index: int, name: str) -> dict:
     try:
         x1, y1, x2, y2 = (float(v) for v in meta["boxes"][index][:4])
@@ -116,7 +97,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"vcr has splits {SPEC.splits}; got {split!r}")
     path = storage.join(root, _FILE[split])
     present = FolderIndex()  # one listing per image folder
-    for item in _lines(path, split):
+    for item in json_lines(SPEC.key, split, path):
         if isinstance(item, Reject):
             yield item
             continue

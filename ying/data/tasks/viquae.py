@@ -12,13 +12,12 @@ that is a config choice, so every split is read here.
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, read_bytes
+from ._common import list_names, json_lines
 
 SPEC = TaskSpec(key="viquae", category="kvqa", lang="en", splits=("train", "validation", "test"), rephrase=True)
 
@@ -29,24 +28,14 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in SPEC.splits:
         raise ValueError(f"viquae has splits {SPEC.splits}; got {split!r}")
     path = storage.join(root, f"{split}.jsonl")
-    try:
-        raw = read_bytes(path)
-    except SourceFileError as e:
-        yield Reject(SPEC.key, split, path, str(e))
-        return
-    present = list_names(storage.join(root, IMAGE_DIR))
-    for n, line in enumerate(raw.splitlines(), start=1):
-        where = f"{path}:{n}"
-        if not line.strip():
+    present = None
+    for item in json_lines(SPEC.key, split, path):
+        if isinstance(item, Reject):
+            yield item
             continue
-        try:
-            rec = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield Reject(SPEC.key, split, where, f"line is not UTF-8: {e}")
-            continue
-        except json.JSONDecodeError as e:
-            yield Reject(SPEC.key, split, where, f"line is not valid JSON: {e}")
-            continue
+        where, rec = item
+        if present is None:  # list the image folder once, and only if the file had a record
+            present = list_names(storage.join(root, IMAGE_DIR))
         try:
             qid, question, image = rec["id"], rec["input"], rec["image"]
             answer = rec["output"]["original_answer"]

@@ -14,13 +14,12 @@ second. Example line::
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Iterator
 
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, read_bytes
+from ._common import list_names, json_lines
 
 SPEC = TaskSpec(key="winoground", category="reasoning", lang="en", splits=("test",), rephrase=False)
 
@@ -37,27 +36,18 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in SPEC.splits:
         raise ValueError(f"winoground has splits {SPEC.splits}; got {split!r}")
     path = storage.join(root, EXAMPLES)
-    try:
-        raw = read_bytes(path)
-    except SourceFileError as e:
-        yield Reject(SPEC.key, split, path, str(e))
-        return
-    present = list_names(storage.join(root, IMAGE_DIR))
-    for n, line in enumerate(raw.splitlines(), start=1):
-        where = f"{path}:{n}"
-        if not line.strip():
+    present = None
+    for item in json_lines(SPEC.key, split, path):
+        if isinstance(item, Reject):
+            yield item
             continue
+        where, rec = item
+        if present is None:  # list the image folder once, and only if the file had a record
+            present = list_names(storage.join(root, IMAGE_DIR))
         try:
-            rec = json.loads(line.decode("utf-8"))
             ex_id = rec["id"]
             images = [rec["image_0"], rec["image_1"]]
             captions = [rec["caption_0"], rec["caption_1"]]
-        except UnicodeDecodeError as e:
-            yield Reject(SPEC.key, split, where, f"line is not UTF-8: {e}")
-            continue
-        except json.JSONDecodeError as e:
-            yield Reject(SPEC.key, split, where, f"line is not valid JSON: {e}")
-            continue
         except (KeyError, TypeError) as e:
             yield Reject(SPEC.key, split, where, f"missing field {e}")
             continue
