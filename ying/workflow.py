@@ -42,11 +42,16 @@ class Stage:
     always_run: bool = False  # e.g. keeping a Serve app up: there is nothing to reuse
 
 
-def _config_part(cfg: YingConfig, dotted: str) -> Any:
-    node: Any = cfg.to_dict()
-    for key in dotted.split("."):
-        node = node[key]
-    return node
+def _config_sections(stage: Stage, cfg: YingConfig) -> dict[str, Any]:
+    """The parts of the config the stage reads, by dotted path."""
+    tree = cfg.to_dict()
+    parts = {}
+    for dotted in stage.config_sections:
+        node: Any = tree
+        for key in dotted.split("."):
+            node = node[key]
+        parts[dotted] = node
+    return parts
 
 
 def stage_fingerprint(stage: Stage, cfg: YingConfig, inputs: dict[str, dict]) -> str:
@@ -54,7 +59,7 @@ def stage_fingerprint(stage: Stage, cfg: YingConfig, inputs: dict[str, dict]) ->
         {
             "stage": stage.name,
             "ying": __version__,
-            "config": {s: _config_part(cfg, s) for s in stage.config_sections},
+            "config": _config_sections(stage, cfg),
             "inputs": {name: m["fingerprint"] for name, m in sorted(inputs.items())},
         }
     )
@@ -78,7 +83,7 @@ def run_stage_cached(stage: Stage, cfg: YingConfig, inputs: dict[str, dict], for
         "stage": stage.name,
         "fingerprint": fp,
         "inputs": {name: m["fingerprint"] for name, m in inputs.items()},
-        "config": {s: _config_part(cfg, s) for s in stage.config_sections},
+        "config": _config_sections(stage, cfg),
         "outputs": outputs,
         "started": started,
         "seconds": round(time.time() - started, 2),
