@@ -24,6 +24,8 @@ __all__ = [
     "load_config",
     "PRESETS_DIR",
     "ConfigError",
+    "execution_only",
+    "execution_only_paths",
 ]
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -35,6 +37,27 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def execution_only(default: Any = ..., **kwargs: Any) -> Any:
+    """A setting that changes how a stage runs (actor counts, I/O batch sizes, concurrency, progress
+    intervals), never what it produces: stage fingerprints leave it out, so changing it re-runs nothing."""
+    return Field(default, json_schema_extra={"execution_only": True}, **kwargs)
+
+
+def execution_only_paths(model: type[BaseModel] | None = None, prefix: str = "") -> set[str]:
+    """Dotted paths of every ``execution_only`` field under ``model`` (default: the whole config)."""
+    model = model or YingConfig
+    paths: set[str] = set()
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("execution_only"):
+            paths.add(path)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths |= execution_only_paths(annotation, f"{path}.")
+    return paths
 
 
 def _absolute_if_local(path: str) -> str:
@@ -88,7 +111,7 @@ class RephraseConfig(_Strict):
     temperature: float = 0.0
     prompt_version: str = "table10-v1"
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable only
-    max_concurrency: int = 16  # requests in flight per actor
+    max_concurrency: int = execution_only(16)  # requests in flight per actor
     timeout_s: float = 30.0  # per request; a timeout is retried like a 5xx
     max_retries: int = 4  # retries per record after 429 / 5xx / timeout / malformed, then fallback:error:<kind>
     max_tokens: int = 256  # completion cap per request (also the tokens/min booking estimate)
@@ -101,15 +124,15 @@ class RephraseConfig(_Strict):
     backoff_max_s: float = 30.0
     budget_tokens: int | None = None  # stop sending after this many tokens this run; the rest fall back ("budget")
     retry_failed: bool = False  # re-send only the records whose cached outcome fell back (ying run --retry-failed)
-    cache_dir: str | None = None  # default <run_dir>/rephrase/cache; local path or s3://...
-    cache_flush_every: int = 64  # object-store cache shards: entries per shard file (local: every entry)
-    actors: int = 2  # rephrase actors (each keeps max_concurrency requests in flight)
-    batch_size: int = 64  # rows per Ray Data batch
-    batches_in_flight_per_actor: int = 4  # concurrent batches per actor, so one slow request stalls no batch
+    cache_dir: str | None = execution_only(None)  # default <run_dir>/rephrase/cache; local path or s3://...
+    cache_flush_every: int = execution_only(64)  # object-store cache shards: entries per shard file (local: every entry)
+    actors: int = execution_only(2)  # rephrase actors (each keeps max_concurrency requests in flight)
+    batch_size: int = execution_only(64)  # rows per Ray Data batch
+    batches_in_flight_per_actor: int = execution_only(4)  # concurrent batches per actor, so one slow request stalls no batch
     caption_tasks: list[str] = Field(default_factory=lambda: ["vqa-v2"])  # get COCO captions by meta image_id
     captions_per_image: int = 2  # COCO captions put in the prompt's Caption line
     coco_captions_file: str | None = None  # COCO captions_*.json; default: the run's own coco records
-    progress_interval_s: float = 10.0  # seconds between progress lines
+    progress_interval_s: float = execution_only(10.0)  # seconds between progress lines
 
 
 class VisionConfig(_Strict):
@@ -200,13 +223,13 @@ class JudgeConfig(_Strict):
     video_max_examples: int = 100  # Table 8: examples per video QA task
     timeout_s: float = 60.0
     max_retries: int = 2  # per request; a request that still fails counts as missing, never as a score
-    concurrency: int = 4  # requests in flight
+    concurrency: int = execution_only(4)  # requests in flight
 
 
 class EvalConfig(_Strict):
     max_new_tokens: int = 24
     max_per_task: int = 200  # test instances scored per task
-    batch_size: int = 32
+    batch_size: int = execution_only(32)  # examples per generation batch
     # Paper suites to run (ying.eval.suites.SUITES); a suite whose tasks were not built says "not run".
     suites: list[str] = ["kvqa", "hallucination", "chinese", "video", "generation_classification", "unseen_instructions"]
     caption_max_new_tokens: int = 48  # Table 5 captions are free descriptions, longer than answers
@@ -219,9 +242,9 @@ class EvalConfig(_Strict):
     # Other vision-to-text models to evaluate beside ours: name -> local dir of a transformers model
     # (Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration, LlavaForConditionalGeneration, ...).
     hf_models: dict[str, str] = {}
-    num_actors: int = 1  # model actors per model in the Ray Data prediction pool
+    num_actors: int = execution_only(1)  # model actors per model in the Ray Data prediction pool
     use_gpu: bool = False  # one GPU per model actor, model and batches on cuda (the paper preset's 13B model needs it)
-    cache_dir: str | None = None  # predictions and judge responses; None: <run_dir>/cache/eval
+    cache_dir: str | None = execution_only(None)  # predictions and judge responses; None: <run_dir>/cache/eval
     judge: JudgeConfig = JudgeConfig()
 
 
