@@ -6,7 +6,12 @@ Sequence layout for one example with ``n`` images (a video is ``n`` frames)::
      labels: -100 ...................   -100 ......... answer ids ...... eos
 
 Loss is on the answer tokens (and the closing eos) only: the model is never taught to predict
-its instruction or the image placeholders.
+its instruction or the image placeholders. An answer cut by the length limit gets no eos: the
+model must not learn to stop mid-answer.
+
+Training splits the work in two (``encode_train_arrays`` runs on Ray Data's CPU workers, and
+``collate_arrays`` on the training worker): images travel resized as uint8, a quarter of the
+bytes of float32, and are normalised where they are used.
 """
 
 from __future__ import annotations
@@ -49,15 +54,24 @@ class YingProcessor:
         self._std = np.array(OPENAI_CLIP_STD, dtype=np.float32).reshape(3, 1, 1)
 
     # --- images -------------------------------------------------------------------------------
-    def pixel_values(self, images: list[bytes]) -> torch.Tensor:
-        """(n_images, 3, H, W), resized and normalised as BLIP-2's image processor does."""
+    def pixels_uint8(self, images: list[bytes]) -> np.ndarray:
+        """(n_images, 3, H, W) uint8: decoded, RGB, resized (bicubic) as BLIP-2's image processor does."""
         arrays = []
         for blob in images:
             with Image.open(io.BytesIO(blob)) as im:
                 im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
-                arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
-            arrays.append((arr - self._mean) / self._std)
-        return torch.from_numpy(np.stack(arrays))
+                arrays.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+        return np.stack(arrays)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, 3, H, W) -> float32 scaled to [0, 1] and normalised by CLIP's mean and std."""
+        mean = torch.from_numpy(self._mean).to(pixels.device)
+        std = torch.from_numpy(self._std).to(pixels.device)
+        return (pixels.to(torch.float32) / 255.0 - mean) / std
+
+    def pixel_values(self, images: list[bytes]) -> torch.Tensor:
+        """(n_images, 3, H, W), resized and normalised as BLIP-2's image processor does."""
+        return self.normalize(torch.from_numpy(self.pixels_uint8(images)))
 
     # --- text ---------------------------------------------------------------------------------
     def _prompt_ids(self, instruction: str, inputs: str, chinese_dialogue: bool, budget: int) -> list[int]:
@@ -68,15 +82,27 @@ class YingProcessor:
             ids = ids[: max(budget - len(tail), 1)] + tail
         return ids
 
-    def encode_train(self, record: dict) -> Example:
+    def _train_ids(self, record: dict) -> tuple[list[int], list[int]]:
         n_images = len(record["images"])
         answer = self.tokenizer.encode(record["outputs"].strip(), add_special_tokens=False)
-        answer = answer[: self.max_text_tokens // 2] + [self.tokenizer.eos_token_id]
+        limit = self.max_text_tokens // 2
+        # A cut answer ends without eos: teaching "stop here" mid-sentence would be wrong.
+        answer = answer[:limit] if len(answer) > limit else answer + [self.tokenizer.eos_token_id]
         prompt = self._prompt_ids(record["instruction"], record["inputs"], False, self.max_text_tokens - len(answer))
         image_ids = [self.image_token_id] * (n_images * self.num_query_tokens)
         input_ids = [self.tokenizer.bos_token_id] + image_ids + prompt + answer
         labels = [IGNORE_INDEX] * (1 + len(image_ids) + len(prompt)) + answer
+        return input_ids, labels
+
+    def encode_train(self, record: dict) -> Example:
+        input_ids, labels = self._train_ids(record)
         return Example(input_ids, labels, self.pixel_values(record["images"]))
+
+    def encode_train_arrays(self, record: dict) -> dict[str, np.ndarray]:
+        """The CPU half of training preprocessing (Ray Data workers): token ids, labels, uint8 pixels."""
+        input_ids, labels = self._train_ids(record)
+        return {"input_ids": np.asarray(input_ids, dtype=np.int32), "labels": np.asarray(labels, dtype=np.int32),
+                "pixels": self.pixels_uint8(record["images"])}
 
     def encode_prompt(self, record: dict, chinese_dialogue: bool = False) -> Example:
         n_images = len(record["images"])
@@ -86,19 +112,30 @@ class YingProcessor:
         return Example(input_ids, [IGNORE_INDEX] * len(input_ids), self.pixel_values(record["images"]))
 
     # --- batches ------------------------------------------------------------------------------
+    def _pad(self, ids: list, labels: list, pad_left: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, labels, attention_mask), each (B, longest); ``ids``/``labels`` are per-example sequences."""
+        width = max(len(i) for i in ids)
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        label_ids = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, (row_ids, row_labels) in enumerate(zip(ids, labels)):
+            n = len(row_ids)
+            span = slice(width - n, width) if pad_left else slice(0, n)
+            input_ids[row, span] = torch.as_tensor(np.asarray(row_ids, dtype=np.int64))
+            label_ids[row, span] = torch.as_tensor(np.asarray(row_labels, dtype=np.int64))
+            attention[row, span] = 1
+        return input_ids, label_ids, attention
+
     def collate(self, examples: list[Example], pad_left: bool = False) -> dict[str, torch.Tensor]:
         """Pad to the longest; training pads right, generation pads left (so answers start together)."""
-        width = max(len(e.input_ids) for e in examples)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, e in enumerate(examples):
-            n = len(e.input_ids)
-            span = slice(width - n, width) if pad_left else slice(0, n)
-            input_ids[i, span] = torch.tensor(e.input_ids)
-            labels[i, span] = torch.tensor(e.labels)
-            attention[i, span] = 1
+        input_ids, labels, attention = self._pad([e.input_ids for e in examples], [e.labels for e in examples], pad_left)
         # Images of all examples, in example order: the model fills <image> slots in that order.
         pixel_values = torch.cat([e.pixel_values for e in examples], dim=0)  # (sum n_images, 3, H, W)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixel_values}
+
+    def collate_arrays(self, input_ids: list[np.ndarray], labels: list[np.ndarray],
+                       pixels: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """The training worker's half of ``encode_train_arrays``: right-padded ids, and images normalised here."""
+        ids, label_ids, attention = self._pad(input_ids, labels, pad_left=False)
+        pixel_values = self.normalize(torch.from_numpy(np.concatenate(pixels, axis=0)))  # (sum n_images, 3, H, W)
+        return {"input_ids": ids, "attention_mask": attention, "labels": label_ids, "pixel_values": pixel_values}
