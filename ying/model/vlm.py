@@ -13,8 +13,6 @@ names), applied by ``apply_freeze_policy``.
 from __future__ import annotations
 
 import fnmatch
-from contextlib import nullcontext
-
 import torch
 from transformers import (
     Blip2Config,
@@ -27,6 +25,7 @@ from transformers import (
 
 from ying.config import ModelConfig
 from ying.model.tokenizer import IMAGE_TOKEN
+from ying.model.weights import default_dtype, resolve_attn_implementation, torch_dtype
 
 __all__ = ["blip2_config", "build_model", "apply_freeze_policy", "count_parameters"]
 
@@ -72,32 +71,73 @@ def blip2_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Blip2C
 
 
 def build_model(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0, device: str | None = None
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    *,
+    on_gpu: bool = False,
 ) -> Blip2ForConditionalGeneration:
-    """A fresh Ying-VLM: random init from the sizes, or BLIP-2 + LLM weights from their paths.
+    """A fresh Ying-VLM in ``cfg.dtype``: random init from the sizes, or BLIP-2 + LLM weights from their paths.
 
     ``device="meta"`` builds the shapes only (no memory), e.g. to check the paper preset on a laptop.
+    Pretrained parts are loaded straight into the dtype and onto ``device`` (see ``ying.model.weights``);
+    under an active ``deepspeed.zero.Init`` (ZeRO-3) every module is built partitioned.
     """
     config = blip2_config(cfg, tokenizer)
+    attn = resolve_attn_implementation(cfg.attn_implementation, on_gpu=on_gpu)
+    config.text_config._attn_implementation = attn
+    if device == "meta" or str(device) == "meta":
+        with torch.device("meta"):
+            return Blip2ForConditionalGeneration(config)
+    dtype = torch_dtype(cfg.dtype)
+    target = torch.device(device) if device is not None else torch.device("cpu")
     torch.manual_seed(seed)
-    with torch.device(device) if device else nullcontext():
+    if not cfg.blip2_path and not cfg.llm_path:
+        with default_dtype(dtype), target:
+            return Blip2ForConditionalGeneration(config)
+
+    # Shapes only, then each part comes from its checkpoint (or is initialised) on the target device.
+    with torch.device("meta"):
         model = Blip2ForConditionalGeneration(config)
-    if device == "meta":
-        return model
     if cfg.blip2_path:
         # Vision encoder, Q-Former and query tokens from BLIP-2; its OPT language model is dropped.
-        pretrained = Blip2ForConditionalGeneration.from_pretrained(cfg.blip2_path, torch_dtype=torch.float32)
-        for part in ("vision_model", "qformer"):
-            getattr(model, part).load_state_dict(getattr(pretrained, part).state_dict())
-        model.query_tokens.data.copy_(pretrained.query_tokens.data)
-        del pretrained
+        blip2 = Blip2ForConditionalGeneration.from_pretrained(cfg.blip2_path, dtype=dtype, device_map={"": target})
+        for part, ours, theirs in (("vision", config.vision_config, blip2.config.vision_config),
+                                   ("qformer", config.qformer_config, blip2.config.qformer_config)):
+            if (ours.hidden_size, ours.num_hidden_layers) != (theirs.hidden_size, theirs.num_hidden_layers):
+                raise ValueError(f"model.{part} sizes (hidden {ours.hidden_size}, layers {ours.num_hidden_layers}) "
+                                 f"do not match {cfg.blip2_path} (hidden {theirs.hidden_size}, layers "
+                                 f"{theirs.num_hidden_layers}); set model.{part} to the checkpoint's sizes")
+        model.vision_model, model.qformer, model.query_tokens = blip2.vision_model, blip2.qformer, blip2.query_tokens
+        del blip2
     if cfg.llm_path:
         from transformers import LlamaForCausalLM
 
-        llm = LlamaForCausalLM.from_pretrained(cfg.llm_path, torch_dtype=torch.float32)
-        llm.resize_token_embeddings(len(tokenizer))  # room for <image> and <pad>
-        model.language_model.load_state_dict(llm.state_dict())
-        del llm
+        llm = LlamaForCausalLM.from_pretrained(cfg.llm_path, dtype=dtype, device_map={"": target},
+                                               attn_implementation=attn)
+        # Rows for <image> (and <pad>) start at the mean of the trained embeddings, not at random.
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        model.language_model = llm
+    # Whatever no checkpoint provided (always the projection) is initialised by the model's own rules.
+    with default_dtype(dtype), target:
+        if not cfg.blip2_path:
+            from transformers import Blip2QFormerModel, Blip2VisionModel
+
+            model.vision_model = Blip2VisionModel(config.vision_config)
+            model.qformer = Blip2QFormerModel(config.qformer_config)
+            model.query_tokens = torch.nn.Parameter(
+                torch.randn(1, config.num_query_tokens, config.qformer_config.hidden_size) * config.initializer_range)
+        model.language_projection = torch.nn.Linear(config.qformer_config.hidden_size,
+                                                    config.text_config.hidden_size)
+        model._init_weights(model.language_projection)
+        if not cfg.llm_path:
+            from transformers import LlamaForCausalLM
+
+            model.language_model = LlamaForCausalLM(config.text_config)
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"Ying-VLM parts left unloaded after loading pretrained weights: {still_meta[:5]}")
     return model
 
 
