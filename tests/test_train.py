@@ -1,6 +1,7 @@
-"""Training: a real 2-worker DeepSpeed run inside Ray Train, and what it changes."""
+"""Training: the stage's records through Ray Data into a real 2-worker DeepSpeed run inside Ray Train."""
 
 import io
+import json
 import math
 
 import pyarrow as pa
@@ -13,57 +14,53 @@ from safetensors.torch import load_file
 from ying.config import load_config
 from ying.data.schema import RECORD_SCHEMA
 from ying.model.checkpoint import save_checkpoint
+from ying.model.processor import YingProcessor
 from ying.model.tokenizer import build_tokenizer
 from ying.model.vlm import build_model
-from ying.train.data import micro_batches, stream_records
+from ying.train.ingest import RecordPolicy, select_ids, stage_files
 from ying.train.loop import lr_lambda
-from ying.train.stages import fit, stage_plan, stage_tasks
+from ying.train.stages import fit, stage_plan, stage_tasks, train_datasets
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
 
-def _records(split: str, n: int) -> list[dict]:
+def _records(split: str, n: int, task: str) -> list[dict]:
     rows = []
     for i in range(n):
         name, rgb = list(COLORS.items())[i % 3]
         buf = io.BytesIO()
         Image.new("RGB", (32, 32), rgb).save(buf, "PNG")
-        task = "coco" if i % 2 else "vqa-v2"
         rows.append({"id": f"{task}-{split}-{i}", "task": task, "category": "captioning" if task == "coco" else "vqa",
                      "lang": "en", "split": split, "images": [buf.getvalue()], "instruction": "Say the colour.",
-                     "inputs": "" if task == "coco" else "What color is it?", "outputs": name, "meta": "{}"})
+                     "inputs": "" if task == "coco" else "What color is it?",
+                     "outputs": f"The colour is {name}." if task == "vqa-v2" else name,
+                     "meta": json.dumps({"original_answer": name})})
     return rows
+
+
+def write_records(root, counts: dict[str, dict[str, int]]) -> str:
+    """One Parquet file per task and split, as the build writes them."""
+    for task, splits in counts.items():
+        for split, n in splits.items():
+            (root / "records" / split).mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(_records(split, n, task), schema=RECORD_SCHEMA),
+                           root / "records" / split / f"{task}-{split}-0.parquet")
+    return str(root)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("records")
-    for split, n in (("train", 24), ("validation", 8)):
-        (root / "records" / split).mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(_records(split, n), schema=RECORD_SCHEMA),
-                       root / "records" / split / "part-0.parquet")
-    return str(root)
+    return write_records(tmp_path_factory.mktemp("records"),
+                         {"coco": {"train": 12, "validation": 4}, "vqa-v2": {"train": 12, "validation": 4}})
 
 
-def test_workers_stream_disjoint_shares_that_cover_the_split(data_dir):
-    def ids(rank, world, epoch, buffer_size=4):
-        return [r["id"] for r in stream_records(data_dir, "train", ["coco", "vqa-v2"], rank, world, 0, epoch, buffer_size)]
-
-    a, b = ids(0, 2, 0), ids(1, 2, 0)
-    assert not set(a) & set(b) and len(a) + len(b) == 24 and len(set(a + b)) == 24
-    assert ids(0, 2, 0) == a  # deterministic
-    assert ids(0, 2, 1) != a  # a new epoch, a new order
-    coco_only = [r["task"] for r in stream_records(data_dir, "train", ["coco"], 0, 1, 0, 0, 4)]
-    assert coco_only == ["coco"] * 12
-
-
-def test_micro_batches_resume_exactly_and_refuse_too_little_data(data_dir):
-    full = micro_batches(data_dir, ["coco", "vqa-v2"], 0, 2, 7, 4, 8)
-    first_five = [[r["id"] for r in next(full)] for _ in range(5)]  # crosses an epoch (3 per epoch)
-    resumed = micro_batches(data_dir, ["coco", "vqa-v2"], 0, 2, 7, 4, 8, start_step=3)
-    assert [[r["id"] for r in next(resumed)] for _ in range(2)] == first_five[3:]
-    with pytest.raises(ValueError, match="fewer than 64 training records"):
-        next(micro_batches(data_dir, ["coco"], 0, 1, 0, 64, 8))
+def test_stage_files_skip_other_tasks_from_footers_and_ids_are_chosen_per_task(data_dir):
+    _, files = stage_files(data_dir, "train", ["coco"])
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["coco-train-0.parquet"]
+    chosen = select_ids(data_dir, "validation", ["coco", "vqa-v2"], 2, seed=0)
+    assert {t: len(ids) for t, ids in chosen.items()} == {"coco": 2, "vqa-v2": 2}
+    assert chosen == select_ids(data_dir, "validation", ["coco", "vqa-v2"], 2, seed=0)  # seeded
+    assert chosen != select_ids(data_dir, "validation", ["coco", "vqa-v2"], 2, seed=1)
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine():
@@ -81,6 +78,39 @@ def test_stage_tasks_follow_the_held_out_policy():
     assert "flickr8k-cn" in stage_tasks(cfg, "stage2")
 
 
+def test_a_cut_answer_gets_no_end_of_sequence_token():
+    cfg = load_config("tiny")
+    tok = build_tokenizer(cfg.model.tokenizer)
+    proc = YingProcessor(tok, 64, 8, max_text_tokens=24)  # answers keep at most 12 tokens
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    record = {"images": [buf.getvalue()], "instruction": "Describe.", "inputs": ""}
+    short = proc.encode_train_arrays({**record, "outputs": "red"})
+    long = proc.encode_train_arrays({**record, "outputs": "a red circle beside a blue square " * 4})
+    assert short["labels"][-1] == tok.eos_token_id
+    assert tok.eos_token_id not in long["labels"].tolist()
+    assert (long["labels"] != -100).sum() == 12
+
+
+def test_ingest_reads_only_the_stage_tasks_and_applies_the_record_policy(ray_cluster, data_dir):
+    cfg = load_config("tiny", overrides=["train.stage2.val_examples=4"])
+    plan = stage_plan(cfg, "stage2", data_dir, None, tasks=["vqa-v2"],
+                      policy={"instructions_per_task": 1, "answers": "original", "max_per_task": 5})
+    datasets = train_datasets(cfg, plan)
+    train = datasets["train"].take_all()
+    assert len(train) == 5 and all(r["id"].startswith("vqa-v2-train-") for r in train)
+    tok = build_tokenizer(cfg.model.tokenizer)
+    first = train[0]
+    text = tok.decode([int(t) for t, lab in zip(first["input_ids"], first["labels"]) if lab == -100 and t > 4])
+    from ying.data.instructions import load_pool
+
+    assert load_pool("vqa-v2")[0] in text  # k=1: every record shows the pool's first instruction
+    answer = tok.decode([int(t) for t in first["labels"] if t >= 0], skip_special_tokens=True)
+    assert answer in COLORS  # the raw short answer, not "The colour is ..."
+    val = datasets["validation"].take_all()
+    assert sorted(r["id"] for r in val) == sorted(select_ids(data_dir, "validation", ["vqa-v2"], 4, 0)["vqa-v2"])
+
+
 def test_two_worker_deepspeed_step_trains_only_what_the_stage_allows(ray_cluster, data_dir, tmp_path):
     cfg = load_config("tiny", overrides=["train.num_workers=2", "train.zero_stage=2"])
     tok = build_tokenizer(cfg.model.tokenizer)
@@ -88,14 +118,15 @@ def test_two_worker_deepspeed_step_trains_only_what_the_stage_allows(ray_cluster
     save_checkpoint(build_model(cfg.model, tok, seed=0), tok, cfg.model, init)
 
     out = str(tmp_path / "out")
-    # A paper-style Stage II policy: Q-Former, projection and the LLM's q/v projections only.
+    # A paper-style Stage II policy: Q-Former, projection and the LLM's q/v projections only; and a
+    # global batch of 8 from micro-batches of 2 on 2 workers with 2 accumulation steps.
     trainable = ["qformer.*", "query_tokens", "language_projection.*",
                  "language_model.model.layers.*.self_attn.q_proj.*", "language_model.model.layers.*.self_attn.v_proj.*"]
-    plan = stage_plan(cfg, "stage2", data_dir, out, init_checkpoint=init, trainable=trainable,
-                      max_steps=4, warmup_steps=1, batch_size=8, log_every=2, lr=1e-3)
-    summary = fit(cfg, plan, str(tmp_path / "ray"), name="two-workers")
+    plan = stage_plan(cfg, "stage2", data_dir, out, init_checkpoint=init, trainable=trainable, max_steps=4,
+                      warmup_steps=1, batch_size=8, micro_batch_size=2, log_every=2, lr=1e-3, val_examples=8)
+    summary = fit(cfg, plan, str(tmp_path / "ray"))
 
-    assert summary["step"] == 4 and math.isfinite(summary["val_loss"])
+    assert summary["step"] == 4 and math.isfinite(summary["val_loss"]) and math.isfinite(summary["loss"])
     assert [h["step"] for h in summary["history"]] == [2, 4]
     before, after = load_file(f"{init}/model.safetensors"), load_file(f"{out}/model.safetensors")
     assert before.keys() == after.keys()
@@ -105,3 +136,20 @@ def test_two_worker_deepspeed_step_trains_only_what_the_stage_allows(ray_cluster
               or "mlp" in k and k.startswith("language_model.")}
     assert frozen and not (frozen & changed), sorted(frozen & changed)[:5]
     assert set(summary["trainable"]) >= {"language_projection.weight", "query_tokens"}
+
+
+def test_zero3_builds_partitioned_and_saves_a_whole_checkpoint(ray_cluster, data_dir, tmp_path):
+    """The paper preset's path: ZeRO-3 with zero.Init, gradient checkpointing, accumulation, resume checkpoints."""
+    cfg = load_config("tiny", overrides=["train.zero_stage=3", "train.zero_init=true",
+                                         "train.gradient_checkpointing=true"])
+    out = str(tmp_path / "out")
+    plan = stage_plan(cfg, "stage1", data_dir, out, max_steps=2, warmup_steps=1, batch_size=8, micro_batch_size=2,
+                      log_every=1, checkpoint_every=1, val_examples=4)
+    summary = fit(cfg, plan, str(tmp_path / "ray"))
+    assert summary["step"] == 2 and math.isfinite(summary["val_loss"])
+    weights = load_file(f"{out}/model.safetensors")
+    reference = build_model(cfg.model, build_tokenizer(cfg.model.tokenizer), seed=0)
+    # Every tensor is whole (gathered from the partitions), not a rank's shard.
+    assert {k: tuple(v.shape) for k, v in weights.items()} == {k: tuple(v.shape) for k, v in reference.state_dict().items()
+                                                                 if k in weights}
+    assert len(weights) >= len([k for k in reference.state_dict() if "rotary" not in k])

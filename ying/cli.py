@@ -7,6 +7,7 @@
     ying run --serve                  # keep the Serve app up at the end
     ying run --retry-failed           # re-send only the rephrase fallbacks (the rest comes from the cache)
     ying config --preset tiny         # print the resolved config
+    ying plan-memory --preset paper   # per-GPU and per-node memory for ZeRO-2/3 on 40 and 80 GB GPUs
     ying stages                       # list the stages in order
     ying stats --data-dir DIR         # paper Tables 2, 3 and 9 -> DIR/stats.json, DIR/stats.md
     ying review --data-dir DIR        # QC review page: 20 random records per task and split -> review.html
@@ -202,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     show = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(show)
     sub.add_parser("stages", help="list the DAG's stages in order")
+    memory = sub.add_parser(
+        "plan-memory", help="per-GPU and per-node memory of both training stages (ZeRO-2/3, 40/80 GB GPUs)",
+        description="Counts the preset's parameters on the meta device (nothing is allocated or downloaded) and "
+        "estimates, per stage, the peak memory per GPU for ZeRO-2 and ZeRO-3 on 40 GB and 80 GB GPUs, and the "
+        "host memory per 8-GPU node. The estimate's terms are in ying/train/memory.py.")
+    _add_config_args(memory)
     _add_data_commands(sub)
 
     if argv and argv[0] == "run":
@@ -210,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "config":
         print(json.dumps(_load(args).to_dict(), indent=2, ensure_ascii=False))
+    elif args.command == "plan-memory":
+        from ying.train.memory import format_plan, plan_memory
+
+        print(format_plan(plan_memory(_load(args)), args.preset))
     elif args.command == "stages":
         from ying.pipeline import STAGES
 

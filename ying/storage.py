@@ -25,6 +25,7 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "fingerprint",
+    "ray_storage",
     "MANIFEST_NAME",
 ]
 
@@ -103,3 +104,18 @@ def read_manifest(stage_dir: str) -> dict | None:
 def write_manifest(stage_dir: str, manifest: dict) -> None:
     """Written last by a stage: its presence means every other output of the stage is complete."""
     write_json_atomic(join(stage_dir, MANIFEST_NAME), manifest)
+
+
+def ray_storage(path: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray Train/Tune's ``RunConfig``.
+
+    Local paths go as they are. For ``s3://`` Ray wants a pyarrow filesystem and a path without the
+    scheme; wrapping fsspec's s3fs keeps one S3 client configuration (credentials, endpoint) for
+    the whole project, the one every other read and write uses.
+    """
+    if "://" not in str(path):
+        return os.path.abspath(path), None
+    import pyarrow.fs
+
+    fs, stripped = filesystem(path)
+    return stripped, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))

@@ -28,6 +28,8 @@ class StageContext:
     cfg: YingConfig
     stage_dir: str  # <run_dir>/<stage>
     inputs: dict[str, dict]  # dependency name -> its manifest (outputs under "outputs")
+    fingerprint: str = ""  # this stage's fingerprint: ties the stage's Ray Train/Tune runs to what it computes
+    force: bool = False  # --force: start over, never resume an earlier attempt
 
     def output_of(self, dep: str, key: str) -> Any:
         return self.inputs[dep]["outputs"][key]
@@ -78,7 +80,7 @@ def run_stage_cached(stage: Stage, cfg: YingConfig, inputs: dict[str, dict], for
               flush=True)
     print(f"[ying] {stage.name}: running", flush=True)
     started = time.time()
-    outputs = stage.run(StageContext(cfg=cfg, stage_dir=stage_dir, inputs=inputs))
+    outputs = stage.run(StageContext(cfg=cfg, stage_dir=stage_dir, inputs=inputs, fingerprint=fp, force=force))
     manifest = {
         "stage": stage.name,
         "fingerprint": fp,
