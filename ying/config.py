@@ -178,37 +178,70 @@ class ModelConfig(_Strict):
     blip2_path: str | None = None  # vision encoder + Q-Former (BLIP2-OPT-2.7B in the paper)
     llm_path: str | None = None  # the LLaMA-family LLM (Ziya-13B in the paper)
     max_text_tokens: int = 128  # prompt + answer tokens per example, images excluded
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights are loaded directly in this dtype
+    # LLM attention kernel: "auto" takes flash-attention-2 when the flash_attn package is installed
+    # and training runs on GPUs, else PyTorch's scaled-dot-product attention ("sdpa").
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = execution_only("auto")
 
 
 class StageConfig(_Strict):
-    lr: float  # peak learning rate
+    lr: float | None  # peak learning rate; Stage II: None takes the tune stage's search result
     warmup_steps: int
     max_steps: int | None = None  # optimizer steps; give this or epochs
     epochs: float | None = None  # passes over the stage's training records (converted to steps at run time)
-    batch_size: int  # global batch, split across workers
+    batch_size: int  # global batch per optimizer step (paper: 256) = micro_batch_size x workers x accumulation
+    # Examples per device per forward pass; None: batch_size / num_workers (no gradient accumulation).
+    # The rest of the global batch comes from gradient accumulation (e.g. 256 on 8 GPUs = 8 x 8 x 4).
+    micro_batch_size: int | None = None
     trainable: list[str]  # parameter-name patterns that train in this stage (all else frozen)
     tasks: list[str] | None = None  # None: every built task not held out
-    eval_every: int = 0  # 0: only at the end
-    checkpoint_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # validation every N optimizer steps; 0: only at the end
+    val_examples: int = 256  # validation records, drawn evenly across the stage's tasks (seeded)
+    # Resume checkpoints (optimizer, scheduler, data position, RNG; trainable weights only) every N
+    # optimizer steps; 0: only at the end. A crash repeats at most this many steps.
+    checkpoint_every: int = execution_only(0)
 
 
 class TrainConfig(_Strict):
     num_workers: int = 2
     use_gpu: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 2
+    # ZeRO-3 only: build the model already partitioned across ranks (deepspeed.zero.Init), so no
+    # process ever holds the whole model; pretrained weights are then loaded partition by partition.
+    zero_init: bool = execution_only(False)
+    gradient_checkpointing: bool = execution_only(False)  # recompute the LLM's activations in backward
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    shuffle_buffer: int = 16384  # records per worker mixed in memory while streaming the training split
+    shuffle_buffer: int = 16384  # rows per worker mixed in memory on top of the per-epoch file shuffle
+    # Resources. Training workers and the Ray Data pipeline that feeds them (decode, resize,
+    # tokenize, label masking) share the cluster: each gets an explicit share so neither starves.
+    cpus_per_worker: float = execution_only(1.0)  # logical CPUs each training worker reserves
+    torch_threads: int | None = execution_only(None)  # intra-op threads per worker; None: max(1, cpus_per_worker)
+    data_cpus: float | None = execution_only(None)  # CPU cap for the ingest pipeline; None: what training leaves
+    data_actors: int = execution_only(2)  # most ingest actors (decode, resize, tokenize) per dataset
+    data_actor_cpus: float = execution_only(1.0)  # logical CPUs each ingest actor reserves
+    prefetch_batches: int = execution_only(4)  # micro-batches each worker keeps ready ahead of the step
+    # Worker-group restarts from the last checkpoint after a worker or node dies; -1: without limit.
+    max_failures: int = execution_only(3)
     stage1: StageConfig
     stage2: StageConfig
 
 
 class TuneConfig(_Strict):
-    lrs: list[float]  # Stage II peak learning rates searched
-    trial_steps: int  # optimizer steps per trial
-    metric: str = "val_loss"  # chosen on held-out validation data
+    """The Stage II learning-rate search (Ray Tune + ASHA), run when ``train.stage2.lr`` is None."""
+
+    lrs: list[float] = Field(default_factory=list)  # a grid of peak learning rates ...
+    lr_range: tuple[float, float] | None = None  # ... or num_samples draws, log-uniform in [low, high]
+    num_samples: int = 1  # draws from lr_range (with a grid: repeats of it)
+    trial_steps: int  # optimizer steps per trial (when ASHA lets it finish)
+    report_every: int = 10  # steps between the validation reports ASHA decides on
+    val_examples: int = 64  # validation records per report, spread over the Stage II tasks
+    grace_period: int = 2  # reports every trial gets before ASHA may stop it
+    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
+    num_workers: int | None = None  # Ray Train workers per trial; None: train.num_workers
+    metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
+    max_concurrent_trials: int = execution_only(1)  # trials at once, as far as the cluster's resources allow
 
 
 class JudgeConfig(_Strict):
@@ -282,15 +315,29 @@ class YingConfig(_Strict):
             )
         for name in ("stage1", "stage2"):
             stage: StageConfig = getattr(self.train, name)
-            if stage.batch_size % max(self.train.num_workers, 1):
+            workers = max(self.train.num_workers, 1)
+            micro = stage.micro_batch_size or stage.batch_size // workers
+            if stage.batch_size % workers or micro < 1 or stage.batch_size % (micro * workers):
                 problems.append(
-                    f"train.{name}.batch_size={stage.batch_size} must divide evenly across "
-                    f"train.num_workers={self.train.num_workers}"
+                    f"train.{name}.batch_size={stage.batch_size} must be micro_batch_size "
+                    f"({stage.micro_batch_size}) x train.num_workers ({self.train.num_workers}) x a whole number "
+                    "of accumulation steps"
                 )
+            if name == "stage1" and stage.lr is None:
+                problems.append("train.stage1.lr must be set (only Stage II's can come from the tune stage)")
             if (stage.max_steps is None) == (stage.epochs is None):
                 problems.append(f"train.{name}: set exactly one of max_steps and epochs")
             elif stage.max_steps is not None and stage.warmup_steps >= stage.max_steps:
                 problems.append(f"train.{name}.warmup_steps must be smaller than max_steps")
+        if self.train.stage2.lr is None and not (self.tune.lrs or self.tune.lr_range):
+            problems.append("train.stage2.lr is None, so the tune stage searches it: give tune.lrs or tune.lr_range")
+        if self.train.zero_init and self.train.zero_stage != 3:
+            problems.append("train.zero_init builds a ZeRO-3 partitioned model: set train.zero_stage=3 or zero_init=false")
+        from ying.model.weights import delta_weights_problem  # a leaf module: no import cycle
+
+        problem = delta_weights_problem(self.model.llm_path)
+        if problem:
+            problems.append(problem)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -302,6 +349,24 @@ class YingConfig(_Strict):
         """The parts of the config that a stage depends on, for its fingerprint."""
         full = self.to_dict()
         return {s: full[s] for s in sections}
+
+    def result_view(self, *sections: str) -> dict[str, Any]:
+        """Dotted sections of the config minus their execution-only settings: what decides a result."""
+        tree = self.to_dict()
+        for path in execution_only_paths():
+            *parents, leaf = path.split(".")
+            node: Any = tree
+            for key in parents:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+        out = {}
+        for dotted in sections:
+            node = tree
+            for key in dotted.split("."):
+                node = node[key]
+            out[dotted] = node
+        return out
 
 
 def _set_dotted(tree: dict, dotted: str, raw_value: str) -> None:

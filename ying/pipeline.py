@@ -1,6 +1,6 @@
 """Ying's stage table: the paper's pipeline, stage by stage, in dependency order.
 
-    sources -> unify -> rephrase -> qc -> stage1 -> stage2 -> tune -> eval -> serve
+    sources -> unify -> rephrase -> qc -> stage1 -> tune -> stage2 -> eval -> serve
 
 Each stage is a plain function of a ``StageContext`` that calls one module's entry point and
 returns what later stages and the report need (paths, counts, metrics). ``ying.workflow`` runs
@@ -72,20 +72,26 @@ def run_qc(ctx: StageContext) -> dict:
 def run_stage1(ctx: StageContext) -> dict:
     from ying.train.stages import run_stage
 
-    return run_stage(ctx.cfg, "stage1", ctx.output_of("qc", "data_dir"), ctx.stage_dir)
+    return run_stage(ctx.cfg, "stage1", ctx.output_of("qc", "data_dir"), ctx.stage_dir,
+                     context=ctx.fingerprint, fresh=ctx.force)
+
+
+def run_tune(ctx: StageContext) -> dict:
+    """Stage II's learning rate: searched (Ray Tune + ASHA) unless ``train.stage2.lr`` is set."""
+    from ying.tune.lr_search import lr_search
+
+    return lr_search(ctx.cfg, ctx.output_of("qc", "data_dir"), ctx.output_of("stage1", "checkpoint"), ctx.stage_dir,
+                     fingerprint=ctx.fingerprint, fresh=ctx.force)
 
 
 def run_stage2(ctx: StageContext) -> dict:
     from ying.train.stages import run_stage
 
-    return run_stage(ctx.cfg, "stage2", ctx.output_of("qc", "data_dir"), ctx.stage_dir,
-                     init_checkpoint=ctx.output_of("stage1", "checkpoint"))
-
-
-def run_tune(ctx: StageContext) -> dict:
-    from ying.tune.lr_search import lr_search
-
-    return lr_search(ctx.cfg, ctx.output_of("qc", "data_dir"), ctx.output_of("stage1", "checkpoint"), ctx.stage_dir)
+    lr, source = ctx.output_of("tune", "best_lr"), ctx.output_of("tune", "lr_source")
+    summary = run_stage(ctx.cfg, "stage2", ctx.output_of("qc", "data_dir"), ctx.stage_dir,
+                        init_checkpoint=ctx.output_of("stage1", "checkpoint"), context=ctx.fingerprint,
+                        fresh=ctx.force, lr=lr)
+    return {**summary, "lr": lr, "lr_source": source}
 
 
 def run_eval(ctx: StageContext) -> dict:
@@ -114,9 +120,8 @@ STAGES: list[Stage] = [
     Stage("rephrase", run_rephrase, ["unify"], ["rephrase"]),
     Stage("qc", run_qc, ["rephrase"], ["data.max_image_pixels", "data.eval_only"]),
     Stage("stage1", run_stage1, ["qc"], _TRAIN_COMMON + ["train.stage1"]),
-    Stage("stage2", run_stage2, ["qc", "stage1"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only"]),
-    # Tune waits for Stage II: both want every CPU of a small machine, and the issue's DAG is a chain.
-    Stage("tune", run_tune, ["qc", "stage1", "stage2"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only", "tune"]),
+    Stage("tune", run_tune, ["qc", "stage1"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only", "tune"]),
+    Stage("stage2", run_stage2, ["qc", "stage1", "tune"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only"]),
     Stage("eval", run_eval, ["qc", "stage1", "stage2", "tune", "unify", "rephrase", "sources"],
           ["eval", "data.tasks", "data.held_out", "data.eval_only"]),
     Stage("serve", run_serve, ["qc", "stage2", "eval"], ["serve.host", "serve.port", "serve.max_body_bytes"]),

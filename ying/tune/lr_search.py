@@ -1,8 +1,11 @@
-"""Stage II learning-rate search on Ray Tune: each trial is a short Ray Train (DeepSpeed) run.
+"""Stage II learning-rate search on Ray Tune, before Stage II: its best learning rate feeds Stage II.
 
-Trials start from the Stage I checkpoint, train ``tune.trial_steps`` steps at one peak learning
-rate, and are ranked by ``tune.metric`` (validation answer loss by default) measured on the
-validation split of the Stage II tasks, which training never sees.
+Each trial is a short Ray Train (DeepSpeed) run of the Stage II plan from the Stage I checkpoint
+at one peak learning rate. Trials report the validation answer loss (a seeded sample spread over
+the Stage II tasks, never trained on) every ``tune.report_every`` steps, and ASHA stops the weak
+ones early. The search space (a grid of ``tune.lrs``, or ``tune.num_samples`` draws log-uniform
+in ``tune.lr_range``), the trial length and the trials' concurrency come from the config. An
+explicit ``train.stage2.lr`` skips the search.
 """
 
 from __future__ import annotations
@@ -11,66 +14,84 @@ import math
 
 from ying import storage
 from ying.config import YingConfig
-from ying.train.stages import _local_path, stage_plan, trainer_for
 
-__all__ = ["lr_search"]
+__all__ = ["lr_search", "search_space"]
 
 
-def _trial_driver(trial_config: dict) -> None:
-    # Runs inside a Tune trial: build and fit one TorchTrainer whose reports become Tune results.
+def _trial(trial: dict) -> None:
+    """One Tune trial: a Ray Train run whose reports become Tune results."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = YingConfig.model_validate(trial_config["cfg"])
-    steps = cfg.tune.trial_steps
-    plan = stage_plan(
-        cfg, "stage2", trial_config["data_dir"], out_dir=None,
-        init_checkpoint=trial_config["init_checkpoint"],
-        lr=trial_config["lr"],
-        max_steps=steps,
-        warmup_steps=max(1, min(cfg.train.stage2.warmup_steps, steps // 10)),
-        log_every=steps,  # one report, at the end, carrying the metric Tune ranks by
-    )
-    plan.stage = f"tune-lr{trial_config['lr']:g}"
-    name = ray.tune.get_context().get_trial_name()
-    trainer = trainer_for(cfg, plan, trial_config["storage_path"], name, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    from ying.train.stages import fit, stage_plan
+
+    cfg = YingConfig.model_validate(trial["cfg"])
+    t = cfg.tune
+    plan = stage_plan(cfg, "stage2", trial["data_dir"], out_dir=None, init_checkpoint=trial["init_checkpoint"],
+                      lr=trial["lr"], max_steps=t.trial_steps,
+                      warmup_steps=max(1, min(cfg.train.stage2.warmup_steps, t.trial_steps // 10)),
+                      log_every=t.report_every, eval_every=t.report_every, val_examples=t.val_examples,
+                      checkpoint_every=t.report_every, context=f"lr-search:{trial['fingerprint']}")
+    plan.stage = f"lr-{trial['lr']:.2e}"
+    # The trial's name is stable across a restore, so its Ray Train run (and checkpoint) is found again.
+    fit(cfg, plan, trial["storage_path"], name=ray.tune.get_context().get_trial_name(),
+        callbacks=[TuneReportCallback()])
 
 
-def lr_search(cfg: YingConfig, data_dir: str, init_checkpoint: str, tune_dir: str) -> dict:
+def search_space(cfg: YingConfig):
     import ray.tune
 
+    if cfg.tune.lr_range:
+        low, high = cfg.tune.lr_range
+        return ray.tune.loguniform(low, high)
+    return ray.tune.grid_search(list(cfg.tune.lrs))
+
+
+def lr_search(cfg: YingConfig, data_dir: str, init_checkpoint: str, tune_dir: str, fingerprint: str = "",
+              fresh: bool = False) -> dict:
+    """Run (or skip) the search; returns {"best_lr", "lr_source", "trials", ...} for the tune manifest."""
+    if cfg.train.stage2.lr is not None:
+        print(f"[tune] train.stage2.lr={cfg.train.stage2.lr:g} is set: no learning-rate search", flush=True)
+        return {"best_lr": cfg.train.stage2.lr, "lr_source": "config", "trials": [], "metric": cfg.tune.metric}
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ying.tune.runner import last_results, run_experiment
+
+    t = cfg.tune
+    trial_cfg = cfg.to_dict()
+    if t.num_workers:
+        trial_cfg["train"]["num_workers"] = t.num_workers
+    reports = max(1, t.trial_steps // t.report_every)
     space = {
-        "lr": ray.tune.grid_search(list(cfg.tune.lrs)),
-        "cfg": cfg.to_dict(),
+        "lr": search_space(cfg),
+        "cfg": trial_cfg,
         "data_dir": data_dir,
         "init_checkpoint": init_checkpoint,
-        "storage_path": _local_path(storage.join(tune_dir, "trials")),
+        "storage_path": storage.join(tune_dir, "train_runs"),
+        "fingerprint": fingerprint,
     }
-    tuner = ray.tune.Tuner(
-        # The trial driver only waits on its TorchTrainer: it must not hold a CPU the workers need.
-        # Tune refuses an all-zero request, so the trial asks for a token 1 MiB of memory instead.
-        ray.tune.with_resources(_trial_driver, {"cpu": 0, "memory": 1 << 20}),
-        param_space=space,
-        tune_config=ray.tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, max_concurrent_trials=1),
-        run_config=ray.tune.RunConfig(name="lr_search", storage_path=_local_path(tune_dir)),
+    tune_config = ray.tune.TuneConfig(
+        metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
+        scheduler=ASHAScheduler(time_attr="training_iteration", max_t=reports,
+                                grace_period=min(t.grace_period, reports), reduction_factor=t.reduction_factor),
     )
-    results = tuner.fit()
+    results = run_experiment("lr_search", fingerprint or storage.fingerprint(space["cfg"]), _trial, space,
+                             tune_config, storage.join(tune_dir, "experiments"), fresh=fresh)
     trials = []
-    for r in results:
-        value = (r.metrics or {}).get(cfg.tune.metric)
-        trials.append({
-            "lr": r.config["lr"],
-            cfg.tune.metric: value,
-            "error": repr(r.error) if r.error else None,
-        })
-    ok = [t for t in trials if t[cfg.tune.metric] is not None and not math.isnan(t[cfg.tune.metric])]
+    for r in last_results(results):
+        value = r["metrics"].get(t.metric)
+        trials.append({"lr": r["config"]["lr"], t.metric: value, "step": r["metrics"].get("step"),
+                       "reports": r["metrics"].get("training_iteration"),
+                       "stopped_early": (r["metrics"].get("step") or 0) < t.trial_steps and r["error"] is None,
+                       "error": r["error"]})
+    ok = [x for x in trials if isinstance(x[t.metric], (int, float)) and math.isfinite(x[t.metric])]
     if not ok:
         raise RuntimeError(f"every learning-rate trial failed: {trials}")
-    pick = min if cfg.tune.mode == "min" else max
-    best = pick(ok, key=lambda t: t[cfg.tune.metric])
-    for t in sorted(trials, key=lambda t: t["lr"]):
-        print(f"[tune] lr {t['lr']:.1e}: {cfg.tune.metric}={t[cfg.tune.metric]}", flush=True)
-    print(f"[tune] best lr {best['lr']:.1e}", flush=True)
-    return {"metric": cfg.tune.metric, "mode": cfg.tune.mode, "trials": sorted(trials, key=lambda t: t["lr"]),
-            "best_lr": best["lr"]}
+    best = (min if t.mode == "min" else max)(ok, key=lambda x: x[t.metric])
+    for x in sorted(trials, key=lambda x: x["lr"]):
+        state = "stopped early by ASHA" if x["stopped_early"] else ("failed: " + x["error"] if x["error"] else "ran")
+        print(f"[tune] lr {x['lr']:.2e}: {t.metric}={x[t.metric]} at step {x['step']} ({state})", flush=True)
+    print(f"[tune] best lr {best['lr']:.2e}", flush=True)
+    return {"metric": t.metric, "mode": t.mode, "trials": sorted(trials, key=lambda x: x["lr"]),
+            "best_lr": best["lr"], "lr_source": "tune"}

@@ -1,0 +1,65 @@
+"""Running a Tune experiment the way the DAG needs it: resumable, tied to what it computes.
+
+An experiment's folder is named after its fingerprint (like a stage's Ray Train run): the same
+experiment interrupted and run again is restored with ``Tuner.restore`` (finished trials are kept,
+unfinished ones resume from their last Ray Train checkpoint), while a changed experiment starts
+afresh and the folders of older ones are removed.
+
+Each trial's driver only waits on its TorchTrainer, so it asks for no CPU (Tune refuses an
+all-zero request: a token 1 MiB of memory instead); the trainer's workers and ingest actors ask
+for their own. Keep the dashboard on: Tune frees a stopped trial's resources through the State API.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ying import storage
+
+__all__ = ["run_experiment", "trial_driver_resources"]
+
+trial_driver_resources = {"cpu": 0, "memory": 1 << 20}
+
+
+def run_experiment(name: str, fingerprint: str, trainable: Callable, param_space: dict, tune_config,
+                   storage_dir: str, fresh: bool = False):
+    """Fit (or restore and finish) the experiment ``<name>-<fingerprint>`` under ``storage_dir``."""
+    import ray.tune
+
+    from ying.storage import ray_storage
+
+    experiment = f"{name}-{fingerprint}"
+    fs, root = storage.filesystem(storage_dir)
+    if fs.exists(root):
+        for entry in fs.ls(root, detail=False):
+            folder = entry.rstrip("/").rsplit("/", 1)[-1]
+            if folder.startswith(f"{name}-") and (folder != experiment or fresh) and fs.isdir(entry):
+                print(f"[ying] {name}: removing Tune experiment {folder} (another configuration, or --force)",
+                      flush=True)
+                fs.rm(entry, recursive=True)
+    storage_path, storage_filesystem = ray_storage(storage_dir)
+    path = f"{storage_path.rstrip('/')}/{experiment}"
+    trainable = ray.tune.with_resources(trainable, trial_driver_resources)
+    if ray.tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem):
+        print(f"[ying] {name}: resuming Tune experiment {experiment} (finished trials are kept)", flush=True)
+        tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                       param_space=param_space, storage_filesystem=storage_filesystem)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=ray.tune.RunConfig(name=experiment, storage_path=storage_path,
+                                          storage_filesystem=storage_filesystem,
+                                          failure_config=ray.tune.FailureConfig(max_failures=1)),
+        )
+    return tuner.fit()
+
+
+def last_results(results) -> list[dict[str, Any]]:
+    """Each trial's config, last metrics and error, from a ``ResultGrid``."""
+    out = []
+    for r in results:
+        out.append({"config": r.config, "metrics": dict(r.metrics or {}), "error": repr(r.error) if r.error else None,
+                    "path": r.path})
+    return out
