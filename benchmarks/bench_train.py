@@ -1,0 +1,243 @@
+"""What Ray Train + DeepSpeed + Ray Data ingest cost against a plain torch loop, how much of the
+data a stage reads, and whether a killed worker costs more than one checkpoint interval.
+
+    python benchmarks/bench_train.py --workdir /tmp/bench_train          # ~10 minutes on 2 cores
+
+Runs, side by side, the tiny preset's model, batch and steps (Stage I: coco captions of the
+default mini-world, built once into WORKDIR/data):
+  (a) bare   a plain torch loop in this process: reads and encodes its records inline, AdamW, the
+             same schedule; ``--threads`` torch threads
+  (b) ray-1  Ray Train + DeepSpeed, one worker with ``--threads`` torch threads, records through
+             Ray Data (decoded and tokenized on another CPU)
+  (c) ray-2  the same with two workers
+  read       one epoch of (b) with a filesystem that counts the bytes Ray Data's readers read,
+             divided by the bytes of the stage's own training files (coco train); the data dir also
+             holds every other task's files, which Stage I must not read
+  kill       (c) with a checkpoint every --checkpoint-every steps; one worker is SIGKILLed after
+             the first checkpoint; steps redone = last step trained before the kill - resume step
+samples/s excludes each run's first logging window (start-up, first compile). The last line is
+JSON with ray_vs_bare (b / a), read_amplification, kill_resume_finished, steps_redone_after_kill,
+checkpoint_every and the raw rates. Run it alone on the machine: other load skews every ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def build_data(workdir: Path) -> str:
+    """The default mini-world, built in one process (no Ray), reused across runs."""
+    from ying.config import load_config
+    from ying.data.build import build_unified_local
+    from ying.data.miniworld import generate_miniworld
+
+    data_dir = workdir / "data"
+    if (data_dir / "records" / "train").exists():
+        return str(data_dir)
+    cfg = load_config("tiny", overrides=[f"run.run_dir={workdir}"])
+    sources = generate_miniworld(str(workdir / "sources"), cfg.miniworld, cfg.run.seed, cfg.data.tasks)
+    build_unified_local(cfg, sources, str(data_dir))
+    return str(data_dir)
+
+
+def bare_loop(cfg, data_dir: str, steps: int, threads: int, log_every: int) -> float:
+    """(a): the same model, batch, optimizer and schedule; records read and encoded inline."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from ying.model.processor import YingProcessor
+    from ying.model.tokenizer import build_tokenizer
+    from ying.model.vlm import answer_loss, apply_freeze_policy, build_model
+    from ying.train.ingest import stage_files
+    from ying.train.loop import _param_groups, lr_lambda
+
+    torch.set_num_threads(threads)
+    spec = cfg.train.stage1
+    tok = build_tokenizer(cfg.model.tokenizer)
+    model = build_model(cfg.model, tok, seed=cfg.run.seed).train()
+    apply_freeze_policy(model, spec.trainable)
+    proc = YingProcessor(tok, cfg.model.vision.image_size, cfg.model.num_query_tokens, cfg.model.max_text_tokens)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=spec.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, spec.warmup_steps, steps))
+    fs, files = stage_files(data_dir, "train", ["coco"])
+
+    def records():
+        while True:
+            for f in files:
+                with fs.open(f, "rb") as fh:
+                    for row in pq.read_table(fh).to_pylist():
+                        if row["task"] == "coco":
+                            yield row
+
+    stream = records()
+    rates, t = [], time.time()
+    for step in range(1, steps + 1):
+        batch = proc.collate([proc.encode_train(next(stream)) for _ in range(spec.batch_size)])
+        loss, _ = answer_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % log_every == 0:
+            rates.append(log_every * spec.batch_size / (time.time() - t))
+            t = time.time()
+    return sum(rates[1:]) / len(rates[1:])
+
+
+def step_log_callback(path: str):
+    """A Ray Train callback (it runs in the controller process) appending every reported step to ``path``."""
+    import ray.train
+
+    class StepLog(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                f.write(json.dumps({"step": metrics[0].get("step"), "checkpoint": checkpoint is not None}) + "\n")
+
+    return StepLog()
+
+
+def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every: int,
+            checkpoint_every: int = 0, filesystem=None, callbacks=None, kill_after_checkpoint: bool = False,
+            dashboard: str = ""):
+    """One Stage I run on Ray Train; returns (summary, seconds)."""
+    from ying.train.stages import stage_plan, train_datasets, trainer_for
+
+    plan = stage_plan(cfg, "stage1", data_dir, None, max_steps=steps, log_every=log_every,
+                      checkpoint_every=checkpoint_every, val_examples=0, context=name)
+    storage = workdir / "ray" / name
+    trainer = trainer_for(cfg, plan, str(storage), name, callbacks=callbacks,
+                          datasets=train_datasets(cfg, plan, filesystem=filesystem))
+    killer = None
+    if kill_after_checkpoint:
+        killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(storage / name, dashboard),
+                                  daemon=True)
+        killer.start()
+    t0 = time.time()
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result.return_value, time.time() - t0
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, dashboard: str) -> None:
+    from ray.util.state import list_actors
+
+    while not any(p.name.startswith("checkpoint_") for p in run_dir.glob("*")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few more steps, so the kill lands between checkpoints
+    workers = [a for a in list_actors(address=dashboard,
+                                      filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+               if a.pid]
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    print(f"[bench] killed training worker pid {workers[-1].pid}", flush=True)
+
+
+def mean_rate(summary: dict) -> float:
+    rates = [h["samples_per_s"] for h in summary["history"]][1:]
+    return sum(rates) / len(rates)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default=None, help="where the data and runs go (default: a temp dir)")
+    p.add_argument("--steps", type=int, default=80, help="optimizer steps per throughput run (default 80)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for (a) and (b) (default 1)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--checkpoint-every", type=int, default=10, help="kill run: steps between checkpoints")
+    args = p.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-train-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    import ray
+
+    from counting_fs import CountingLocalFileSystem, bytes_read
+    from ying.config import load_config
+    from ying.train.ingest import stage_files
+
+    data_dir = build_data(workdir)
+    base = ["train.max_failures=2", f"train.torch_threads={args.threads}", "train.stage1.val_examples=0"]
+    cfg1 = load_config("tiny", overrides=base + ["train.num_workers=1", f"train.cpus_per_worker={args.threads}",
+                                                  f"train.data_cpus={max(0.5, os.cpu_count() - args.threads)}"])
+    cfg2 = load_config("tiny", overrides=base)
+    print(f"[bench] data {data_dir}; {args.steps} steps of batch {cfg1.train.stage1.batch_size}; "
+          f"{args.threads} torch thread(s)", flush=True)
+
+    bare = bare_loop(cfg1, data_dir, args.steps, args.threads, args.log_every)
+    print(f"[bench] (a) bare torch loop: {bare:.1f} samples/s", flush=True)
+
+    context = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, log_to_driver=False,
+                       runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}})
+    dashboard = f"http://{context.dashboard_url}"
+    one, _ = ray_run(cfg1, data_dir, workdir, "one", args.steps, args.log_every)
+    print(f"[bench] (b) Ray Train + DeepSpeed, 1 worker: {mean_rate(one):.1f} samples/s", flush=True)
+    two, _ = ray_run(cfg2, data_dir, workdir, "two", args.steps, args.log_every)
+    print(f"[bench] (c) Ray Train + DeepSpeed, 2 workers: {mean_rate(two):.1f} samples/s", flush=True)
+
+    # One epoch of the stage's records through a filesystem that counts what the readers read.
+    fs, coco_files = stage_files(data_dir, "train", ["coco"])
+    own_bytes = sum(fs.size(f) for f in coco_files)
+    _, all_files = stage_files(data_dir, "train", cfg1.data.tasks)
+    all_bytes = sum(fs.size(f) for f in all_files)
+    from ying.data.build import count_records
+
+    epoch_steps = count_records(data_dir, "train", ["coco"]) // cfg1.train.stage1.batch_size
+    counter_dir = workdir / "read-counts"
+    counter_dir.mkdir(exist_ok=True)
+    for f in counter_dir.glob("*"):
+        f.unlink()
+    ray_run(cfg1, data_dir, workdir, "read", epoch_steps, epoch_steps,
+            filesystem=CountingLocalFileSystem(counter_dir=str(counter_dir)))
+    read = bytes_read(str(counter_dir))
+    amplification = read / own_bytes
+    print(f"[bench] one epoch ({epoch_steps} steps) read {read:,} bytes; the stage's own files {own_bytes:,}; "
+          f"every task's train files {all_bytes:,}", flush=True)
+
+    log = workdir / "kill-steps.jsonl"
+    log.unlink(missing_ok=True)
+    kill_steps = max(4 * args.checkpoint_every, 40)
+    summary, _ = ray_run(cfg2, data_dir, workdir, "kill", kill_steps, 1, checkpoint_every=args.checkpoint_every,
+                         callbacks=[step_log_callback(str(log))], kill_after_checkpoint=True,
+                         dashboard=dashboard)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    resumed = summary.get("resumed_from_step") or 0
+    # Steps are reported in order; after the restart they count up again from resumed + 1.
+    restart_at = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), None)
+    before_kill = steps[restart_at - 1] if restart_at else max(steps)
+    redone = before_kill - resumed if restart_at else 0
+    finished = int(summary["step"] == kill_steps and restart_at is not None)
+    print(f"[bench] kill: trained to step {before_kill} before the kill, resumed at {resumed}, redid {redone} "
+          f"step(s), finished {summary['step']}/{kill_steps}", flush=True)
+    ray.shutdown()
+
+    result = {
+        "ray_vs_bare": round(mean_rate(one) / bare, 3),
+        "read_amplification": round(amplification, 3),
+        "kill_resume_finished": finished,
+        "steps_redone_after_kill": redone,
+        "checkpoint_every": args.checkpoint_every,
+        "bare_samples_per_s": round(bare, 1),
+        "ray_1_worker_samples_per_s": round(mean_rate(one), 1),
+        "ray_2_workers_samples_per_s": round(mean_rate(two), 1),
+        "threads": args.threads,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Re-runs retrain, crashes resume: what a user meets after changing a setting, killing the driver,
+or losing a training worker.
+
+The DAG runs as a user runs it, `python workflows/full.py ...` in a subprocess (connected to the
+test session's cluster), so the driver can be killed for real.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A small mini-world and a short Stage I with a checkpoint every 5 steps.
+SMALL = [
+    "miniworld.n_images={coco/train: 48, coco/validation: 8, coco/test: 4, vqa-v2/train: 16, vqa-v2/validation: 4,"
+    " coco-goi/train: 8, coco-goi/validation: 4, flickr8k-cn/train: 4, flickr8k-cn/validation: 4,"
+    " flickr8k-cn/test: 4, okvqa/train: 4, okvqa/validation: 2, clevr/train: 4, clevr/validation: 2,"
+    " visual-dialog/train: 4, visual-dialog/validation: 2, visual-dialog/test: 2}",
+    "miniworld.n_videos={msrvtt-qa/train: 2, msrvtt-qa/validation: 2, msrvtt-qa/test: 2}",
+    "train.stage1.max_steps=20", "train.stage1.warmup_steps=2", "train.stage1.batch_size=8",
+    "train.stage1.checkpoint_every=5", "train.stage1.val_examples=8",
+]
+
+
+def _cmd(run_dir: str, address: str, *extra: str) -> list[str]:
+    args = [sys.executable, str(REPO / "workflows" / "full.py"), "--run-dir", run_dir, "--address", address,
+            "--until", "stage1"]
+    for override in SMALL + list(extra):
+        args += ["--set", override]
+    return args
+
+
+def _run(run_dir: str, address: str, *extra: str) -> str:
+    proc = subprocess.run(_cmd(run_dir, address, *extra), cwd=REPO, capture_output=True, text=True, timeout=1500)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _stage1(run_dir: str) -> tuple[dict, bytes]:
+    manifest = json.loads(Path(run_dir, "stage1", "_manifest.json").read_text())
+    return manifest, Path(run_dir, "stage1", "hf", "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def session_address(ray_cluster):
+    return ray_cluster.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def first_stage1(session_address, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("resume") / "run")
+    _run(run_dir, session_address)
+    return run_dir
+
+
+def test_changing_the_learning_rate_retrains_from_the_start(first_stage1, session_address):
+    run_dir = first_stage1
+    before_manifest, before_weights = _stage1(run_dir)
+    out = _run(run_dir, session_address, "train.stage1.lr=1e-4")
+    manifest, weights = _stage1(run_dir)
+    assert "stage1: inputs or config changed" in out
+    assert "resumed at step" not in out  # a new plan never picks up the old run's checkpoint
+    assert manifest["config"]["train.stage1"]["lr"] == 1e-4
+    assert manifest["outputs"]["step"] == 20 and manifest["outputs"]["resumed_from_step"] is None
+    assert isinstance(manifest["outputs"]["loss"], float) and manifest["outputs"]["loss"] == manifest["outputs"]["loss"]
+    assert weights != before_weights
+    assert manifest["outputs"]["run_name"] != before_manifest["outputs"]["run_name"]
+    # The old plan's Ray Train run is gone: nothing can resume from it by mistake.
+    runs = sorted(p.name for p in Path(run_dir, "stage1", "ray_train").iterdir() if p.is_dir())
+    assert runs == [manifest["outputs"]["run_name"]]
+
+
+def test_a_killed_driver_resumes_from_its_last_checkpoint(first_stage1, session_address):
+    run_dir = first_stage1
+    extra = ("train.stage1.lr=2e-4", "train.stage1.max_steps=60")
+    proc = subprocess.Popen(_cmd(run_dir, session_address, *extra), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    runs = Path(run_dir, "stage1", "ray_train")
+    deadline = time.time() + 1200
+    try:
+        while not any(p.name.startswith("checkpoint_") for p in runs.glob("stage1-*/*")):
+            assert proc.poll() is None, proc.stdout.read()[-4000:]
+            assert time.time() < deadline, "no checkpoint within 20 minutes"
+            time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started in its process group
+        proc.wait()
+    killed_before_the_end = json.loads(Path(run_dir, "stage1", "_manifest.json").read_text())
+    assert killed_before_the_end["config"]["train.stage1"]["lr"] != 2e-4
+    time.sleep(5)  # the cluster reaps the dead job's training actors
+    out = _run(run_dir, session_address, *extra)
+    manifest, _ = _stage1(run_dir)
+    resumed = manifest["outputs"]["resumed_from_step"]
+    assert resumed and 0 < resumed < 60 and f"resumed at step {resumed}/60" in out
+    assert manifest["outputs"]["step"] == 60 and manifest["outputs"]["loss"] == manifest["outputs"]["loss"]
+
+
+def test_a_killed_training_worker_is_replaced_and_the_stage_finishes(ray_cluster, tmp_path):
+    """SIGKILL one Ray Train worker mid Stage II: the group restarts from the last checkpoint."""
+    from ray.util.state import list_actors
+
+    from tests.test_train import write_records
+    from ying.config import load_config
+    from ying.model.checkpoint import save_checkpoint
+    from ying.model.tokenizer import build_tokenizer
+    from ying.model.vlm import build_model
+    from ying.train.stages import run_stage
+
+    data_dir = write_records(tmp_path, {"coco": {"train": 16, "validation": 4}, "vqa-v2": {"train": 16, "validation": 4}})
+    cfg = load_config("tiny", overrides=["train.max_failures=2"])
+    tok = build_tokenizer(cfg.model.tokenizer)
+    init = str(tmp_path / "init")
+    save_checkpoint(build_model(cfg.model, tok, seed=0), tok, cfg.model, init)
+    stage_dir = tmp_path / "stage2"
+    result: dict = {}
+
+    def train():
+        try:
+            result["summary"] = run_stage(cfg, "stage2", data_dir, str(stage_dir), init_checkpoint=init,
+                                          tasks=["coco", "vqa-v2"], max_steps=40, warmup_steps=2, batch_size=8,
+                                          checkpoint_every=5, log_every=5, val_examples=4)
+        except BaseException as e:  # surfaced by the assertion below
+            result["error"] = e
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.time() + 1200
+    while not any(p.name.startswith("checkpoint_") for p in stage_dir.glob("ray_train/stage2-*/*")):
+        assert thread.is_alive(), result
+        assert time.time() < deadline, "no checkpoint within 20 minutes"
+        time.sleep(0.5)
+    workers = [a for a in list_actors(address=ray_cluster.dashboard_url,
+                                      filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+               if a.pid]
+    assert len(workers) == 2
+    os.kill(workers[1].pid, signal.SIGKILL)
+    thread.join(timeout=1500)
+    assert "error" not in result, result.get("error")
+    summary = result["summary"]
+    assert summary["step"] == 40  # the planned number of steps, not more, not fewer
+    assert summary["resumed_from_step"] and summary["resumed_from_step"] % 5 == 0
+    assert [h["step"] for h in summary["history"]] == list(range(5, 41, 5))  # no step logged twice
