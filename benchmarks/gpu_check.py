@@ -68,7 +68,7 @@ def build(args, device, dtype):
             model = Blip2ForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(previous)
-    model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model.train(), config
 
 

@@ -20,7 +20,14 @@ def ray_cluster():
     os.environ["DS_ACCELERATOR"] = "cpu"
     import ray
 
-    context = ray.init(num_cpus=2, include_dashboard=True, ignore_reinit_error=True, log_to_driver=False)
+    for attempt in range(3):
+        try:
+            context = ray.init(num_cpus=2, include_dashboard=True, ignore_reinit_error=True, log_to_driver=False)
+            break
+        except Exception as e:  # Ray waits only 30 s for its raylet: a busy machine can need more
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            ray.shutdown()
     ray.dashboard_url = f"http://{context.dashboard_url}"  # for tests that submit Ray Jobs
     yield ray
     ray.shutdown()

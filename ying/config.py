@@ -244,6 +244,34 @@ class TuneConfig(_Strict):
     max_concurrent_trials: int = execution_only(1)  # trials at once, as far as the cluster's resources allow
 
 
+class AblationGrid(_Strict):
+    """The values an ablation run tries (paper Appendix I; Table 5's Len column)."""
+
+    # Figure 9: training records draw their instruction from the first k of each pool; 10 = all.
+    instructions_per_task: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 10])
+    # Figure 10: how many Stage II tasks train (a seeded shuffle, the first n). Integers, or "paper":
+    # the paper's 0/4/8/16/all of 27 tasks scaled to the run's task count (6 here: 0, 1, 2, 4, 6).
+    task_counts: list[int | Literal["all"]] | Literal["paper"] = "paper"
+    answers: bool = True  # train once on the raw short answers beside the rephrased ones
+    seeds: list[int] = Field(default_factory=lambda: [0])  # repeated seeds draw the error bars
+
+
+class AblationsConfig(_Strict):
+    """The paper's ablations as Ray Tune experiments, a DAG stage branching after Stage I."""
+
+    enabled: bool = False
+    grid: AblationGrid = AblationGrid()  # what the DAG's ablations stage runs
+    full_grid: AblationGrid = AblationGrid()  # what workflows/ablations.py runs unless --grid reduced
+    trial_steps: int = 300  # optimizer steps per trial (paper: 5k)
+    batch_size: int | None = None  # global batch per trial; None: train.stage2.batch_size (paper: 64)
+    max_per_task: int | None = None  # training instances per task in every trial (paper: 5k); None: all
+    lr: float | None = None  # peak lr of every trial; None: Stage II's (searched or set)
+    num_workers: int | None = None  # Ray Train workers per trial; None: train.num_workers
+    eval_max_per_task: int = 40  # evaluation records per task and trial
+    max_concurrent_trials: int = execution_only(1)  # trials at once, as far as the cluster's resources allow
+    keep_checkpoints: bool = execution_only(False)  # keep each trial's checkpoints (deleted once evaluated)
+
+
 class JudgeConfig(_Strict):
     """The LLM judge (paper §4 Figure 4, Appendix G; Table 8). Off unless ``base_url`` is set."""
 
@@ -297,6 +325,7 @@ class YingConfig(_Strict):
     model: ModelConfig
     train: TrainConfig
     tune: TuneConfig
+    ablations: AblationsConfig = AblationsConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
 

@@ -161,7 +161,8 @@ def apply_freeze_policy(model: torch.nn.Module, trainable_patterns: list[str]) -
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    # A ZeRO-3 partitioned parameter holds a placeholder; ds_numel is its whole size.
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def answer_loss(model: Blip2ForConditionalGeneration, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:

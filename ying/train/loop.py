@@ -171,7 +171,7 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
     model, tokenizer = _build(plan, cfg, device, ds_config, rank)
     trainable = apply_freeze_policy(model, plan.trainable)
     if cfg.train.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     processor = YingProcessor(tokenizer, cfg.model.vision.image_size, cfg.model.num_query_tokens,
                               cfg.model.max_text_tokens)
     if rank == 0:
@@ -182,8 +182,12 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
 
     # --- DeepSpeed ---------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=plan.lr, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, plan.warmup_steps, plan.max_steps))
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+
+    def schedule(wrapped_optimizer):  # built on DeepSpeed's optimizer: ZeRO-3 regroups the parameters
+        return torch.optim.lr_scheduler.LambdaLR(wrapped_optimizer,
+                                                 lambda s: lr_lambda(s, plan.warmup_steps, plan.max_steps))
+
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                            config=ds_config)
 
     # --- restore (a restart after a failure, or a re-run of the same plan) ---------------------

@@ -1,0 +1,222 @@
+"""The paper's ablations as Ray Tune experiments (Appendix I, Figures 9 and 10; Table 5's Len).
+
+    figure9   instructions per task k: training records draw their instruction from the first k
+              of each pool (10 = all)
+    figure10  number of training tasks n: a seeded shuffle of the Stage II tasks, the first n
+              (0 = the Stage I model itself), the paper's 0/4/8/16/all scaled to the run's tasks
+    answers   the same Stage II run on the rephrased answers and on the raw short ones
+
+Every trial is a Stage II run (Ray Train + DeepSpeed) from the same Stage I checkpoint with the
+same steps, batch and instances per task; only the searched value and the seed differ. Then it is
+evaluated as the paper does, ROUGE-L:
+    figure9   with unseen instructions (each Stage II task asked with the pool's instructions
+              beyond the 8th, which no k <= 8 trains on) and on the held-out tasks; the score is
+              the mean over both sets of tasks (for k = 10 those instructions were seen: its point
+              is marked)
+    figure10  on the held-out tasks (zero-shot); the score is their mean, each task kept too
+    answers   on the rephrased Stage II tasks with their own instructions, and the mean number of
+              words per answer
+and reports ``score`` to Tune. Trial checkpoints are deleted once evaluated unless
+``ablations.keep_checkpoints``. An interrupted experiment is restored: finished trials are kept,
+unfinished ones resume from their last Ray Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from typing import Any
+
+from ying import storage
+from ying.config import AblationGrid, YingConfig
+
+__all__ = ["run_ablations", "trial_specs", "task_counts", "UNSEEN_FROM"]
+
+UNSEEN_FROM = 8  # instructions 9 and 10 of each pool are never trained on by a k <= 8 trial
+_PAPER_TASK_COUNTS = (0, 4, 8, 16, 27)  # Appendix I: 0, 4, 8, 16 and all 27 Stage II tasks
+
+
+def task_counts(grid: AblationGrid, n_tasks: int) -> list[int]:
+    """The task counts a run tries, ascending, within ``0..n_tasks`` ("all" = ``n_tasks``)."""
+    if grid.task_counts == "paper":
+        counts = {round(c * n_tasks / _PAPER_TASK_COUNTS[-1]) for c in _PAPER_TASK_COUNTS}
+    else:
+        counts = {n_tasks if c == "all" else min(int(c), n_tasks) for c in grid.task_counts}
+    return sorted(counts)
+
+
+def shuffled_tasks(tasks: list[str], seed: int) -> list[str]:
+    """Appendix I: "randomly shuffling our tasks and then selecting a subset" (seeded)."""
+    order = sorted(tasks)
+    random.Random(f"figure10/{seed}").shuffle(order)
+    return order
+
+
+def trial_specs(cfg: YingConfig, grid: AblationGrid, stage2_tasks: list[str]) -> dict[str, list[dict]]:
+    """{experiment: [trial spec]}: what each trial trains on and how its records look."""
+    specs: dict[str, list[dict]] = {"figure9": [], "figure10": [], "answers": []}
+    for seed in grid.seeds:
+        for k in grid.instructions_per_task:
+            specs["figure9"].append({"experiment": "figure9", "value": k, "seed": seed, "tasks": stage2_tasks,
+                                     "policy": {"instructions_per_task": k}})
+        order = shuffled_tasks(stage2_tasks, seed)
+        for n in task_counts(grid, len(stage2_tasks)):
+            specs["figure10"].append({"experiment": "figure10", "value": "all" if n == len(order) else n,
+                                      "seed": seed, "tasks": order[:n], "policy": {}})
+        if grid.answers:
+            for answers, label in (("outputs", "rephrased"), ("original", "raw")):
+                specs["answers"].append({"experiment": "answers", "value": label, "seed": seed,
+                                         "tasks": stage2_tasks, "policy": {"answers": answers}})
+    return {k: v for k, v in specs.items() if v}
+
+
+def _words(text: str) -> int:
+    # Chinese has no spaces: count its characters as words.
+    return sum(len(w) if any("\u4e00" <= ch <= "\u9fff" for ch in w) else 1 for w in text.split())
+
+
+def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, stage2_tasks: list[str],
+                   name: str, cache_dir: str) -> dict:
+    """The trial's score as the paper measures its experiment (module docstring)."""
+    from ying.data.instructions import load_pool
+    from ying.eval.evaluate import plan_evaluation, score_plan
+    from ying.eval.predictors import ModelSpec, cached_predictions
+
+    a = cfg.ablations
+    held_out = [t for t in cfg.data.held_out if t in cfg.data.tasks]
+    rephrased = [t for t in stage2_tasks if t in set(cfg.rephrase.tasks or [])]
+    if spec["experiment"] == "figure9":
+        suites, tasks = ["unseen_instructions"], held_out
+    elif spec["experiment"] == "figure10":
+        suites, tasks = [], held_out
+    else:
+        suites, tasks = [], rephrased or stage2_tasks
+    plan = plan_evaluation(cfg, data_dir, suites=suites, tasks=tasks, limit=a.eval_max_per_task,
+                           train_instructions={t: load_pool(t)[:UNSEEN_FROM] for t in stage2_tasks})
+    answers, _ = cached_predictions(ModelSpec(name, "ying", checkpoint), plan.suite_examples(), cache_dir,
+                                    batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                                    use_gpu=cfg.eval.use_gpu)
+    scores = score_plan(plan, answers)
+    per_task = {t: 100 * s["rouge_l"] for t, s in scores["tasks"].items() if s.get("n")}
+    n = sum(s.get("n", 0) for s in scores["tasks"].values())
+    if spec["experiment"] == "figure9":
+        unseen = scores["suites"]["unseen_instructions"]
+        for key, value in unseen["scores"].items():
+            if key.endswith("/unseen") and value is not None:
+                per_task[key] = value
+        n += unseen.get("n", 0)
+    out = {"score": statistics.fmean(per_task.values()) if per_task else None, "per_task": per_task, "n": n}
+    if spec["experiment"] == "answers":
+        texts = list(answers.get("tasks", {}).values())
+        out["answer_words"] = statistics.fmean(_words(t) for t in texts) if texts else None
+    return out
+
+
+def _trial(trial: dict) -> None:
+    """One ablation trial: train (unless it trains on no task), evaluate, report, clean up."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ying.train.stages import fit, stage_plan
+
+    cfg = YingConfig.model_validate(trial["cfg"])
+    spec = trial["spec"]
+    a = cfg.ablations
+    name = ray.tune.get_context().get_trial_name()
+    trial_dir = storage.join(trial["ablations_dir"], "trials", name)
+    checkpoint = trial["stage1_checkpoint"]
+    if spec["tasks"]:
+        steps = a.trial_steps
+        plan = stage_plan(cfg, "stage2", trial["data_dir"], out_dir=storage.join(trial_dir, "hf"),
+                          init_checkpoint=trial["stage1_checkpoint"], tasks=spec["tasks"], lr=trial["lr"],
+                          max_steps=steps, warmup_steps=max(1, min(cfg.train.stage2.warmup_steps, steps // 10)),
+                          batch_size=a.batch_size or cfg.train.stage2.batch_size,
+                          micro_batch_size=(a.batch_size or cfg.train.stage2.batch_size) // max(cfg.train.num_workers, 1),
+                          log_every=max(1, steps // 5), checkpoint_every=max(1, steps // 3), val_examples=0,
+                          policy={**spec["policy"], "max_per_task": a.max_per_task},
+                          context=f"ablation:{trial['fingerprint']}:{spec['experiment']}:{spec['value']}:{spec['seed']}")
+        plan.stage = f"{spec['experiment']}-{spec['value']}-seed{spec['seed']}"
+        fit(cfg, plan, storage.join(trial_dir, "train"), name=name, callbacks=[TuneReportCallback()])
+        checkpoint = plan.out_dir
+    result = evaluate_trial(cfg, trial["data_dir"], checkpoint, spec, trial["stage2_tasks"], name,
+                            storage.join(trial["ablations_dir"], "eval_cache"))
+    if spec["tasks"] and not a.keep_checkpoints:
+        fs, path = storage.filesystem(trial_dir)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    ray.tune.report({**result, "experiment": spec["experiment"], "value": spec["value"], "seed": spec["seed"],
+                     "done": True})
+
+
+def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: float, out_dir: str,
+                  fingerprint: str = "", grid: AblationGrid | None = None, fresh: bool = False) -> dict:
+    """Run every experiment of ``grid`` (default ``ablations.grid``); write ``results.json`` and the
+    plots under ``out_dir``; return the results."""
+    import ray.tune
+
+    from ying.train.stages import stage_tasks
+    from ying.tune.results import plot_figure
+    from ying.tune.runner import last_results, run_experiment
+
+    a = cfg.ablations
+    grid = grid or a.grid
+    stage2_tasks = stage_tasks(cfg, "stage2")
+    trial_cfg = cfg.to_dict()
+    if a.num_workers:
+        trial_cfg["train"]["num_workers"] = a.num_workers
+    base = {"cfg": trial_cfg, "data_dir": data_dir, "stage1_checkpoint": stage1_checkpoint,
+            "lr": a.lr or lr, "ablations_dir": out_dir, "fingerprint": fingerprint, "stage2_tasks": stage2_tasks}
+    results: dict[str, Any] = {}
+    metrics = {
+        "figure9": "ROUGE-L with unseen instructions (instructions 9-10 of each pool) and on held-out tasks, mean",
+        "figure10": "ROUGE-L on held-out tasks (zero-shot), mean",
+        "answers": "ROUGE-L on the rephrased Stage II tasks; answer_words: mean words per answer",
+    }
+    for experiment, specs in trial_specs(cfg, grid, stage2_tasks).items():
+        print(f"[ablations] {experiment}: {len(specs)} trial(s), values "
+              f"{sorted({s['value'] for s in specs}, key=str)}, seeds {sorted({s['seed'] for s in specs})}", flush=True)
+        space = {**base, "spec": ray.tune.grid_search(specs)}
+        tune_config = ray.tune.TuneConfig(max_concurrent_trials=a.max_concurrent_trials)
+        grid_fp = storage.fingerprint({"fingerprint": fingerprint, "specs": specs, "lr": base["lr"]})
+        outcome = run_experiment(experiment, grid_fp, _trial, space, tune_config,
+                                 storage.join(out_dir, "experiments"), fresh=fresh)
+        points = []
+        for r in last_results(outcome):
+            spec, m = r["config"]["spec"], r["metrics"]
+            if r["error"] or not m.get("done"):
+                print(f"[ablations] {experiment} {spec['value']} seed {spec['seed']} failed: {r['error']}", flush=True)
+                points.append({"value": spec["value"], "seed": spec["seed"], "score": None, "n": 0,
+                               "error": r["error"]})
+                continue
+            point = {"value": spec["value"], "seed": spec["seed"], "score": m["score"], "n": m["n"],
+                     "per_task": m.get("per_task", {}), "tasks": spec["tasks"]}
+            if experiment == "figure9" and spec["value"] > UNSEEN_FROM:
+                point["note"] = f"k={spec['value']} also trains on the instructions beyond the {UNSEEN_FROM}th"
+            if "answer_words" in m:
+                point["answer_words"] = m["answer_words"]
+            points.append(point)
+        points.sort(key=lambda p: (str(type(p["value"])), p["value"], p["seed"]))
+        results[experiment] = {"metric": metrics[experiment], "metric_short": "ROUGE-L", "points": points}
+        for p in points:
+            if p["score"] is not None:
+                extra = f", {p['answer_words']:.1f} words" if "answer_words" in p else ""
+                print(f"[ablations] {experiment} {p['value']} (seed {p['seed']}): ROUGE-L {p['score']:.1f} "
+                      f"over {p['n']} examples{extra}", flush=True)
+    plots = {"figure9": ("Figure 9: ROUGE-L vs instructions per task", "instructions per task", False),
+             "figure10": ("Figure 10: ROUGE-L vs training tasks", "training tasks", True)}
+    for experiment, (title, xlabel, per_task) in plots.items():
+        entry = results.get(experiment)
+        if entry and any(p["score"] is not None for p in entry["points"]):
+            path = storage.join(out_dir, f"{experiment}.png")
+            plot_figure(entry, path, title, xlabel, per_task=per_task)
+            entry["plot"] = f"ablations/{experiment}.png"
+    results["settings"] = {"trial_steps": a.trial_steps, "batch_size": a.batch_size or cfg.train.stage2.batch_size,
+                           "max_per_task": a.max_per_task, "lr": base["lr"], "eval_max_per_task": a.eval_max_per_task,
+                           "seeds": grid.seeds, "stage2_tasks": stage2_tasks,
+                           "held_out": [t for t in cfg.data.held_out if t in cfg.data.tasks]}
+    storage.write_json_atomic(storage.join(out_dir, "results.json"), results)
+    failed = [p for e in ("figure9", "figure10", "answers") for p in results.get(e, {}).get("points", [])
+              if p["score"] is None]
+    if failed and len(failed) == sum(len(results.get(e, {}).get("points", [])) for e in ("figure9", "figure10", "answers")):
+        raise RuntimeError(f"every ablation trial failed; see {storage.join(out_dir, 'experiments')}")
+    return results
