@@ -120,8 +120,9 @@ def test_chair_ground_truth_reads_the_miniworld_scene_file(miniworld_coco):
     assert gt.vocabulary.name == "miniworld-shapes"
     assert gt.objects == truth
     assert any("scenes.json" in s for s in gt.sources)
-    # Without the source root (real COCO): the COCO vocabulary and reference captions only.
-    assert chair_ground_truth(records, "auto", None).vocabulary.name == "coco-80"
+    # Without the source root (real COCO) the segmentation annotations are required.
+    with pytest.raises(ValueError, match="eval.chair_instances"):
+        chair_ground_truth(records, "auto", None)
 
 
 def test_hallucination_scores_against_the_scene(miniworld_coco):
