@@ -181,7 +181,8 @@ class HFVisionPredictor:
             raise ValueError(f"{path}: its processor needs a package that is not installed ({e})") from e
         return cls(model.to(device).eval(), processor, name or path, max_new_tokens)
 
-    def _prompt(self, example: dict, chinese_dialogue: bool, as_video: bool) -> str:
+    def prompt(self, example: dict, chinese_dialogue: bool = False, as_video: bool = False) -> str:
+        """The text this model is given for ``example`` (its images go beside it, through the processor)."""
         from ying.model.prompt import format_prompt
 
         fmt = self.prompt_format
@@ -212,7 +213,7 @@ class HFVisionPredictor:
         def pil(data: bytes):
             return Image.open(io.BytesIO(data)).convert("RGB")
 
-        texts = [self._prompt(e, chinese_dialogue, as_video) for e in examples]
+        texts = [self.prompt(e, chinese_dialogue, as_video) for e in examples]
         if not as_video:
             return self.processor(images=[pil(_middle(e["images"])) for e in examples], text=texts,
                                   return_tensors="pt", padding=True)
