@@ -101,3 +101,22 @@ def test_records_whose_meta_names_no_image_are_grouped_by_their_image_bytes(tmp_
     _write(tmp_path, "test", rows, n_files=2, row_group_size=2)
     sel = select_evaluation_records(str(tmp_path), ["coco"], limit=1, by_image_tasks=["coco"])
     assert [r["outputs"] for r in sel.by_image["coco"]] == ["imported 0", "imported 1", "imported 2"]
+
+
+def test_reads_an_s3_data_dir(s3_endpoint):
+    """The driver selects rows and a prediction actor reads their images by URL, from object storage too."""
+    from ying import storage
+
+    bucket = s3_endpoint("ying-eval-records")
+    rows = [_rec("vqa", "test", i, f"a{i}") for i in range(6)]
+    train = [_rec("vqa", "train", i, "red" if i % 3 else "blue", instruction=f"I{i % 2}") for i in range(9)]
+    for split, part in (("test", rows), ("train", train)):
+        fs, path = storage.filesystem(f"{bucket}/qc/records/{split}/part-0.parquet")
+        with fs.open(path, "wb") as f:
+            pq.write_table(pa.Table.from_pylist(part, schema=RECORD_SCHEMA), f, row_group_size=4)
+    sel = select_evaluation_records(f"{bucket}/qc", ["vqa"], limit=3)
+    assert [r["id"] for r in sel.records["vqa"]] == [f"vqa-test-{i:04d}" for i in range(3)]
+    assert all(r["image_ref"]["file"].startswith("s3://ying-eval-records/") for r in sel.records["vqa"])
+    assert read_images([r["image_ref"] for r in sel.records["vqa"]]) == [r["images"] for r in rows[:3]]
+    summary = training_summary(f"{bucket}/qc")
+    assert summary.majority == {"vqa": "red"} and summary.instructions == {"vqa": {"I0", "I1"}}
