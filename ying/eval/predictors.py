@@ -140,7 +140,7 @@ def instructblip_video_inputs(tokenizer, qformer_tokenizer, num_query_tokens: in
 def _default_dtype(device: str):
     import torch
 
-    # bfloat16 halves a GPU's memory and is what these checkpoints were trained in; CPUs run float32.
+    # bfloat16 halves a GPU's memory and keeps float32's range (no fp16 overflow); CPUs run float32.
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
