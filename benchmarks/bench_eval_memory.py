@@ -110,15 +110,15 @@ def run_child(mode: str, data_dir: str, ckpt: str, sources: dict, work: str, per
 
     from ying.eval.evaluate import evaluate_models
 
-    for attempt in range(3):  # a loaded machine can time a new cluster's start-up out
+    for attempt in range(10):  # a loaded machine can time a new cluster's start-up out (Ray waits 30 s)
         try:
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
             break
         except Exception:
             ray.shutdown()
-            if attempt == 2:
+            if attempt == 9:
                 raise
-            time.sleep(10)
+            time.sleep(30)
     ray.data.DataContext.get_current().enable_progress_bars = False
     time.sleep(1.0)  # let the cluster's agents finish starting, so "idle" is idle
     cfg = eval_config(os.path.join(work, "run"), per_task)
