@@ -218,11 +218,12 @@ def chair_ground_truth(captions: Iterable[tuple[str, str]], vocabulary: str = "a
     is_miniworld = bool(scenes_path and storage.exists(scenes_path))
     paths = [instances] if isinstance(instances, str) else list(instances or [])
     if not is_miniworld and not paths:
+        where = f"{source_root} has no _miniworld/scenes.json" if source_root else "no source root was given"
         raise ValueError(
-            "CHAIR on real COCO needs the segmentation annotations as ground truth (Rohrbach et al. use them "
-            "with the captions): set eval.chair_instances to COCO's annotations/instances_val2014.json (the "
-            "Karpathy test images are val2014; a list also takes instances_train2014.json), or drop "
-            "'hallucination' from eval.suites")
+            f"CHAIR on real COCO ({where}) needs the segmentation annotations as ground truth (Rohrbach et al. "
+            "use them with the captions): set eval.chair_instances to COCO's annotations/instances_val2014.json "
+            "(the Karpathy test images are val2014; a list also takes instances_train2014.json), or drop "
+            "'hallucination' from eval.suites. For mini-world data pass its sources ({'coco': <root>}).")
     if vocabulary == "auto":
         vocabulary = "miniworld" if is_miniworld else "coco"
     vocab = load_vocabulary(vocabulary)
