@@ -25,6 +25,13 @@ def test_shipped_coco_vocabulary_has_the_80_objects_and_lu_synonyms(coco):
     ("knives, scissors and skis on the tables", ["knife", "scissors", "skis", "dining table"]),
     ("a baby elephant under a passenger jet", ["elephant", "airplane"]),  # "baby"/"passenger" are not people here
     ("a woman sits on the toilet seat", ["person", "toilet"]),  # "seat" of a toilet is not a chair
+    # Rohrbach et al.'s rule: a caption that names a toilet drops every "seat" ...
+    ("the seat of the toilet is up", ["toilet"]),
+    ("a chair and two seats beside the toilets", ["chair", "toilet"]),
+    ("a toilet seat and a seat", ["toilet"]),
+    # ... and only then: without "toilet" a seat is a chair (a urinal does not trigger it, as in the reference)
+    ("a seat on the bus", ["chair", "bus"]),
+    ("a seat next to a urinal", ["chair", "toilet"]),
     ("mice and geese and oxen", ["mouse", "bird", "cow"]),
     ("a baby animal with two adult giraffes", ["giraffe"]),  # "baby animal" names no COCO object, nor a person
     ("a motor bike by a stop sign and a cell phone", ["motorcycle", "stop sign", "cell phone"]),
@@ -70,3 +77,44 @@ def test_vocabulary_file_errors_name_the_file(tmp_path):
         load_vocabulary("no-such-vocabulary")
     with pytest.raises(ValueError, match="unknown object"):
         vocabulary_from_dict({"objects": {"dog": []}, "compounds": {"hot dog": "food"}})
+
+
+def test_toilet_rule_is_part_of_the_vocabulary_file():
+    with pytest.raises(ValueError, match="drop_when_present names phrases the vocabulary lacks"):
+        vocabulary_from_dict({"objects": {"chair": ["seat"]}, "drop_when_present": {"seat": ["toilet"]}})
+
+
+def _instances(path, annotations):
+    path.write_text(json.dumps({
+        "images": [{"id": i} for i in sorted({a[0] for a in annotations})],
+        "annotations": [{"id": k, "image_id": img, "category_id": cat} for k, (img, cat) in enumerate(annotations)],
+        "categories": [{"id": 62, "name": "chair"}, {"id": 67, "name": "dining table"}, {"id": 18, "name": "dog"}],
+    }))
+    return str(path)
+
+
+def test_real_coco_ground_truth_joins_instances_and_captions(tmp_path):
+    from ying.eval.chair import chair_ground_truth
+
+    captions = [("7", "A dog sleeps under a table."), ("7", "A puppy on the floor."), ("8", "A cat.")]
+    with pytest.raises(ValueError, match="eval.chair_instances"):
+        chair_ground_truth(captions)  # real COCO without its segmentation annotations
+    val = _instances(tmp_path / "instances_val2014.json", [(7, 62), (7, 18), (99, 67)])
+    train = _instances(tmp_path / "instances_train2014.json", [(8, 67)])
+    gt = chair_ground_truth(captions, "auto", None, [val, train])
+    assert gt.vocabulary.name == "coco-80"
+    # image 7: dog and dining table from captions, chair from the annotations; image 99 was not asked about
+    assert gt.objects == {"7": {"dog", "dining table", "chair"}, "8": {"cat", "dining table"}}
+    assert gt.sources == ["reference captions", f"COCO instances {val}", f"COCO instances {train}"]
+    with pytest.raises(FileNotFoundError, match="no-such.json"):
+        chair_ground_truth(captions, "auto", None, str(tmp_path / "no-such.json"))
+
+
+def test_real_coco_without_instances_is_a_config_error():
+    from ying.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="eval.chair_instances=<coco>/annotations/instances_val2014.json"):
+        load_config("tiny", overrides=["data.sources.coco=/data/coco"])
+    cfg = load_config("tiny", overrides=["data.sources.coco=/data/coco", "eval.chair_instances=/data/i.json"])
+    assert cfg.eval.chair_instances == "/data/i.json"
+    assert load_config("tiny", overrides=["data.sources.coco=/data/coco", "eval.suites=[kvqa]"]).eval.suites == ["kvqa"]

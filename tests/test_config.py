@@ -54,7 +54,8 @@ def test_conflicting_options_name_the_fix():
 def test_overrides_are_typed_and_local_paths_are_pinned(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config("tiny", overrides=["train.stage2.lr=2e-5", "data.held_out=[msrvtt-qa]",
-                                         "run.run_dir=runs/x", "data.sources.coco=raw/coco"])
+                                         "run.run_dir=runs/x", "data.sources.coco=raw/coco",
+                                         "eval.chair_instances=raw/instances_val2014.json"])
     assert cfg.train.stage2.lr == 2e-5 and cfg.data.held_out == ["msrvtt-qa"]
     # Ray workers run elsewhere: relative paths become absolute where the run was started.
     assert cfg.run.run_dir == os.path.join(str(tmp_path), "runs", "x")

@@ -120,8 +120,9 @@ def test_chair_ground_truth_reads_the_miniworld_scene_file(miniworld_coco):
     assert gt.vocabulary.name == "miniworld-shapes"
     assert gt.objects == truth
     assert any("scenes.json" in s for s in gt.sources)
-    # Without the source root (real COCO): the COCO vocabulary and reference captions only.
-    assert chair_ground_truth(records, "auto", None).vocabulary.name == "coco-80"
+    # Without the source root (real COCO) the segmentation annotations are required.
+    with pytest.raises(ValueError, match="eval.chair_instances"):
+        chair_ground_truth(records, "auto", None)
 
 
 def test_hallucination_scores_against_the_scene(miniworld_coco):
@@ -271,3 +272,39 @@ def test_training_instruction_subset_for_figure5():
     assert {pick_instruction("okvqa", f"okvqa-test-{i}", 0) for i in range(200)} == set(load_pool("okvqa"))
     with pytest.raises(ValueError, match="1..10"):
         training_instructions("okvqa", seed=0, n=11)
+
+
+def test_evaluate_checkpoint_scores_one_model_as_the_stage_does(ray_cluster, tiny_run, tmp_path, capsys):
+    """The entry point for Tune ablations: one checkpoint, chosen tasks and suites, a limit. Images
+    reach the model actors by reference; the answers equal a direct predictor's on the same records."""
+    from ying.data.build import read_records
+    from ying.eval import evaluate_checkpoint
+    from ying.eval.report import score_predictions
+    from ying.model.inference import YingPredictor
+
+    cfg, data_dir, ckpts, _ = tiny_run
+    cache = str(tmp_path / "cache")
+    res = evaluate_checkpoint(cfg, data_dir, ckpts["stage2"], suites=["unseen_instructions"],
+                              tasks=["okvqa", "flickr8k-cn"], limit=2, name="stage2", cache_dir=cache)
+    assert set(res["tasks"]) == {"okvqa", "flickr8k-cn"} and {t["n"] for t in res["tasks"].values()} == {2}
+    unseen = res["suites"]["unseen_instructions"]
+    assert unseen["status"] == "ok" and {"okvqa/seen", "okvqa/unseen"} <= set(unseen["scores"])
+    assert unseen["n"]["okvqa/unseen"] == 2
+    assert res["prediction_cache"]["generated"] > 0
+    out = capsys.readouterr().out
+    assert "[ying] eval stage2: " in out and " examples (100.0%)" in out  # one progress line, then the final one
+
+    # The same records answered directly, images passed as bytes: the same scores.
+    by_split = {s: sorted(read_records(data_dir, s), key=lambda r: r["id"]) for s in ("validation", "test")}
+    recs = [r for r in by_split["validation"] if r["task"] == "okvqa"][:2]
+    recs += [r for r in by_split["test"] if r["task"] == "flickr8k-cn"][:2]
+    predictor = YingPredictor.from_checkpoint(ckpts["stage2"], max_new_tokens=cfg.eval.max_new_tokens)
+    preds = {}
+    for zh in (False, True):
+        group = [r for r in recs if (r["lang"] == "zh") == zh]
+        preds.update(zip((r["id"] for r in group), predictor.generate(group, chinese_dialogue=zh)))
+    assert res["tasks"] == score_predictions(recs, preds)
+
+    again = evaluate_checkpoint(cfg, data_dir, ckpts["stage2"], suites=["unseen_instructions"],
+                                tasks=["okvqa", "flickr8k-cn"], limit=2, name="stage2", cache_dir=cache)
+    assert again["prediction_cache"]["generated"] == 0 and again["tasks"] == res["tasks"]

@@ -297,16 +297,26 @@ class EvalConfig(_Strict):
     # CHAIR object vocabulary: "auto" (the mini-world's shapes for mini-world sources, else the 80 COCO
     # objects with Lu et al.'s synonyms), a shipped name ("coco", "miniworld") or a JSON file path.
     chair_vocabulary: str = "auto"
-    # COCO instances_*.json whose annotations join the reference captions as CHAIR ground truth
-    # (Rohrbach et al. use both); None: captions (and, for the mini-world, its scene file) only.
-    chair_instances: str | None = None
+    # COCO instances_*.json (one path or a list, e.g. val2014 and train2014) whose segmentation
+    # annotations join the reference captions as CHAIR ground truth, as Rohrbach et al.'s code does.
+    # Required for the hallucination suite on real COCO; the mini-world's scene file plays its part.
+    chair_instances: str | list[str] | None = None
     # Other vision-to-text models to evaluate beside ours: name -> local dir of a transformers model
     # (Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration, LlavaForConditionalGeneration, ...).
     hf_models: dict[str, str] = {}
     num_actors: int = execution_only(1)  # model actors per model in the Ray Data prediction pool
     use_gpu: bool = False  # one GPU per model actor, model and batches on cuda (the paper preset's 13B model needs it)
     cache_dir: str | None = execution_only(None)  # predictions and judge responses; None: <run_dir>/cache/eval
+    progress_interval_s: float = execution_only(10.0)  # seconds between progress lines while a model answers
     judge: JudgeConfig = JudgeConfig()
+
+    @field_validator("chair_instances")
+    @classmethod
+    def _pin_instances(cls, v: str | list[str] | None) -> str | list[str] | None:
+        # Ray workers don't share the driver's working directory (as data.sources).
+        if isinstance(v, str):
+            return _absolute_if_local(v)
+        return [_absolute_if_local(p) for p in v] if v else v
 
 
 class ServeConfig(_Strict):
@@ -341,6 +351,14 @@ class YingConfig(_Strict):
             problems.append(
                 f"model.vision.image_size={self.model.vision.image_size} is not a multiple of "
                 f"patch_size={self.model.vision.patch_size}"
+            )
+        if ("hallucination" in self.eval.suites and "coco" in self.data.tasks and "coco" in self.data.sources
+                and not self.eval.chair_instances):
+            problems.append(
+                f"eval.suites has 'hallucination' on real COCO (data.sources.coco={self.data.sources['coco']}) but "
+                "eval.chair_instances is not set: CHAIR's ground truth is the segmentation annotations with the "
+                "captions (Rohrbach et al.); set eval.chair_instances=<coco>/annotations/instances_val2014.json, "
+                "or drop 'hallucination' from eval.suites"
             )
         for name in ("stage1", "stage2"):
             stage: StageConfig = getattr(self.train, name)

@@ -33,6 +33,7 @@ __all__ = [
     "records_rejected_counter",
     "train_loss_gauge",
     "train_samples_per_s_gauge",
+    "eval_examples_counter",
 ]
 
 # Ray's own rule (ray/util/metrics.py), minus ':' which Ray has deprecated in names.
@@ -85,6 +86,14 @@ METRICS: dict[str, MetricSpec] = {
             "gauge",
             "Training throughput over the last logging window, in samples per second.",
             ("stage",),
+        ),
+        # Evaluation: examples answered per model and suite; source is generated (the model ran)
+        # or cached (a re-run found the answer in the prediction cache).
+        MetricSpec(
+            "ying_eval_examples",
+            "counter",
+            "Evaluation examples answered, per model and suite; source is generated or cached.",
+            ("model", "suite", "source"),
         ),
     ]
 }
@@ -154,3 +163,7 @@ def train_loss_gauge():
 
 def train_samples_per_s_gauge():
     return _get("ying_train_samples_per_s")
+
+
+def eval_examples_counter():
+    return _get("ying_eval_examples")

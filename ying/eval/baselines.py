@@ -34,6 +34,14 @@ class MajorityAnswerBaseline:
         self.global_answer = _most_common(overall)
         return self
 
+    @classmethod
+    def from_answers(cls, by_task: Mapping[str, str], global_answer: str) -> "MajorityAnswerBaseline":
+        """A baseline from majority answers already counted (``ying.eval.records.training_summary``
+        counts them over a whole split in bounded memory, with the same tie rule as ``fit``)."""
+        baseline = cls()
+        baseline.by_task, baseline.global_answer = dict(by_task), global_answer
+        return baseline
+
     def predict(self, record: Mapping[str, Any]) -> str:
         return self.by_task.get(record["task"], self.global_answer)
 

@@ -21,10 +21,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ying import storage
-from ying.eval.chair import ObjectVocabulary, chair_scores, load_vocabulary, mentioned_objects
+from ying.eval import chair
+from ying.eval.chair import ChairGroundTruth, chair_scores
 from ying.eval.metrics import option_accuracy, rouge_l
 from ying.eval.predictors import example_key
+from ying.eval.records import image_key
 
 __all__ = ["SUITES", "Suite", "HALLUCINATION_INSTRUCTION", "build_examples", "score_suite", "ChairGroundTruth",
            "chair_ground_truth", "seen_and_unseen_instructions",
@@ -65,32 +66,43 @@ def _stable_pick(options: list[str], *parts: str) -> str:
 
 
 def make_example(rec: Mapping[str, Any], max_new_tokens: int, instruction: str | None = None,
-             inputs: str | None = None, variant: str = "") -> dict:
+                 inputs: str | None = None, variant: str = "") -> dict:
+    """One question for the models. ``rec`` carries its ``images``, or (read by ``ying.eval.records``)
+    their ``image_digests`` and an ``image_ref`` that the prediction actors read the images from."""
+    meta = rec.get("meta") or "{}"
     e = {
         "record_id": rec["id"],
         "task": rec["task"],
         "split": rec.get("split", ""),
         "lang": rec.get("lang", "en"),
         "variant": variant,
-        "images": rec["images"],
         "instruction": rec["instruction"] if instruction is None else instruction,
         "inputs": rec["inputs"] if inputs is None else inputs,
         "outputs": rec["outputs"],
-        "meta": rec.get("meta") or "{}",
+        "meta": meta,
         # Zero-shot Chinese gets the Chinese dialogue context (Appendix F, Table 12); English does not.
         "chinese_dialogue": rec.get("lang") == "zh",
         "max_new_tokens": max_new_tokens,
+        # A video's images are its sampled frames: video-taking HF models get them all.
+        "video": rec.get("category") == "video" or "frames" in json.loads(meta),
     }
+    if "images" in rec:
+        e["images"] = rec["images"]
+    else:
+        e["image_digests"], e["image_ref"] = rec["image_digests"], rec["image_ref"]
     e["key"] = example_key(e)
     return e
 
 
-def seen_and_unseen_instructions(task: str, train_records: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
-    """The task's pool split by whether any training record used the instruction."""
+def seen_and_unseen_instructions(task: str, train_records: Iterable[Mapping[str, Any]] = (),
+                                 used: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+    """The task's pool split by whether training used the instruction: ``used`` (the instructions of
+    the task's training records, e.g. from ``ying.eval.records.training_summary``), else read from
+    ``train_records``."""
     from ying.data.instructions import load_pool
 
     pool = load_pool(task)
-    used = {r["instruction"] for r in train_records if r["task"] == task}
+    used = set(used) if used is not None else {r["instruction"] for r in train_records if r["task"] == task}
     return [p for p in pool if p in used], [p for p in pool if p not in used]
 
 
@@ -104,11 +116,14 @@ class SuitePlan:
 
 def build_examples(suite: Suite, eval_records: Mapping[str, list[dict]], *, max_per_task: int, max_new_tokens: int,
                    caption_max_new_tokens: int, trained_tasks: Iterable[str] = (),
-                   train_records: Iterable[Mapping[str, Any]] = ()) -> SuitePlan:
-    """What ``suite`` asks each model, from ``eval_records`` ({task: records of its evaluation split})."""
+                   train_records: Iterable[Mapping[str, Any]] = (),
+                   train_instructions: Mapping[str, Iterable[str]] | None = None) -> SuitePlan:
+    """What ``suite`` asks each model, from ``eval_records`` ({task: records of its evaluation split,
+    in id order}). Figure 5 needs the instructions training used: ``train_instructions``
+    ({task: instructions}), else read from ``train_records``."""
     plan = SuitePlan(suite)
     if suite.name == "unseen_instructions":
-        train_records = list(train_records)
+        train_records = list(train_records) if train_instructions is None else []
         tasks = sorted(trained_tasks)
         if not tasks:
             plan.not_run["*"] = "no Stage II tasks"
@@ -117,7 +132,8 @@ def build_examples(suite: Suite, eval_records: Mapping[str, list[dict]], *, max_
             if not recs:
                 plan.not_run[task] = f"no {task} data"
                 continue
-            seen, unseen = seen_and_unseen_instructions(task, train_records)
+            seen, unseen = seen_and_unseen_instructions(
+                task, train_records, None if train_instructions is None else train_instructions.get(task, ()))
             if not seen or not unseen:
                 plan.not_run[task] = (f"training used all {len(seen)} instructions of the {task} pool; set the "
                                       "data build to train on 4 of each pool (paper Figure 5) to hold 6 back")
@@ -149,52 +165,18 @@ def build_examples(suite: Suite, eval_records: Mapping[str, list[dict]], *, max_
 
 
 def _image_id(rec: Mapping[str, Any]) -> str:
-    meta = json.loads(rec.get("meta") or "{}")
-    return str(meta.get("cocoid", meta.get("image_id", hashlib.sha256(rec["images"][0]).hexdigest())))
+    digests = rec.get("image_digests")
+    if digests is None and rec.get("images"):
+        digests = [hashlib.sha256(rec["images"][0]).hexdigest()]
+    return image_key(rec.get("meta"), (digests or [None])[0])
 
 
-@dataclass
-class ChairGroundTruth:
-    """Objects per image id, the vocabulary to read captions with, and where the truth came from."""
-
-    vocabulary: ObjectVocabulary
-    objects: dict[str, set[str]]
-    sources: list[str]
-
-
-def chair_ground_truth(coco_records: list[dict], vocabulary: str = "auto", source_root: str | None = None,
-                       instances_path: str | None = None) -> ChairGroundTruth:
-    """Ground-truth objects per image, as Rohrbach et al.: the objects named in the image's reference
-    captions, joined by the segmentation annotations (COCO ``instances_*.json``) when given. For
-    mini-world sources the scene file (``_miniworld/scenes.json``, the shapes actually drawn) is the
-    annotation, and the vocabulary is the mini-world's shapes.
-    """
-    scenes_path = storage.join(source_root, "_miniworld", "scenes.json") if source_root else None
-    is_miniworld = bool(scenes_path and storage.exists(scenes_path))
-    if vocabulary == "auto":
-        vocabulary = "miniworld" if is_miniworld else "coco"
-    vocab = load_vocabulary(vocabulary)
-    objects: dict[str, set[str]] = {}
-    for rec in coco_records:
-        objects.setdefault(_image_id(rec), set()).update(mentioned_objects(rec["outputs"], vocab))
-    sources = ["reference captions"]
-    if is_miniworld:
-        scenes = storage.read_json(scenes_path)
-        ann = storage.read_json(storage.join(source_root, "dataset_coco.json"))
-        for img in ann.get("images", []):
-            scene = scenes.get(f"{img['filepath']}/{img['filename']}")
-            if scene and str(img["cocoid"]) in objects:
-                objects[str(img["cocoid"])].update(s["kind"] for s in scene["shapes"])
-        sources.append(f"mini-world scene file {scenes_path}")
-    if instances_path:
-        inst = storage.read_json(instances_path)
-        names = {c["id"]: c["name"] for c in inst.get("categories", [])}
-        for a in inst.get("annotations", []):
-            key = str(a.get("image_id"))
-            if key in objects and a.get("category_id") in names:
-                objects[key].update(mentioned_objects(names[a["category_id"]], vocab) or [names[a["category_id"]]])
-        sources.append(f"COCO instances {instances_path}")
-    return ChairGroundTruth(vocab, objects, sources)
+def chair_ground_truth(coco_records: Iterable[Mapping[str, Any]], vocabulary: str = "auto",
+                       source_root: str | None = None, instances_path: str | list[str] | None = None) -> ChairGroundTruth:
+    """``ying.eval.chair.chair_ground_truth`` over the reference captions of ``coco_records``
+    (every caption of each image asked about), keyed by image id as the hallucination suite is."""
+    return chair.chair_ground_truth(((_image_id(r), r["outputs"]) for r in coco_records), vocabulary,
+                                    source_root, instances_path)
 
 
 def _mean(xs: list[float]) -> float | None:
