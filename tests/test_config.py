@@ -43,8 +43,14 @@ def test_unknown_key_and_bad_values_are_all_reported_with_their_path(tmp_path):
 
 
 def test_conflicting_options_name_the_fix():
-    with pytest.raises(ConfigError, match="must divide evenly across train.num_workers=3"):
+    with pytest.raises(ConfigError, match=r"batch_size=32 must be micro_batch_size .* x train.num_workers \(3\)"):
         load_config("tiny", overrides=["train.num_workers=3"])
+    with pytest.raises(ConfigError, match="set train.zero_stage=3 or zero_init=false"):
+        load_config("tiny", overrides=["train.zero_init=true"])
+    with pytest.raises(ConfigError, match="give tune.lrs or tune.lr_range"):
+        load_config("tiny", overrides=["tune.lrs=[]"])
+    with pytest.raises(ConfigError, match="train.stage1.lr must be set"):
+        load_config("tiny", overrides=["train.stage1.lr=null"])
     with pytest.raises(ConfigError, match="exactly one of max_steps and epochs"):
         load_config("tiny", overrides=["train.stage2.epochs=2"])
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
