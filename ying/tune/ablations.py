@@ -102,9 +102,9 @@ def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, 
     if spec["experiment"] == "figure9":
         unseen = scores["suites"]["unseen_instructions"]
         for key, value in unseen["scores"].items():
-            if key.endswith("/unseen") and value is not None:
-                per_task[key] = value
-        n += unseen.get("n", 0)
+            if key.endswith("/unseen") and value is not None:  # fractions; "<task>/seen" is not scored here
+                per_task[key] = 100 * value
+                n += unseen["n"].get(key, 0)
     out = {"score": statistics.fmean(per_task.values()) if per_task else None, "per_task": per_task, "n": n}
     if spec["experiment"] == "answers":
         texts = list(answers.get("tasks", {}).values())

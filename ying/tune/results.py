@@ -1,5 +1,5 @@
-"""The ablations' results: ``results.json``, the plots in the style of the paper's Figures 5, 9 and
-10, their markdown tables, and the Reproduction table (one row per claim of the paper).
+"""The ablations' results: the plots in the style of the paper's Figures 9 and 10 (Figure 5's is the
+eval report's), their markdown tables, and the Reproduction table (one row per claim of the paper).
 
 Plain functions of plain data (no Ray), so the report can be rebuilt from ``results.json``.
 """
@@ -13,7 +13,6 @@ from typing import Any, Iterable, Mapping
 __all__ = [
     "summarize_points",
     "plot_figure",
-    "plot_figure5",
     "ablation_tables",
     "reproduction_rows",
     "reproduction_table",
@@ -70,35 +69,6 @@ def plot_figure(entry: Mapping[str, Any], path: str, title: str, xlabel: str, pe
     ax.grid(alpha=0.3)
     if per_task:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    storage.write_bytes_atomic(path, buf.getvalue())
-    return path
-
-
-def plot_figure5(seen_unseen: Mapping[str, Mapping[str, float]], path: str) -> str:
-    """Grouped bars per task: ROUGE-L with seen vs unseen instructions (the paper's Figure 5)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ying import storage
-
-    tasks = sorted(seen_unseen)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(tasks) + 1.5), 3.6))
-    xs = range(len(tasks))
-    ax.bar([x - 0.2 for x in xs], [seen_unseen[t]["seen"] for t in tasks], width=0.4, label="seen instructions")
-    ax.bar([x + 0.2 for x in xs], [seen_unseen[t]["unseen"] for t in tasks], width=0.4, label="unseen instructions")
-    ax.set_xticks(list(xs), tasks, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("ROUGE-L")
-    ax.set_title("Figure 5: seen vs unseen instructions (Stage II)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
