@@ -11,7 +11,14 @@ arrival time), and it can be made to behave like a busy provider:
   "malformed": 0.04, "refusal": 0.04}``: 429 with Retry-After ``fault_retry_after_s``, a 500, an
   answer only after ``timeout_sleep_s`` (longer than the client's timeout), a 200 whose body is cut-off
   JSON, or a refusal sentence;
-- ``refuse_answers`` / ``fail_with_500``: deterministic refusals for chosen answers / always 500.
+- ``refuse_answers`` / ``fail_with_500``: deterministic refusals for chosen answers / always 500;
+- ``delay_answers``: {answer: seconds}: these answers come that much later (a slow row);
+- ``retry_after_date``: 429s say when to come back as an HTTP date (``Retry-After: <IMF-fixdate>``)
+  instead of seconds, with no ``retry-after-ms``;
+- ``reply``: a function (answer, prompt) -> completion text, instead of the default sentence.
+
+``sent_prompts()`` / ``answered_prompts()`` count, per prompt, the requests that reached the server /
+that it answered: the benchmark's "paid twice" is measured here, not by the client.
 
     with OpenAIStubServer(latency_s=0.2, rpm_cap=1200) as stub:
         client = openai.OpenAI(base_url=stub.base_url, api_key="k")
@@ -26,6 +33,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from email.utils import formatdate
+from typing import Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -55,6 +64,9 @@ class OpenAIStubServer:
         fault_retry_after_s: float = 1.0,
         timeout_sleep_s: float = 5.0,
         seed: int = 0,
+        delay_answers: dict[str, float] | None = None,
+        retry_after_date: bool = False,
+        reply: Callable[[str, str], str] | None = None,
     ) -> None:
         unknown = set(faults or {}) - set(FAULT_KINDS)
         if unknown:
@@ -69,6 +81,9 @@ class OpenAIStubServer:
         self.faults = dict(faults or {})
         self.fault_retry_after_s = fault_retry_after_s
         self.timeout_sleep_s = timeout_sleep_s
+        self.delay_answers = dict(delay_answers or {})
+        self.retry_after_date = retry_after_date
+        self.reply = reply
         self._rng = random.Random(seed)
         # every request: {"body", "authorization", "status", "t", "prompt", "fault"}
         self.requests: list[dict] = []
@@ -90,6 +105,11 @@ class OpenAIStubServer:
         """prompt -> how many times it got a 200 with a well-formed answer."""
         with self._lock:
             return Counter(r["prompt"] for r in self.requests if r["status"] == 200 and r["fault"] is None)
+
+    def sent_prompts(self) -> Counter:
+        """prompt -> how many requests carrying it reached the server (any status)."""
+        with self._lock:
+            return Counter(r["prompt"] for r in self.requests)
 
     def count(self, status: int | None = None) -> int:
         with self._lock:
@@ -139,6 +159,8 @@ class OpenAIStubServer:
                                 content={"error": {"message": message, "type": kind, "code": None}})
 
         def retry_after_headers(seconds: float) -> dict:
+            if self.retry_after_date:  # whole seconds, rounded up so that the date is never early
+                return {"retry-after": formatdate(math.ceil(time.time() + seconds), usegmt=True)}
             return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(int(seconds * 1000))}
 
         @app.post("/v1/chat/completions")
@@ -169,8 +191,12 @@ class OpenAIStubServer:
                 return Response(content=b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess',
                                 media_type="application/json")
             answer = answer_from_prompt(prompt)
+            if answer in self.delay_answers:
+                await asyncio.sleep(self.delay_answers[answer])
             if fault == "refusal" or answer in self.refuse_answers:
                 content = REFUSAL_TEXT
+            elif self.reply is not None:
+                content = self.reply(answer, prompt)
             elif any("\u4e00" <= ch <= "\u9fff" for ch in answer):
                 content = f"根据图片，答案是{answer}。"
             else:

@@ -154,8 +154,8 @@ def test_stage_template(ray_cluster, tmp_path):
     pq.write_table(pa.Table.from_pylist([_row(9, "vqa-v2", "old")], schema=RECORD_SCHEMA), stale)
     counts = rephrase_records(cfg, str(tmp_path / "in"), str(tmp_path / "out"))
     assert counts == {"rephrased": 4, "fallback": 0, "untouched": 1, "by_status": {"template": 4},
-                      "requests": 0, "cache_hits": 0, "failures": {}, "prompt_tokens": 0, "completion_tokens": 0,
-                      "requests_per_min": 0.0}
+                      "requests": 0, "cache_hits": 0, "deduped": 0, "failures": {}, "prompt_tokens": 0,
+                      "completion_tokens": 0, "requests_per_min": 0.0}
     rows = _read(tmp_path / "out")
     originals = {r["id"]: r for rs in inputs.values() for r in rs}
     assert set(rows) == set(originals)
