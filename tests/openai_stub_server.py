@@ -15,7 +15,10 @@ arrival time), and it can be made to behave like a busy provider:
 - ``delay_answers``: {answer: seconds}: these answers come that much later (a slow row);
 - ``retry_after_date``: 429s say when to come back as an HTTP date (``Retry-After: <IMF-fixdate>``)
   instead of seconds, with no ``retry-after-ms``;
-- ``reply``: a function (answer, prompt) -> completion text, instead of the default sentence.
+- ``reply``: a function (answer, prompt) -> completion text, instead of the default sentence;
+- ``first_429s``: the first N requests get a 429 with Retry-After ``fault_retry_after_s``;
+- ``hold_answers``: answers held back until ``release_held()`` (a row that is slow for as long as a
+  test needs, without a timer).
 
 ``sent_prompts()`` / ``answered_prompts()`` count, per prompt, the requests that reached the server /
 that it answered: the benchmark's "paid twice" is measured here, not by the client.
@@ -67,6 +70,8 @@ class OpenAIStubServer:
         delay_answers: dict[str, float] | None = None,
         retry_after_date: bool = False,
         reply: Callable[[str, str], str] | None = None,
+        first_429s: int = 0,
+        hold_answers: set[str] | None = None,
     ) -> None:
         unknown = set(faults or {}) - set(FAULT_KINDS)
         if unknown:
@@ -84,6 +89,9 @@ class OpenAIStubServer:
         self.delay_answers = dict(delay_answers or {})
         self.retry_after_date = retry_after_date
         self.reply = reply
+        self.first_429s = first_429s
+        self.hold_answers = set(hold_answers or ())
+        self._released = threading.Event()
         self._rng = random.Random(seed)
         # every request: {"body", "authorization", "status", "t", "prompt", "fault"}
         self.requests: list[dict] = []
@@ -105,6 +113,9 @@ class OpenAIStubServer:
         """prompt -> how many times it got a 200 with a well-formed answer."""
         with self._lock:
             return Counter(r["prompt"] for r in self.requests if r["status"] == 200 and r["fault"] is None)
+
+    def release_held(self) -> None:
+        self._released.set()
 
     def sent_prompts(self) -> Counter:
         """prompt -> how many requests carrying it reached the server (any status)."""
@@ -170,6 +181,11 @@ class OpenAIStubServer:
                 m["content"] if isinstance(m.get("content"), str) else "" for m in body.get("messages", [])
             )
             entry = self._record(body, request, prompt)
+            with self._lock:
+                scripted_429 = len(self.requests) <= self.first_429s
+            if scripted_429:
+                entry["fault"] = "429"
+                return error(entry, 429, "Rate limit reached (scripted)", retry_after_headers(self.fault_retry_after_s))
             wait = self._take_rate_token()
             if wait is not None:
                 entry["fault"] = "rate_cap"
@@ -193,6 +209,9 @@ class OpenAIStubServer:
             answer = answer_from_prompt(prompt)
             if answer in self.delay_answers:
                 await asyncio.sleep(self.delay_answers[answer])
+            held_until = time.monotonic() + 300  # a safety net: a broken test fails instead of hanging
+            while answer in self.hold_answers and not self._released.is_set() and time.monotonic() < held_until:
+                await asyncio.sleep(0.05)
             if fault == "refusal" or answer in self.refuse_answers:
                 content = REFUSAL_TEXT
             elif self.reply is not None:

@@ -180,14 +180,20 @@ def _contains_answer(text: str, answer: str) -> bool:
     return f" {norm_answer} " in f" {' '.join(words)} " or f" {norm_answer} " in f" {normalize_answer(text)} "
 
 
-def _lowered(text: str) -> str:
-    return text.lower().replace("’", "'")
+def _plain(text: str) -> str:
+    """Lowercased, curly apostrophes straightened, punctuation runs as one space ("UNABLE, TO" -> "unable to")."""
+    return " " + re.sub(r"[^\w']+", " ", text.lower().replace("\u2019", "'")).strip() + " "
 
 
 def refusal_phrase(text: str, sources: str = "") -> str | None:
     """The first refusal phrase in ``text`` that ``sources`` (what the LLM was shown) do not hold."""
-    lowered, quoted = _lowered(text), _lowered(sources)
-    return next((p for p in REFUSAL_PHRASES if p in lowered and p not in quoted), None)
+    said, shown = _plain(text), _plain(sources)
+    for phrase in REFUSAL_PHRASES:
+        p = _plain(phrase)
+        cjk = bool(_CJK.search(phrase))  # Chinese has no spaces around words
+        if (phrase in said if cjk else p in said) and not (phrase in shown if cjk else p in shown):
+            return phrase
+    return None
 
 
 def check_rephrasing(text: str, answer: str, sources: str = "") -> str | None:

@@ -38,6 +38,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from collections import Counter, defaultdict
 from typing import Any, Iterator
 
@@ -356,7 +357,7 @@ def _start_actors(cfg: RephraseConfig, cache_dir: str):
     import ray
 
     limiter = ray.remote(num_cpus=0)(RateLimiterActor).remote(**limiter_args(cfg))
-    owner_cls = ray.remote(num_cpus=0, max_concurrency=100_000, max_restarts=2, max_task_retries=2)(_PromptOwner)
+    owner_cls = ray.remote(num_cpus=0, max_concurrency=100_000)(_PromptOwner)
     cfg_json = cfg.model_dump(mode="json")
     owners = [owner_cls.remote(cfg_json, i, cfg.actors, limiter, cache_dir) for i in range(cfg.actors)]
     return limiter, owners
@@ -434,7 +435,10 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
         else:
             ds = ds.map_batches(_template_table, fn_kwargs={"provider": provider, "tasks": tasks},
                                 batch_format="pyarrow")
-        write_split_records(ds, out_dir)
+        with warnings.catch_warnings():
+            # Ray's note that a small input gives the actor pool fewer blocks than actors: nothing to act on.
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+            write_split_records(ds, out_dir)
         if llm:
             ray.get([o.finish.remote() for o in owners])
             stats = ray.get(limiter.stats.remote())
@@ -455,6 +459,7 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
         data_ctx.enable_progress_bars = bars
         if poller is not None and poller.is_alive():
             poller.stop_event.set()
+            poller.join(timeout=10)
         for actor in (owners or []) + ([limiter] if limiter is not None else []):
             ray.kill(actor)
     for split in SPLITS:
