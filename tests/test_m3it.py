@@ -260,8 +260,12 @@ def test_files_cut_into_many_byte_ranges_give_the_same_records(imported, release
     assert sorted(first) == sorted(second)
     for rid, rec in first.items():
         assert second[rid] == rec, rid
-    assert sorted((r["source"], r["reason"]) for r in read_rejects(chunked)) == sorted(
-        (r["source"], r["reason"]) for r in read_rejects(out))
+
+    def where(r):  # a duplicate is found after the write: it names the records file, which differs
+        return "records" if r["reason"].startswith("duplicate") else r["source"].rsplit("/", 1)[1]
+
+    assert sorted((where(r), r["reason"]) for r in read_rejects(chunked)) == sorted(
+        (where(r), r["reason"]) for r in read_rejects(out))
 
 
 def test_parquet_loads_with_hf_datasets(imported, tmp_path, monkeypatch):
