@@ -193,7 +193,10 @@ def main() -> None:
         counts = rephrase_records(stage_cfg(stub.base_url, args), str(data_dir), str(tmp / "out-clean"))
         wall = time.monotonic() - t0
         times = [r["t"] for r in stub.requests]
+        t_first = min(r["t"] for r in stub.requests) if stub.requests else t0
+        t_last = max(r["t"] for r in stub.requests) if stub.requests else t0
         clean = {"rate": rate_vs_cap(times, args.rpm), "steady": steady_rate_vs_cap(times, args.rpm),
+                 "startup_s": t_first - t0, "drain_s": t0 + wall - t_last,
                  "answered": rate_vs_cap([r["t"] for r in stub.requests if r["status"] == 200], args.rpm),
                  "sent": len(times), "answered_prompts": len(stub.answered_prompts()), "paid_twice": paid_twice(stub),
                  "n_429": stub.count(429), "stage_wall_s": wall,
@@ -255,6 +258,9 @@ def main() -> None:
         "answered_rate_vs_cap": round(clean["answered"], 4),
         "stage_wall_s": round(clean["stage_wall_s"], 1),
         "sending_s": round(clean["span_s"], 1),
+        "startup_s": round(clean["startup_s"], 1),
+        "after_last_request_s": round(clean["drain_s"], 1),
+        "rate_vs_cap_wall": round(clean["sent"] / max(clean["stage_wall_s"], 1e-9) * 60 / args.rpm, 4),
         "sequential_rate_vs_cap": round(seq_rate, 4),
         "requests_clean": clean["sent"],
         "paid_twice": clean["paid_twice"],

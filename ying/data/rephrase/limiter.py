@@ -139,6 +139,7 @@ class StageTally:
         # rows, requests, cache_hits, deduped, prompt_tokens, completion_tokens, ...
         self.counts: Counter = Counter()
         self.failures: Counter = Counter()  # failure kind -> n (every failed attempt, retried or not)
+        self.gauges: dict[str, float] = {}  # latest value per name, e.g. rows awaited at each owner
         self._sends: deque[float] = deque()
 
     def note_send(self, at: float) -> None:
@@ -147,6 +148,7 @@ class StageTally:
     def add(self, tally: dict[str, Any]) -> None:
         self.counts.update(tally.get("counts", {}))
         self.failures.update(tally.get("failures", {}))
+        self.gauges.update(tally.get("gauges", {}))
 
     def rate_per_s(self) -> float:
         """Requests booked per second over the last ``window_s`` seconds."""
@@ -160,6 +162,7 @@ class StageTally:
         return {
             "counts": dict(self.counts),
             "failures": dict(sorted(self.failures.items())),
+            "pending": int(sum(v for k, v in self.gauges.items() if k.startswith("pending_"))),
             "rate_per_s": round(self.rate_per_s(), 3),
             "seconds": round(self.clock() - self.started, 3),
         }

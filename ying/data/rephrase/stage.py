@@ -138,6 +138,8 @@ class _PromptOwner:
         self.client: LLMClient | None = None
         self.sem: asyncio.Semaphore | None = None
         self._last_push = time.monotonic()
+        self.index = index
+        self.pending = 0  # rows waiting for an answer here (queued, booked, in flight or retrying)
 
     def cached(self) -> int:
         return len(self.cache)
@@ -147,6 +149,13 @@ class _PromptOwner:
         return judge(Outcome(text=entry.get("text"), error=entry.get("error")), item).status.startswith("fallback:")
 
     async def outcome(self, key: str, prompt: str, task: str, expected: str, sources: str) -> dict[str, Any]:
+        self.pending += 1
+        try:
+            return await self._outcome(key, prompt, task, expected, sources)
+        finally:
+            self.pending -= 1
+
+    async def _outcome(self, key: str, prompt: str, task: str, expected: str, sources: str) -> dict[str, Any]:
         if self.client is None:  # made on the actor's event loop
             self.client = LLMClient(self.cfg, ActorLimiter(self.limiter), self.recorder)
             self.sem = asyncio.Semaphore(self.cfg.max_concurrency)
@@ -188,7 +197,9 @@ class _PromptOwner:
         if not force and now - self._last_push < 1.0:
             return None
         self._last_push = now
-        return self.limiter.add_tally.remote(self.recorder.take())
+        tally = self.recorder.take()
+        tally["gauges"] = {f"pending_{self.index}": self.pending}
+        return self.limiter.add_tally.remote(tally)
 
     async def finish(self) -> None:
         """Flush the cache and hand in the last tallies (awaited, so the driver's totals include them)."""
@@ -305,7 +316,8 @@ def _progress_extra(stats: dict[str, Any], cfg: RephraseConfig) -> str:
     spend = f", ${stats['spent_usd']:.4f}" if stats.get("spent_usd") is not None else ""
     return (f"{stats['rate_per_s'] * 60:,.0f} requests/min{cap}, {c.get('requests', 0):,} requests, "
             f"{c.get('cache_hits', 0):,} cache hits, {c.get('deduped', 0):,} shared, {failures:,} failed attempts, "
-            f"tokens {c.get('prompt_tokens', 0):,} in / {c.get('completion_tokens', 0):,} out{spend}")
+            f"tokens {c.get('prompt_tokens', 0):,} in / {c.get('completion_tokens', 0):,} out{spend}, "
+            f"{stats.get('pending', 0):,} answers awaited")
 
 
 class _ProgressPoller(threading.Thread):
@@ -421,6 +433,10 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
                      "%d images", total, cached, cache_dir, len(owners), len(captions))
             poller = _ProgressPoller(limiter, total, cfg)
             poller.start()
+            # A read task returns a few large blocks, and an actor works through a block's batches one
+            # after the other; blocks of one batch each let every actor hold batches_in_flight_per_actor
+            # batches at once, so the rows that wait for a retry never leave the owners without work.
+            ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
             ds = ds.map_batches(
                 _Relay,
                 fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "owners": owners, "limiter": limiter,
