@@ -149,8 +149,10 @@ def find_task_folders(root: str) -> list[dict[str, Any]]:
     fs, base = storage.filesystem(root)
     if not fs.exists(base):
         raise FileNotFoundError(f"M3IT root {root} does not exist")
+    # fsspec lists object-store paths without their scheme; put it back so workers open the same files.
+    scheme = root.split("://", 1)[0] + "://" if "://" in root else ""
     candidates: dict[str, dict[str, list[tuple[tuple[int, str], str]]]] = {}
-    for path in sorted(fs.find(base)):
+    for path in sorted(scheme + f for f in fs.find(base)):
         folder, _, name = path.rpartition("/")
         found = _split_file(name)
         if found is not None:
@@ -161,7 +163,7 @@ def find_task_folders(root: str) -> list[dict[str, Any]]:
         entry = {"task": _task_key(folder.rpartition("/")[2]), "folder": folder,
                  "group": parent.rpartition("/")[2].lower(), "splits": {}, "superseded": [],
                  "instructions": next((f"{folder}/{n}" for n in ("instructions.json", "instruction.json")
-                                       if fs.exists(f"{folder}/{n}")), None)}
+                                       if storage.exists(f"{folder}/{n}")), None)}
         for split, files in splits.items():
             newest = max(rank for rank, _ in files)
             entry["splits"][split] = [p for rank, p in files if rank == newest]

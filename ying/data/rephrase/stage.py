@@ -423,11 +423,11 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
         ds = ray.data.read_parquet(files, filesystem=src_fs, schema=RECORD_SCHEMA, partitioning=None)
         if llm:
             cache_dir = cfg.cache_dir or storage.join(out_dir, "cache")
+            limiter, owners = _start_actors(cfg, cache_dir)  # they start and load the cache meanwhile
             captions = load_coco_captions(cfg, in_dir) if set(cfg.caption_tasks) & set(tasks) else {}
             wanted = set(tasks)
             total = sum(sum(1 for t in table.column("task").to_pylist() if t in wanted)
                         for _, table in _read_columns(fsspec_in, files, ["task"]))
-            limiter, owners = _start_actors(cfg, cache_dir)
             cached = sum(ray.get([o.cached.remote() for o in owners]))
             log.info("rephrase: %d answers to rephrase, %d cached outcomes in %s, %d prompt owners, captions for "
                      "%d images", total, cached, cache_dir, len(owners), len(captions))
