@@ -11,7 +11,17 @@ arrival time), and it can be made to behave like a busy provider:
   "malformed": 0.04, "refusal": 0.04}``: 429 with Retry-After ``fault_retry_after_s``, a 500, an
   answer only after ``timeout_sleep_s`` (longer than the client's timeout), a 200 whose body is cut-off
   JSON, or a refusal sentence;
-- ``refuse_answers`` / ``fail_with_500``: deterministic refusals for chosen answers / always 500.
+- ``refuse_answers`` / ``fail_with_500``: deterministic refusals for chosen answers / always 500;
+- ``delay_answers``: {answer: seconds}: these answers come that much later (a slow row);
+- ``retry_after_date``: 429s say when to come back as an HTTP date (``Retry-After: <IMF-fixdate>``)
+  instead of seconds, with no ``retry-after-ms``;
+- ``reply``: a function (answer, prompt) -> completion text, instead of the default sentence;
+- ``first_429s``: the first N requests get a 429 with Retry-After ``fault_retry_after_s``;
+- ``hold_answers``: answers held back until ``release_held()`` (a row that is slow for as long as a
+  test needs, without a timer).
+
+``sent_prompts()`` / ``answered_prompts()`` count, per prompt, the requests that reached the server /
+that it answered: the benchmark's "paid twice" is measured here, not by the client.
 
     with OpenAIStubServer(latency_s=0.2, rpm_cap=1200) as stub:
         client = openai.OpenAI(base_url=stub.base_url, api_key="k")
@@ -26,6 +36,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from email.utils import formatdate
+from typing import Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -55,6 +67,11 @@ class OpenAIStubServer:
         fault_retry_after_s: float = 1.0,
         timeout_sleep_s: float = 5.0,
         seed: int = 0,
+        delay_answers: dict[str, float] | None = None,
+        retry_after_date: bool = False,
+        reply: Callable[[str, str], str] | None = None,
+        first_429s: int = 0,
+        hold_answers: set[str] | None = None,
     ) -> None:
         unknown = set(faults or {}) - set(FAULT_KINDS)
         if unknown:
@@ -69,6 +86,12 @@ class OpenAIStubServer:
         self.faults = dict(faults or {})
         self.fault_retry_after_s = fault_retry_after_s
         self.timeout_sleep_s = timeout_sleep_s
+        self.delay_answers = dict(delay_answers or {})
+        self.retry_after_date = retry_after_date
+        self.reply = reply
+        self.first_429s = first_429s
+        self.hold_answers = set(hold_answers or ())
+        self._released = threading.Event()
         self._rng = random.Random(seed)
         # every request: {"body", "authorization", "status", "t", "prompt", "fault"}
         self.requests: list[dict] = []
@@ -90,6 +113,14 @@ class OpenAIStubServer:
         """prompt -> how many times it got a 200 with a well-formed answer."""
         with self._lock:
             return Counter(r["prompt"] for r in self.requests if r["status"] == 200 and r["fault"] is None)
+
+    def release_held(self) -> None:
+        self._released.set()
+
+    def sent_prompts(self) -> Counter:
+        """prompt -> how many requests carrying it reached the server (any status)."""
+        with self._lock:
+            return Counter(r["prompt"] for r in self.requests)
 
     def count(self, status: int | None = None) -> int:
         with self._lock:
@@ -139,6 +170,8 @@ class OpenAIStubServer:
                                 content={"error": {"message": message, "type": kind, "code": None}})
 
         def retry_after_headers(seconds: float) -> dict:
+            if self.retry_after_date:  # whole seconds, rounded up so that the date is never early
+                return {"retry-after": formatdate(math.ceil(time.time() + seconds), usegmt=True)}
             return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(int(seconds * 1000))}
 
         @app.post("/v1/chat/completions")
@@ -148,6 +181,11 @@ class OpenAIStubServer:
                 m["content"] if isinstance(m.get("content"), str) else "" for m in body.get("messages", [])
             )
             entry = self._record(body, request, prompt)
+            with self._lock:
+                scripted_429 = len(self.requests) <= self.first_429s
+            if scripted_429:
+                entry["fault"] = "429"
+                return error(entry, 429, "Rate limit reached (scripted)", retry_after_headers(self.fault_retry_after_s))
             wait = self._take_rate_token()
             if wait is not None:
                 entry["fault"] = "rate_cap"
@@ -169,8 +207,15 @@ class OpenAIStubServer:
                 return Response(content=b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess',
                                 media_type="application/json")
             answer = answer_from_prompt(prompt)
+            if answer in self.delay_answers:
+                await asyncio.sleep(self.delay_answers[answer])
+            held_until = time.monotonic() + 300  # a safety net: a broken test fails instead of hanging
+            while answer in self.hold_answers and not self._released.is_set() and time.monotonic() < held_until:
+                await asyncio.sleep(0.05)
             if fault == "refusal" or answer in self.refuse_answers:
                 content = REFUSAL_TEXT
+            elif self.reply is not None:
+                content = self.reply(answer, prompt)
             elif any("\u4e00" <= ch <= "\u9fff" for ch in answer):
                 content = f"根据图片，答案是{answer}。"
             else:

@@ -66,6 +66,19 @@ def test_check_rephrasing():
     assert check_rephrasing("图片里是一只猫。", "猫") is None
 
 
+def test_tasks_default_to_the_adapters_marked_for_rephrasing_and_the_presets_rely_on_it():
+    from ying.config import load_config
+    from ying.data.tasks import TASKS
+
+    marked = sorted(key for key, module in TASKS.items() if module.SPEC.rephrase)
+    assert RephraseConfig().tasks == marked
+    # Paper §2.2 / Appendix C: the short answers of the QA tasks, VQA v2 and A-OKVQA with their context.
+    assert {"vqa-v2", "a-okvqa", "okvqa", "science-qa", "text-vqa", "msrvtt-qa"} <= set(marked)
+    assert not {"coco", "coco-cn", "visual-dialog", "imagenet"} & set(marked)  # captions, dialogs, labels
+    for preset in ("tiny", "paper"):
+        assert load_config(preset).rephrase.tasks == marked
+
+
 def test_make_provider_auto():
     assert make_provider(RephraseConfig()).name == "template"
     assert make_provider(RephraseConfig(base_url="http://127.0.0.1:1/v1")).name == "openai"
@@ -154,8 +167,8 @@ def test_stage_template(ray_cluster, tmp_path):
     pq.write_table(pa.Table.from_pylist([_row(9, "vqa-v2", "old")], schema=RECORD_SCHEMA), stale)
     counts = rephrase_records(cfg, str(tmp_path / "in"), str(tmp_path / "out"))
     assert counts == {"rephrased": 4, "fallback": 0, "untouched": 1, "by_status": {"template": 4},
-                      "requests": 0, "cache_hits": 0, "failures": {}, "prompt_tokens": 0, "completion_tokens": 0,
-                      "requests_per_min": 0.0}
+                      "requests": 0, "cache_hits": 0, "deduped": 0, "failures": {}, "prompt_tokens": 0,
+                      "completion_tokens": 0, "requests_per_min": 0.0}
     rows = _read(tmp_path / "out")
     originals = {r["id"]: r for rs in inputs.values() for r in rs}
     assert set(rows) == set(originals)

@@ -104,6 +104,21 @@ class DataConfig(_Strict):
     eval_only: list[str] = Field(default_factory=list)  # tasks whose every split is evaluation data
 
 
+def _tasks_marked_for_rephrasing() -> list[str]:
+    # Imported here, not at module level: the adapters pull in PIL and pyarrow, and only a
+    # config that leaves rephrase.tasks unset needs them.
+    from ying.data.tasks import TASKS
+
+    return sorted(key for key, module in TASKS.items() if module.SPEC.rephrase)
+
+
+class ModelPrice(_Strict):
+    """What one model costs, in US dollars per million tokens (your provider's price list)."""
+
+    prompt_per_1m: float = Field(ge=0)
+    completion_per_1m: float = Field(ge=0)
+
+
 class RephraseConfig(_Strict):
     provider: Literal["auto", "template", "openai"] = "auto"  # auto: openai when base_url is set
     base_url: str | None = None  # any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, ...)
@@ -115,7 +130,9 @@ class RephraseConfig(_Strict):
     timeout_s: float = 30.0  # per request; a timeout is retried like a 5xx
     max_retries: int = 4  # retries per record after 429 / 5xx / timeout / malformed, then fallback:error:<kind>
     max_tokens: int = 256  # completion cap per request (also the tokens/min booking estimate)
-    tasks: list[str] = Field(default_factory=list)  # tasks whose short answers get rephrased
+    # Tasks whose short answers get rephrased; default: every task whose adapter says so (SPEC.rephrase
+    # in ying/data/tasks/*), i.e. the VQA, KVQA, reasoning and video QA tasks with short answers.
+    tasks: list[str] = Field(default_factory=_tasks_marked_for_rephrasing)
     # One limit for the whole cluster (a Ray actor); set them a little under the provider's own limits.
     rpm: float | None = None  # requests per minute; None: unlimited
     tpm: float | None = None  # tokens (prompt + completion) per minute; None: unlimited
@@ -123,16 +140,36 @@ class RephraseConfig(_Strict):
     backoff_s: float = 0.5  # first retry delay, doubled per retry (with jitter); Retry-After wins when longer
     backoff_max_s: float = 30.0
     budget_tokens: int | None = None  # stop sending after this many tokens this run; the rest fall back ("budget")
+    budget_usd: float | None = None  # stop sending after this much money this run (needs prices[model])
+    # Per-model prices for budget_usd and the spend report. gpt-3.5-turbo-0301 (the paper's model) was
+    # $0.002 / 1K tokens in and out; put your provider's current prices here for other models.
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=lambda: {"gpt-3.5-turbo-0301": ModelPrice(prompt_per_1m=2.0, completion_per_1m=2.0)})
     retry_failed: bool = False  # re-send only the records whose cached outcome fell back (ying run --retry-failed)
     cache_dir: str | None = execution_only(None)  # default <run_dir>/rephrase/cache; local path or s3://...
     cache_flush_every: int = execution_only(64)  # object-store cache shards: entries per shard file (local: every entry)
-    actors: int = execution_only(2)  # rephrase actors (each keeps max_concurrency requests in flight)
-    batch_size: int = execution_only(64)  # rows per Ray Data batch
-    batches_in_flight_per_actor: int = execution_only(4)  # concurrent batches per actor, so one slow request stalls no batch
+    # Prompt owners: each prompt is routed by its hash to one owner actor, which alone sends it and caches
+    # its answer (so no prompt is paid twice, whatever the count); each keeps max_concurrency requests in flight.
+    actors: int = execution_only(2)
+    batch_size: int = execution_only(64)  # rows per Ray Data batch; a batch yields its rows as they finish
+    batches_in_flight_per_actor: int = execution_only(16)  # concurrent batches per Ray Data actor
     caption_tasks: list[str] = Field(default_factory=lambda: ["vqa-v2"])  # get COCO captions by meta image_id
     captions_per_image: int = 2  # COCO captions put in the prompt's Caption line
     coco_captions_file: str | None = None  # COCO captions_*.json; default: the run's own coco records
     progress_interval_s: float = execution_only(10.0)  # seconds between progress lines
+
+    @model_validator(mode="after")
+    def _check_budget_has_a_price(self) -> "RephraseConfig":
+        if self.budget_usd is not None and self.model not in self.prices:
+            raise ValueError(
+                f"rephrase.budget_usd needs the price of rephrase.model={self.model!r}: add "
+                f"rephrase.prices: {{{self.model}: {{prompt_per_1m: ..., completion_per_1m: ...}}}} in a YAML "
+                f"file (--config), or use rephrase.budget_tokens")
+        return self
+
+    def price(self) -> ModelPrice | None:
+        """The price of ``model``, if configured."""
+        return self.prices.get(self.model)
 
 
 class VisionConfig(_Strict):
@@ -331,7 +368,7 @@ class YingConfig(_Strict):
     run: RunConfig = RunConfig()
     miniworld: MiniWorldConfig = MiniWorldConfig()
     data: DataConfig
-    rephrase: RephraseConfig = RephraseConfig()
+    rephrase: RephraseConfig = Field(default_factory=RephraseConfig)
     model: ModelConfig
     train: TrainConfig
     tune: TuneConfig

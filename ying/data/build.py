@@ -133,9 +133,11 @@ def materialize_record(
         return reject("instance has no image or video")
     record_id = make_record_id(inst.task, inst.split, inst.source_id)
     meta = dict(inst.meta)
+    # An adapter's own original_answer wins (multiple choice keeps the option's text, not "(B) text"):
+    # the rephrase stage checks rewrites against it.
+    meta.setdefault("original_answer", inst.outputs)
     meta.update(
         {
-            "original_answer": inst.outputs,
             "source_id": inst.source_id,
             "source": inst.source,
             "boxes": inst.boxes,

@@ -9,10 +9,13 @@ scene-text tasks). A rewrite is kept only when it agrees with the original answe
 
 - ``prompt``: Table 10, the template fallback, the acceptance check, context from meta;
 - ``providers``: ``TemplateProvider`` (offline), ``OpenAIProvider`` / ``LLMClient`` (async ``openai``
-  client against any OpenAI-compatible ``base_url``, retries, backoff, Retry-After);
-- ``limiter``: the cluster-wide requests/min + tokens/min limiter and token budget (a Ray actor);
-- ``cache``: every outcome keyed by (model, prompt version, prompt hash) in the run's storage;
-- ``stage``: ``rephrase_records``, the Ray Data stage.
+  client against any OpenAI-compatible ``base_url``, retries, backoff, Retry-After in seconds or as
+  an HTTP date);
+- ``limiter``: the cluster-wide requests/min + tokens/min limiter, Retry-After pauses, budgets in
+  tokens and in money (a Ray actor);
+- ``cache``: every outcome keyed by what changes an answer (model, prompt version, temperature,
+  max_tokens, endpoint, prompt), each key owned and written by one actor;
+- ``stage``: ``rephrase_records``, one Ray Data pipeline for every split, prompts routed to their owners.
 """
 
 from ying.data.rephrase.prompt import (

@@ -4,8 +4,12 @@ Acceptance rules for an LLM rewrite of a short answer (``check_rephrasing``), in
 
 1. ``empty``: nothing left after stripping a leading "Transformed Answer:" and surrounding quotes.
 2. ``refusal``: it contains a refusal phrase (``REFUSAL_PHRASES``: "sorry", "not answerable",
-   "cannot determine", "image description", "as an ai", ...), compared lowercased.
-3. ``disagrees``: it does not carry the original answer, where
+   "cannot determine", "image description", "as an ai", ...), compared lowercased, that the source
+   texts (question, answer, context: captions, rationales, OCR tokens) do not contain themselves. A
+   sign that reads "Sorry, we're closed" or "Unable to park" makes a correct rewrite quote "sorry" or
+   "unable to"; a phrase the sources hold is no evidence of a refusal.
+3. ``disagrees``: it does not carry the original answer (the adapter's ``meta.original_answer``: for
+   multiple choice the option's text, not its letter), where
    - yes/no answers: "yes" is kept when the sentence has the word "yes", or has no negation word
      (``NEGATIONS``: no, not, n't, never, none, nothing, nobody, neither, nor); "no" is kept when it
      has the word "no" or any negation word;
@@ -37,6 +41,7 @@ __all__ = [
     "template_sentence",
     "clean_response",
     "check_rephrasing",
+    "refusal_phrase",
     "context_from_meta",
 ]
 
@@ -98,9 +103,19 @@ _CJK = re.compile(r"[\u3400-\u9fff]")
 @dataclass(frozen=True)
 class RephraseItem:
     question: str
-    answer: str
+    answer: str  # the target being rewritten (the record's outputs), the prompt's "Answer:"
     lang: str = "en"
     context: str | None = None  # extra prompt line(s), already labelled, e.g. "Caption: a cat on a mat"
+    original: str | None = None  # the answer a rewrite must carry (meta.original_answer); None: ``answer``
+
+    @property
+    def expected(self) -> str:
+        return self.original if self.original and self.original.strip() else self.answer
+
+    @property
+    def sources(self) -> str:
+        """Everything the LLM was shown about this instance: a rewrite may quote any of it."""
+        return "\n".join(t for t in (self.question, self.answer, self.original, self.context) if t)
 
 
 @dataclass(frozen=True)
@@ -165,12 +180,30 @@ def _contains_answer(text: str, answer: str) -> bool:
     return f" {norm_answer} " in f" {' '.join(words)} " or f" {norm_answer} " in f" {normalize_answer(text)} "
 
 
-def check_rephrasing(text: str, answer: str) -> str | None:
-    """Why a rewrite is rejected (``empty``, ``refusal``, ``disagrees``), or None when it is kept."""
+def _plain(text: str) -> str:
+    """Lowercased, curly apostrophes straightened, punctuation runs as one space ("UNABLE, TO" -> "unable to")."""
+    return " " + re.sub(r"[^\w']+", " ", text.lower().replace("\u2019", "'")).strip() + " "
+
+
+def refusal_phrase(text: str, sources: str = "") -> str | None:
+    """The first refusal phrase in ``text`` that ``sources`` (what the LLM was shown) do not hold."""
+    said, shown = _plain(text), _plain(sources)
+    for phrase in REFUSAL_PHRASES:
+        p = _plain(phrase)
+        cjk = bool(_CJK.search(phrase))  # Chinese has no spaces around words
+        if (phrase in said if cjk else p in said) and not (phrase in shown if cjk else p in shown):
+            return phrase
+    return None
+
+
+def check_rephrasing(text: str, answer: str, sources: str = "") -> str | None:
+    """Why a rewrite is rejected (``empty``, ``refusal``, ``disagrees``), or None when it is kept.
+
+    ``answer`` is the answer the rewrite must carry; ``sources`` the texts it may quote (question,
+    answer, context), whose own words never count as a refusal."""
     if not text.strip():
         return "empty"
-    lowered = text.lower().replace("’", "'")
-    if any(phrase in lowered for phrase in REFUSAL_PHRASES):
+    if refusal_phrase(text, sources) is not None:
         return "refusal"
     if not _contains_answer(text, answer):
         return "disagrees"

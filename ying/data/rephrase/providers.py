@@ -17,12 +17,15 @@ import concurrent.futures
 import logging
 import os
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 
 from ying.config import RephraseConfig
-from ying.data.rephrase.limiter import RateBudget, estimate_tokens
+from ying.data.rephrase.limiter import Booking, RateBudget, estimate_prompt_tokens
 from ying.data.rephrase.prompt import (
     TEMPLATE_PROMPT_VERSION,
     RephraseItem,
@@ -42,6 +45,9 @@ __all__ = [
     "Recorder",
     "LocalLimiter",
     "ActorLimiter",
+    "retry_after_s",
+    "limiter_args",
+    "budget_for",
     "judge",
     "make_provider",
 ]
@@ -81,14 +87,17 @@ class Outcome:
 
 
 def judge(outcome: Outcome, item: RephraseItem) -> RephraseResult:
-    """The row's outputs and status from an outcome: the rewrite if it passes the check, else the template."""
+    """The row's outputs and status from an outcome: the rewrite if it passes the check, else the template.
+
+    The check wants the adapter's original answer (``item.expected``) and lets the rewrite quote what
+    the LLM was shown (``item.sources``); the template sentence is built from the record's target."""
     fallback = template_sentence(item.answer, item.lang)
     if outcome.budget:
         return RephraseResult(fallback, "fallback:budget")
     if outcome.error is not None:
         return RephraseResult(fallback, f"fallback:error:{outcome.error}")
     text = clean_response(outcome.text)
-    reason = check_rephrasing(text, item.answer)
+    reason = check_rephrasing(text, item.expected, item.sources)
     if reason is not None:
         return RephraseResult(fallback, f"fallback:{reason}")
     return RephraseResult(text, "rephrased")
@@ -115,6 +124,10 @@ class Recorder:
             from ying import telemetry
 
             telemetry.rephrase_failures_counter().inc(1, tags={"task": task, "reason": kind})
+
+    def deduped(self, task: str) -> None:
+        """A prompt another row of this run is already waiting for: its answer is shared, not paid again."""
+        self.counts["deduped"] += 1
 
     def cache_hit(self, task: str) -> None:
         self.counts["cache_hits"] += 1
@@ -146,43 +159,104 @@ class LocalLimiter:
     def __init__(self, budget: RateBudget) -> None:
         self.budget = budget
 
-    async def reserve(self, est_tokens: int) -> float | None:
-        return self.budget.reserve(est_tokens)
+    async def reserve(self, est_prompt: int, est_completion: int) -> Booking | None:
+        return self.budget.reserve(est_prompt, est_completion)
 
-    async def settle(self, est_tokens: int, used_tokens: int) -> None:
-        self.budget.settle(est_tokens, used_tokens)
+    async def rebook(self, est_prompt: int, est_completion: int) -> Booking:
+        return self.budget.rebook(est_prompt, est_completion)
+
+    def pause_left_since(self, booking: Booking, booked_at: float) -> float:
+        return self.budget.pause_left_since(booking.epoch)
+
+    async def settle(self, est_prompt: int, est_completion: int, used_prompt: int, used_completion: int) -> None:
+        self.budget.settle(est_prompt, est_completion, used_prompt, used_completion)
 
     async def pause(self, seconds: float) -> None:
         self.budget.pause(seconds)
 
 
 class ActorLimiter:
-    """The cluster's one ``RateLimiterActor``, seen from a rephrase actor."""
+    """The cluster's one ``RateLimiterActor``, seen from one actor.
 
-    def __init__(self, handle) -> None:
+    It mirrors the latest pause locally, from every booking's reply and from this actor's own 429s,
+    so a request that slept towards its slot re-checks for a pause without another round trip.
+    Clocks differ between nodes: the mirror keeps this process's time of learning, not the limiter's.
+    """
+
+    def __init__(self, handle, clock=time.monotonic) -> None:
         self.handle = handle
+        self.clock = clock
+        self._epoch_seen = 0
+        self._pause_learned_at = float("-inf")
+        self._pause_until = float("-inf")
 
-    async def reserve(self, est_tokens: int) -> float | None:
-        return await self.handle.reserve.remote(est_tokens)
+    def _learn(self, booking: Booking) -> Booking:
+        if booking.epoch > self._epoch_seen:
+            self._epoch_seen = booking.epoch
+            now = self.clock()
+            self._pause_learned_at = now
+            self._pause_until = max(self._pause_until, now + booking.pause_left)
+        return booking
 
-    async def settle(self, est_tokens: int, used_tokens: int) -> None:
-        self.handle.settle.remote(est_tokens, used_tokens)  # ordered after this caller's reserve
+    async def reserve(self, est_prompt: int, est_completion: int) -> Booking | None:
+        booking = await self.handle.reserve.remote(est_prompt, est_completion)
+        return None if booking is None else self._learn(Booking(*booking))
+
+    async def rebook(self, est_prompt: int, est_completion: int) -> Booking:
+        return self._learn(Booking(*await self.handle.rebook.remote(est_prompt, est_completion)))
+
+    def pause_left_since(self, booking: Booking, booked_at: float) -> float:
+        if self._pause_learned_at <= booked_at:
+            return 0.0
+        return max(0.0, self._pause_until - self.clock())
+
+    async def settle(self, est_prompt: int, est_completion: int, used_prompt: int, used_completion: int) -> None:
+        self.handle.settle.remote(est_prompt, est_completion, used_prompt, used_completion)  # after our reserve
 
     async def pause(self, seconds: float) -> None:
-        self.handle.pause.remote(seconds)
+        now = self.clock()
+        self._pause_learned_at = now
+        self._pause_until = max(self._pause_until, now + seconds)
+        self._epoch_seen = max(self._epoch_seen, await self.handle.pause.remote(seconds))
 
 
-def _retry_after_s(headers) -> float | None:
+def limiter_args(cfg: RephraseConfig) -> dict[str, Any]:
+    """``RateBudget`` / ``RateLimiterActor`` keyword arguments from the config (prices included)."""
+    price = cfg.price()
+    return {"rpm": cfg.rpm, "tpm": cfg.tpm, "budget_tokens": cfg.budget_tokens, "burst_s": cfg.burst_s,
+            "budget_usd": cfg.budget_usd,
+            "usd_per_1m": None if price is None else (price.prompt_per_1m, price.completion_per_1m)}
+
+
+def budget_for(cfg: RephraseConfig) -> RateBudget:
+    return RateBudget(**limiter_args(cfg))
+
+
+def retry_after_s(headers, now: datetime | None = None) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP date."""
     if headers is None:
         return None
     ms = headers.get("retry-after-ms")
-    try:
-        if ms is not None:
+    if ms is not None:
+        try:
             return max(0.0, float(ms) / 1000)
-        s = headers.get("retry-after")
-        return max(0.0, float(s)) if s is not None else None
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
     except ValueError:
-        return None  # an HTTP date: rare from LLM APIs; fall back to our own backoff
+        pass
+    try:  # RFC 9110: Retry-After: Fri, 31 Dec 1999 23:59:59 GMT
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        log.warning("unreadable Retry-After header %r; using our own backoff", value)
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
 class LLMClient:
@@ -219,21 +293,34 @@ class LLMClient:
         if isinstance(err, openai.APIStatusError):
             status = err.status_code
             retry = status in self.RETRY_STATUSES or status >= 500
-            return f"http_{status}", retry, _retry_after_s(err.response.headers)
+            return f"http_{status}", retry, retry_after_s(err.response.headers)
         if isinstance(err, (ValueError, pydantic.ValidationError, openai.APIResponseValidationError)):
             return "malformed", True, None
         return type(err).__name__.lower(), False, None
 
+    async def _wait_for_slot(self, booking: Booking, est_prompt: int, est_completion: int) -> None:
+        """Sleep until the booked slot; if a pause announced meanwhile covers it, book again after the pause."""
+        while True:
+            booked_at = time.monotonic()
+            if booking.wait > 0:
+                await asyncio.sleep(booking.wait)
+            if self.limiter.pause_left_since(booking, booked_at) <= 0:
+                return
+            booking = await self.limiter.rebook(est_prompt, est_completion)
+
     async def complete(self, prompt: str, task: str = "") -> Outcome:
         cfg = self.cfg
-        est = estimate_tokens(prompt, cfg.max_tokens)
+        est_prompt, est_completion = estimate_prompt_tokens(prompt), cfg.max_tokens
         kind = "none"
         for attempt in range(cfg.max_retries + 1):
-            wait = await self.limiter.reserve(est)
-            if wait is None:
+            booking = await self.limiter.reserve(est_prompt, est_completion)
+            if booking is None:
                 return Outcome(budget=True)
-            if wait > 0:
-                await asyncio.sleep(wait)
+            try:
+                await self._wait_for_slot(booking, est_prompt, est_completion)
+            except asyncio.CancelledError:
+                await self.limiter.settle(est_prompt, est_completion, 0, 0)
+                raise
             self.recorder.request(task)
             retry_after = None
             try:
@@ -250,15 +337,15 @@ class LLMClient:
                 usage = response.usage
                 p_tok = int(getattr(usage, "prompt_tokens", 0) or 0)
                 c_tok = int(getattr(usage, "completion_tokens", 0) or 0)
-                await self.limiter.settle(est, p_tok + c_tok)
+                await self.limiter.settle(est_prompt, est_completion, p_tok, c_tok)
                 self.recorder.tokens(task, p_tok, c_tok)
                 return Outcome(text=text, prompt_tokens=p_tok, completion_tokens=c_tok)
             except asyncio.CancelledError:
-                await self.limiter.settle(est, 0)
+                await self.limiter.settle(est_prompt, est_completion, 0, 0)
                 raise
             except Exception as err:  # every failure is classified; none escapes to kill the batch
                 kind, retry, retry_after = self._classify(err)
-                await self.limiter.settle(est, 0)
+                await self.limiter.settle(est_prompt, est_completion, 0, 0)
                 self.recorder.failure(task, kind)
                 if not retry or attempt == cfg.max_retries:
                     break
@@ -305,8 +392,7 @@ class OpenAIProvider:
     async def arephrase(self, items: list[RephraseItem], client: LLMClient | None = None) -> list[RephraseResult]:
         own = client is None
         if own:
-            client = LLMClient(self.cfg, LocalLimiter(RateBudget(self.cfg.rpm, self.cfg.tpm, self.cfg.budget_tokens,
-                                                                 self.cfg.burst_s)))
+            client = LLMClient(self.cfg, LocalLimiter(budget_for(self.cfg)))
         sem = asyncio.Semaphore(self.cfg.max_concurrency)
 
         async def one(item: RephraseItem) -> RephraseResult:

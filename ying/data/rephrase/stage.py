@@ -1,18 +1,34 @@
-"""The rephrase stage on Ray Data: an actor pool of async clients, one cluster-wide limiter, a durable cache.
+"""The rephrase stage: one Ray Data pipeline for every split, prompts routed to owner actors, one limiter, a cache.
 
 ``<in_dir>/records/<split>/*.parquet`` -> ``<out_dir>/records/<split>/``. Rows of tasks in
 ``cfg.tasks`` are rewritten; all others pass through unchanged (read = written for every split).
 
-Each actor runs one asyncio loop (in a thread) with one ``openai.AsyncOpenAI`` client, and up to
-``cfg.batches_in_flight_per_actor`` batches at once, so many requests are in flight per actor and a
-slow retry holds up one batch, not the actor. Every actor books each request with the one
-``RateLimiterActor``. Outcomes go to the cache as they arrive (see ``cache.py``); a row whose prompt is
-cached sends nothing. A driver thread prints progress with the current request rate.
+Who does what (all started once for the whole stage, whatever the number of splits):
+
+- **Ray Data** reads every split's files in one pipeline and writes each row back into its split's
+  folder (``ying.data.split_writer``). Its actor pool (``_Relay``, ``cfg.actors`` actors) builds each
+  row's prompt (Table 10 plus context from meta and COCO captions), hands it to the prompt's owner
+  and yields rows *as their answers arrive*: a row that is slow or retrying does not hold up its
+  batch-mates, which go on to the writer while it waits.
+- **Prompt owners** (``_PromptOwner``, ``cfg.actors`` async actors): every prompt's cache key
+  (model, prompt version, temperature, max_tokens, endpoint and the prompt; ``cache.cache_key``) is
+  routed by its hash to exactly one owner. The owner alone sends it, so no prompt is paid twice in a
+  run however many actors there are: a second row with the same prompt waits for the answer in
+  flight (``deduped``) or finds it in the owner's cache. The owner writes the outcome to the cache as
+  it arrives, so each key has one writer, and holds only its own share of the cache in memory.
+  Each keeps up to ``cfg.max_concurrency`` requests in flight through one async ``openai`` client.
+- **The limiter** (``RateLimiterActor``): every request of every owner books its slot there
+  (requests/min, tokens/min, Retry-After pauses, budgets in tokens and money). It also gathers the
+  running tallies the driver prints as one progress line and returns at the end.
 
 Context (paper Appendix C): captions for ``cfg.caption_tasks`` (VQA v2) come from COCO by the record's
 ``meta.image_id``: from ``cfg.coco_captions_file`` (COCO ``captions_*.json``) when set, else from the
 run's own ``coco`` records (``meta.cocoid`` -> ``outputs``), first ``cfg.captions_per_image`` per
 image; A-OKVQA's ``meta.rationales`` and scene-text tasks' ``meta.ocr_tokens`` are read from meta.
+
+The prompt's "Answer:" is the record's target (``outputs``); a rewrite must carry the adapter's
+``meta.original_answer`` (for multiple choice: the option's text). The template fallback is built from
+the target. ``meta.original_answer`` is kept, and ``meta.rephrase`` says what happened.
 """
 
 from __future__ import annotations
@@ -22,15 +38,16 @@ import json
 import logging
 import threading
 import time
+import warnings
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 
 from ying import storage
 from ying.config import RephraseConfig
-from ying.data.rephrase.cache import CacheWriter, cache_key, load_cache
-from ying.data.rephrase.limiter import RateBudget, RateLimiterActor
+from ying.data.rephrase.cache import CacheWriter, cache_key, cache_settings, load_cache, owner_of
+from ying.data.rephrase.limiter import RateLimiterActor
 from ying.data.rephrase.prompt import RephraseItem, RephraseResult, build_prompt, context_from_meta, prompt_sha256
 from ying.data.rephrase.providers import (
     ActorLimiter,
@@ -39,36 +56,45 @@ from ying.data.rephrase.providers import (
     Outcome,
     Recorder,
     RephraseProvider,
+    budget_for,
     judge,
+    limiter_args,
     make_provider,
 )
 from ying.data.schema import RECORD_SCHEMA, SPLITS
 
-__all__ = ["rephrase_rows", "rephrase_records", "load_coco_captions", "item_for_row"]
+__all__ = ["rephrase_rows", "rephrase_records", "load_coco_captions", "item_for_row", "settings_of"]
 
 log = logging.getLogger(__name__)
 
+_EMIT_EVERY_S = 0.5  # a batch yields the rows that finished at most this often
+
+
+def settings_of(cfg: RephraseConfig) -> dict[str, Any]:
+    """The cache settings of a config: what changes an answer (see ``cache.cache_settings``)."""
+    return cache_settings(cfg.model, cfg.prompt_version, cfg.temperature, cfg.max_tokens, cfg.base_url)
+
 
 def item_for_row(row: dict[str, Any], captions: dict[int, list[str]] | None, caption_tasks: set[str],
-                 per_image: int) -> tuple[RephraseItem, dict[str, Any], str]:
+                 per_image: int) -> tuple[RephraseItem, dict[str, Any]]:
     meta = json.loads(row["meta"] or "{}")
-    answer = meta.get("original_answer")
-    if not isinstance(answer, str) or not answer.strip():
-        answer = row["outputs"]
+    original = meta.get("original_answer")
+    if not isinstance(original, str) or not original.strip():
+        original = None
     image_captions = None
     if captions and row["task"] in caption_tasks and meta.get("image_id") is not None:
         try:
             image_captions = captions.get(int(meta["image_id"]), [])[:per_image] or None
         except (TypeError, ValueError):
             image_captions = None
-    item = RephraseItem(question=row["inputs"] or "", answer=answer, lang=row["lang"],
-                        context=context_from_meta(meta, image_captions))
-    return item, meta, answer
+    item = RephraseItem(question=row["inputs"] or "", answer=row["outputs"], lang=row["lang"],
+                        context=context_from_meta(meta, image_captions), original=original)
+    return item, meta
 
 
-def _with_result(row: dict[str, Any], meta: dict[str, Any], answer: str, result: RephraseResult,
+def _with_result(row: dict[str, Any], meta: dict[str, Any], item: RephraseItem, result: RephraseResult,
                  provider: str, model: str, prompt_version: str) -> dict[str, Any]:
-    meta["original_answer"] = answer
+    meta["original_answer"] = item.expected
     meta["rephrase"] = {"status": result.status, "provider": provider, "model": model, "prompt_version": prompt_version}
     return {**row, "outputs": result.text, "meta": json.dumps(meta, ensure_ascii=False)}
 
@@ -80,13 +106,13 @@ def rephrase_rows(rows: list[dict[str, Any]], provider: RephraseProvider, tasks:
     picked, items = [], []
     for i, row in enumerate(rows):
         if row["task"] in tasks:
-            item, meta, answer = item_for_row(row, captions, caption_tasks, captions_per_image)
-            picked.append((i, meta, answer))
+            item, meta = item_for_row(row, captions, caption_tasks, captions_per_image)
+            picked.append((i, meta, item))
             items.append(item)
     results = provider.rephrase(items) if items else []
     out = list(rows)
-    for (i, meta, answer), result in zip(picked, results):
-        out[i] = _with_result(rows[i], meta, answer, result, provider.name, provider.model, provider.prompt_version)
+    for (i, meta, item), result in zip(picked, results):
+        out[i] = _with_result(rows[i], meta, item, result, provider.name, provider.model, provider.prompt_version)
     return out
 
 
@@ -94,91 +120,142 @@ def _template_table(table: pa.Table, provider: RephraseProvider, tasks: list[str
     return pa.Table.from_pylist(rephrase_rows(table.to_pylist(), provider, set(tasks)), schema=RECORD_SCHEMA)
 
 
-class _RephraseActor:
-    """One event loop, one HTTP client, one cache writer per actor; batches may run concurrently."""
+# -- the prompt owners ------------------------------------------------------------------------------
 
-    def __init__(self, cfg: dict[str, Any], limiter, cache_ref, captions_ref, cache_dir: str) -> None:
+
+class _PromptOwner:
+    """Owns the prompts whose key routes here: sends each once, caches its outcome, shares answers in flight."""
+
+    def __init__(self, cfg: dict[str, Any], index: int, owners: int, limiter, cache_dir: str) -> None:
+        self.cfg = RephraseConfig.model_validate(cfg)
+        settings = settings_of(self.cfg)
+        self.cache: dict[str, dict[str, Any]] = load_cache(cache_dir, settings, owner=(index, owners))
+        self.writer = CacheWriter(cache_dir, settings, self.cfg.cache_flush_every)
+        self.limiter = limiter
+        self.recorder = Recorder(emit_metrics=True)
+        self.in_flight: dict[str, asyncio.Future] = {}
+        self.retried: set[str] = set()  # retry_failed: each fallback is sent again once per run
+        self.client: LLMClient | None = None
+        self.sem: asyncio.Semaphore | None = None
+        self._last_push = time.monotonic()
+        self.index = index
+        self.pending = 0  # rows waiting for an answer here (queued, booked, in flight or retrying)
+
+    def cached(self) -> int:
+        return len(self.cache)
+
+    def _fell_back(self, entry: dict[str, Any], expected: str, sources: str) -> bool:
+        item = RephraseItem(question=sources, answer=expected)
+        return judge(Outcome(text=entry.get("text"), error=entry.get("error")), item).status.startswith("fallback:")
+
+    async def outcome(self, key: str, prompt: str, task: str, expected: str, sources: str) -> dict[str, Any]:
+        self.pending += 1
+        try:
+            return await self._outcome(key, prompt, task, expected, sources)
+        finally:
+            self.pending -= 1
+
+    async def _outcome(self, key: str, prompt: str, task: str, expected: str, sources: str) -> dict[str, Any]:
+        if self.client is None:  # made on the actor's event loop
+            self.client = LLMClient(self.cfg, ActorLimiter(self.limiter), self.recorder)
+            self.sem = asyncio.Semaphore(self.cfg.max_concurrency)
+        entry = self.cache.get(key)
+        if entry is not None and not (self.cfg.retry_failed and key not in self.retried
+                                      and self._fell_back(entry, expected, sources)):
+            self.recorder.cache_hit(task)
+            self._push_tally()
+            return entry
+        if key in self.in_flight:  # the same prompt is on its way: share its answer
+            self.recorder.deduped(task)
+            return await asyncio.shield(self.in_flight[key])
+        future = asyncio.get_running_loop().create_future()
+        self.in_flight[key] = future
+        try:
+            async with self.sem:
+                outcome = await self.client.complete(prompt, task)
+            result = {"text": outcome.text, "error": outcome.error, "prompt_tokens": outcome.prompt_tokens,
+                      "completion_tokens": outcome.completion_tokens}
+            if outcome.budget:  # never sent: not cached, so a later run with budget left sends it
+                result["budget"] = True
+            else:
+                self.writer.add(key, prompt_sha256(prompt), outcome.text, outcome.error, outcome.prompt_tokens,
+                                outcome.completion_tokens)
+                self.cache[key] = result
+                if self.cfg.retry_failed:
+                    self.retried.add(key)
+            future.set_result(result)
+            return result
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self.in_flight[key]
+            self._push_tally()
+
+    def _push_tally(self, force: bool = False):
+        now = time.monotonic()
+        if not force and now - self._last_push < 1.0:
+            return None
+        self._last_push = now
+        tally = self.recorder.take()
+        tally["gauges"] = {f"pending_{self.index}": self.pending}
+        return self.limiter.add_tally.remote(tally)
+
+    async def finish(self) -> None:
+        """Flush the cache and hand in the last tallies (awaited, so the driver's totals include them)."""
+        self.writer.flush()
+        await self._push_tally(force=True)
+
+
+# -- the Ray Data side ----------------------------------------------------------------------------
+
+
+class _Relay:
+    """Ray Data actor: builds prompts, asks their owners, yields rows as their answers arrive."""
+
+    def __init__(self, cfg: dict[str, Any], owners: list, limiter, captions_ref: list) -> None:
         import ray
 
         self.cfg = RephraseConfig.model_validate(cfg)
         self.tasks = set(self.cfg.tasks)
         self.caption_tasks = set(self.cfg.caption_tasks)
-        self.limiter_handle = limiter
-        # Refs arrive wrapped in a list so Ray passes the ref, not the (possibly large) value, to __init__.
-        self.cache: dict[str, dict] = ray.get(cache_ref[0])
+        self.settings = settings_of(self.cfg)
+        self.owners = owners
+        self.limiter = limiter
+        # The ref arrives wrapped in a list so Ray passes the ref, not the (possibly large) value, to __init__.
         self.captions: dict[int, list[str]] = ray.get(captions_ref[0])
-        self.writer = CacheWriter(cache_dir, self.cfg.cache_flush_every)
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="rephrase-loop", daemon=True).start()
-        self.recorder = Recorder(emit_metrics=True)
-        self.client = asyncio.run_coroutine_threadsafe(self._make_client(), self.loop).result()
-        self.sem = asyncio.run_coroutine_threadsafe(self._make_sem(), self.loop).result()
-        self.in_flight: dict[str, asyncio.Future] = {}
 
-    async def _make_client(self) -> LLMClient:
-        return LLMClient(self.cfg, ActorLimiter(self.limiter_handle), self.recorder)
-
-    async def _make_sem(self) -> asyncio.Semaphore:
-        return asyncio.Semaphore(self.cfg.max_concurrency)
-
-    async def _outcome(self, prompt: str, task: str, item: RephraseItem) -> Outcome:
-        sha = prompt_sha256(prompt)
-        key = cache_key(self.cfg.model, self.cfg.prompt_version, sha)
-        entry = self.cache.get(key)
-        if entry is not None:
-            cached = Outcome(text=entry.get("text"), error=entry.get("error"))
-            if not (self.cfg.retry_failed and judge(cached, item).status.startswith("fallback:")):
-                self.recorder.cache_hit(task)
-                return cached
-        if key in self.in_flight:  # the same prompt twice in flight: pay once
-            return await asyncio.shield(self.in_flight[key])
-        future = self.loop.create_future()
-        self.in_flight[key] = future
-        try:
-            async with self.sem:
-                outcome = await self.client.complete(prompt, task)
-            if not outcome.budget:
-                self.writer.add(key, self.cfg.model, self.cfg.prompt_version, sha, outcome.text, outcome.error,
-                                outcome.prompt_tokens, outcome.completion_tokens)
-                self.cache[key] = {"text": outcome.text, "error": outcome.error}
-            future.set_result(outcome)
-            return outcome
-        except BaseException as err:
-            future.set_exception(err)
-            raise
-        finally:
-            del self.in_flight[key]
-
-    async def _rephrase(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter]:
-        jobs, picked = [], []
-        for i, row in enumerate(rows):
-            if row["task"] not in self.tasks:
-                continue
-            item, meta, answer = item_for_row(row, self.captions, self.caption_tasks, self.cfg.captions_per_image)
-            picked.append((i, item, meta, answer))
-            jobs.append(self._outcome(build_prompt(item), row["task"], item))
-        outcomes = await asyncio.gather(*jobs)
-        out, by_status = list(rows), Counter()
-        for (i, item, meta, answer), outcome in zip(picked, outcomes):
-            result = judge(outcome, item)
-            by_status[result.status] += 1
-            out[i] = _with_result(rows[i], meta, answer, result, "openai", self.cfg.model, self.cfg.prompt_version)
-        self.writer.flush()
-        return out, by_status
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        rows = table.to_pylist()
-        out, by_status = asyncio.run_coroutine_threadsafe(self._rephrase(rows), self.loop).result()
-        tally = asyncio.run_coroutine_threadsafe(self._take_tally(), self.loop).result()
-        tally["by_status"] = dict(by_status)
-        tally["counts"]["rows"] = sum(by_status.values())
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         import ray
 
-        ray.get(self.limiter_handle.add_tally.remote(tally))
-        return pa.Table.from_pylist(out, schema=RECORD_SCHEMA)
+        rows = table.to_pylist()
+        untouched = [r for r in rows if r["task"] not in self.tasks]
+        if untouched:
+            yield pa.Table.from_pylist(untouched, schema=RECORD_SCHEMA)
+        pending: dict[Any, tuple[dict, RephraseItem, dict]] = {}
+        for row in rows:
+            if row["task"] not in self.tasks:
+                continue
+            item, meta = item_for_row(row, self.captions, self.caption_tasks, self.cfg.captions_per_image)
+            prompt = build_prompt(item)
+            key = cache_key(self.settings, prompt)
+            owner = self.owners[owner_of(key, len(self.owners))]
+            pending[owner.outcome.remote(key, prompt, row["task"], item.expected, item.sources)] = (row, item, meta)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=_EMIT_EVERY_S)
+            if not ready:
+                continue
+            out = []
+            for ref, outcome in zip(ready, ray.get(ready)):
+                row, item, meta = pending.pop(ref)
+                budget = bool(outcome.get("budget"))
+                result = judge(Outcome(text=outcome.get("text"), error=outcome.get("error"), budget=budget), item)
+                out.append(_with_result(row, meta, item, result, "openai", self.cfg.model, self.cfg.prompt_version))
+            self.limiter.add_tally.remote({"counts": {"rows": len(out)}})
+            yield pa.Table.from_pylist(out, schema=RECORD_SCHEMA)
 
-    async def _take_tally(self) -> dict[str, Any]:
-        return self.recorder.take()  # on the loop thread, where the recorder is written
+
+# -- inputs, context, progress, counts --------------------------------------------------------------
 
 
 def _arrow_fs(path: str):
@@ -232,28 +309,46 @@ def load_coco_captions(cfg: RephraseConfig, in_dir: str) -> dict[int, list[str]]
     return dict(captions)
 
 
-class _Progress(threading.Thread):
-    """Prints rows done, the current request rate against the cap, cache hits, failures and tokens."""
+def _progress_extra(stats: dict[str, Any], cfg: RephraseConfig) -> str:
+    c = stats["counts"]
+    cap = f" (cap {cfg.rpm:,.0f})" if cfg.rpm else ""
+    failures = sum(stats["failures"].values())
+    spend = f", ${stats['spent_usd']:.4f}" if stats.get("spent_usd") is not None else ""
+    return (f"{stats['rate_per_s'] * 60:,.0f} requests/min{cap}, {c.get('requests', 0):,} requests, "
+            f"{c.get('cache_hits', 0):,} cache hits, {c.get('deduped', 0):,} shared, {failures:,} failed attempts, "
+            f"tokens {c.get('prompt_tokens', 0):,} in / {c.get('completion_tokens', 0):,} out{spend}, "
+            f"{stats.get('pending', 0):,} answers awaited")
 
-    def __init__(self, limiter, total_rows: int, cfg: RephraseConfig) -> None:
+
+class _ProgressPoller(threading.Thread):
+    """Polls the limiter's tallies and feeds one ProgressLine: answers done, rate, ETA, requests/min vs cap."""
+
+    def __init__(self, limiter, total: int, cfg: RephraseConfig) -> None:
+        from ying.progress import ProgressLine
+
         super().__init__(name="rephrase-progress", daemon=True)
-        self.limiter, self.total, self.cfg = limiter, total_rows, cfg
+        self.limiter, self.cfg = limiter, cfg
+        self.stats: dict[str, Any] | None = None
+        self.progress = ProgressLine("rephrase", total=total, unit="answers", interval_s=cfg.progress_interval_s,
+                                     extra=lambda: _progress_extra(self.stats, cfg) if self.stats else "")
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         import ray
 
-        while not self.stop_event.wait(self.cfg.progress_interval_s):
+        while not self.stop_event.wait(min(1.0, self.cfg.progress_interval_s)):
             try:
-                s = ray.get(self.limiter.stats.remote(), timeout=5)
+                self.stats = ray.get(self.limiter.stats.remote(), timeout=5)
             except Exception:  # progress is best effort; the stage does not depend on it
                 continue
-            c = s["counts"]
-            cap = f" (cap {self.cfg.rpm:.0f}/min)" if self.cfg.rpm else ""
-            print(f"[ying] rephrase: {c.get('rows', 0)}/{self.total} rows, {s['rate_per_s'] * 60:.0f} requests/min"
-                  f"{cap}, {c.get('requests', 0)} requests, {c.get('cache_hits', 0)} cache hits, failures "
-                  f"{s['failures']}, tokens {c.get('prompt_tokens', 0)} in / {c.get('completion_tokens', 0)} out",
-                  flush=True)
+            self.progress.set(int(self.stats["counts"].get("rows", 0)))
+
+    def finish(self, stats: dict[str, Any]) -> None:
+        self.stop_event.set()
+        self.join(timeout=5)
+        self.stats = stats
+        self.progress.set(int(stats["counts"].get("rows", 0)))
+        self.progress.finish()
 
 
 def _count(fs, files: list[str], tasks: set[str], counts: dict[str, Any]) -> None:
@@ -267,91 +362,124 @@ def _count(fs, files: list[str], tasks: set[str], counts: dict[str, Any]) -> Non
             counts["fallback" if status.startswith("fallback:") else "rephrased"] += 1
 
 
+# -- the stage ---------------------------------------------------------------------------------------
+
+
+def _start_actors(cfg: RephraseConfig, cache_dir: str):
+    import ray
+
+    limiter = ray.remote(num_cpus=0)(RateLimiterActor).remote(**limiter_args(cfg))
+    owner_cls = ray.remote(num_cpus=0, max_concurrency=100_000)(_PromptOwner)
+    cfg_json = cfg.model_dump(mode="json")
+    owners = [owner_cls.remote(cfg_json, i, cfg.actors, limiter, cache_dir) for i in range(cfg.actors)]
+    return limiter, owners
+
+
 def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str, Any]:
     """Ray Data stage: ``<in_dir>/records/<split>/*.parquet`` -> ``<out_dir>/records/<split>/``.
 
     Returns the stage's totals: ``rephrased`` (status ``rephrased`` or ``template``), ``fallback``,
-    ``untouched`` and ``by_status`` read back from the written rows, plus this run's ``requests``,
-    ``cache_hits``, ``failures`` (failed attempts by kind, retried or not), ``prompt_tokens``,
-    ``completion_tokens`` and ``requests_per_min``.
+    ``untouched`` and ``by_status`` read back from the written rows, plus this run's ``requests``
+    (sent, failed ones included), ``cache_hits``, ``deduped`` (rows that shared an answer in flight),
+    ``failures`` (failed attempts by kind, retried or not), ``prompt_tokens``, ``completion_tokens``,
+    ``spent_usd`` (when the model has a price) and ``requests_per_min``.
     """
     import ray
     import ray.data
+    from ray.util.debug import log_once
+
+    from ying.data.split_writer import write_split_records
 
     provider = make_provider(cfg)  # fail on a bad config before any data moves
     tasks = list(cfg.tasks)
     counts: dict[str, Any] = {"rephrased": 0, "fallback": 0, "untouched": 0, "by_status": Counter(),
-                              "requests": 0, "cache_hits": 0, "failures": {}, "prompt_tokens": 0,
+                              "requests": 0, "cache_hits": 0, "deduped": 0, "failures": {}, "prompt_tokens": 0,
                               "completion_tokens": 0, "requests_per_min": 0.0}
-    splits = []
+    src_fs, files, fsspec_in = None, [], None
     for split in SPLITS:
-        src_fs, src_path, src_fsspec = _arrow_fs(storage.join(in_dir, "records", split))
-        files = _parquet_files(src_fsspec, src_path)
-        if files:
-            splits.append((split, src_fs, src_fsspec, files))
+        src_fs, path, fsspec_in = _arrow_fs(storage.join(in_dir, "records", split))
+        files += _parquet_files(fsspec_in, path)
+    for split in SPLITS:  # a re-run replaces every split, never appends to one
+        _, dst_path, dst_fsspec = _arrow_fs(storage.join(out_dir, "records", split))
+        if dst_fsspec.exists(dst_path):
+            dst_fsspec.rm(dst_path, recursive=True)
+    if not files:
+        counts["by_status"] = {}
+        return counts
 
     llm = isinstance(provider, OpenAIProvider)
     if llm:
-        for name in ("actors", "batch_size", "batches_in_flight_per_actor"):
+        for name in ("actors", "batch_size", "batches_in_flight_per_actor", "max_concurrency"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"rephrase.{name} must be >= 1, got {getattr(cfg, name)}")
-        RateBudget(cfg.rpm, cfg.tpm, cfg.budget_tokens, cfg.burst_s)  # a bad limit fails here, not in an actor
-        cache_dir = cfg.cache_dir or storage.join(out_dir, "cache")
-        cache = load_cache(cache_dir, cfg.model, cfg.prompt_version)
-        captions = load_coco_captions(cfg, in_dir) if set(cfg.caption_tasks) & set(tasks) else {}
-        total = sum(sum(1 for t in table.column("task").to_pylist() if t in set(tasks))
-                    for _, _, fs, files in splits for _, table in _read_columns(fs, files, ["task"]))
-        log.info("rephrase: %d rows to rephrase, %d cached outcomes in %s, captions for %d images",
-                 total, len(cache), cache_dir, len(captions))
-        limiter = ray.remote(num_cpus=0)(RateLimiterActor).remote(cfg.rpm, cfg.tpm, cfg.budget_tokens, cfg.burst_s)
-        # Every actor holds the cache dict (~150 bytes an entry): ~300 MB at 2M records. The key is a hash
-        # of the prompt, so it cannot be split by actor without a shuffle; fine for a handful of actors.
-        cache_ref, captions_ref = ray.put(cache), ray.put(captions)
-        del cache
-        progress = _Progress(limiter, total, cfg)
-        progress.start()
+        budget_for(cfg)  # a bad limit fails here, not in an actor
+    data_ctx = ray.data.DataContext.get_current()
+    bars = data_ctx.enable_progress_bars
+    data_ctx.enable_progress_bars = False  # our own progress line instead of bars with control codes
+    log_once("ray_data_progress_manager_disabled")  # so Ray does not warn that we turned them off
     started = time.monotonic()
+    limiter = owners = poller = None
     try:
-        for split, src_fs, _, files in splits:
-            dst = storage.join(out_dir, "records", split)
-            dst_fs, dst_path, dst_fsspec = _arrow_fs(dst)
-            if dst_fsspec.exists(dst_path):  # a re-run replaces the split, never appends to it
-                dst_fsspec.rm(dst_path, recursive=True)
-            dst_fsspec.makedirs(dst_path, exist_ok=True)
-            ds = ray.data.read_parquet(files, filesystem=src_fs, schema=RECORD_SCHEMA, partitioning=None)
-            if llm:
-                ds = ds.map_batches(
-                    _RephraseActor,
-                    fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "limiter": limiter,
-                                           "cache_ref": [cache_ref], "captions_ref": [captions_ref],
-                                           "cache_dir": cache_dir},
-                    compute=ray.data.ActorPoolStrategy(
-                        min_size=cfg.actors, max_size=cfg.actors,
-                        max_concurrent_calls_per_actor=cfg.batches_in_flight_per_actor,
-                        max_tasks_in_flight_per_actor=cfg.batches_in_flight_per_actor * 2),
-                    batch_size=cfg.batch_size,
-                    batch_format="pyarrow",
-                    num_cpus=0.25,  # I/O bound: the work happens on the endpoint
-                )
-            else:
-                ds = ds.map_batches(_template_table, fn_kwargs={"provider": provider, "tasks": tasks},
-                                    batch_format="pyarrow")
-            ds.write_parquet(dst_path, filesystem=dst_fs)
-            _count(dst_fsspec, _parquet_files(dst_fsspec, dst_path), set(tasks), counts)
-            log.info("rephrased split %s -> %s", split, dst)
+        ds = ray.data.read_parquet(files, filesystem=src_fs, schema=RECORD_SCHEMA, partitioning=None)
         if llm:
+            cache_dir = cfg.cache_dir or storage.join(out_dir, "cache")
+            limiter, owners = _start_actors(cfg, cache_dir)  # they start and load the cache meanwhile
+            captions = load_coco_captions(cfg, in_dir) if set(cfg.caption_tasks) & set(tasks) else {}
+            wanted = set(tasks)
+            total = sum(sum(1 for t in table.column("task").to_pylist() if t in wanted)
+                        for _, table in _read_columns(fsspec_in, files, ["task"]))
+            cached = sum(ray.get([o.cached.remote() for o in owners]))
+            log.info("rephrase: %d answers to rephrase, %d cached outcomes in %s, %d prompt owners, captions for "
+                     "%d images", total, cached, cache_dir, len(owners), len(captions))
+            poller = _ProgressPoller(limiter, total, cfg)
+            poller.start()
+            # A read task returns a few large blocks, and an actor works through a block's batches one
+            # after the other; blocks of one batch each let every actor hold batches_in_flight_per_actor
+            # batches at once, so the rows that wait for a retry never leave the owners without work.
+            ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
+            ds = ds.map_batches(
+                _Relay,
+                fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "owners": owners, "limiter": limiter,
+                                       "captions_ref": [ray.put(captions)]},
+                compute=ray.data.ActorPoolStrategy(
+                    size=cfg.actors, max_concurrent_calls_per_actor=cfg.batches_in_flight_per_actor,
+                    max_tasks_in_flight_per_actor=cfg.batches_in_flight_per_actor * 2),
+                batch_size=cfg.batch_size,
+                batch_format="pyarrow",
+                num_cpus=0.25,  # I/O bound: the work happens on the endpoint
+            )
+        else:
+            ds = ds.map_batches(_template_table, fn_kwargs={"provider": provider, "tasks": tasks},
+                                batch_format="pyarrow")
+        with warnings.catch_warnings():
+            # Ray's note that a small input gives the actor pool fewer blocks than actors: nothing to act on.
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+            write_split_records(ds, out_dir)
+        if llm:
+            ray.get([o.finish.remote() for o in owners])
             stats = ray.get(limiter.stats.remote())
+            poller.finish(stats)
             c = stats["counts"]
-            for name in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
+            for name in ("requests", "cache_hits", "deduped", "prompt_tokens", "completion_tokens"):
                 counts[name] = int(c.get(name, 0))
             counts["failures"] = stats["failures"]
             elapsed = max(time.monotonic() - started, 1e-9)
             counts["requests_per_min"] = round(counts["requests"] / elapsed * 60, 1)
+            if stats.get("spent_usd") is not None:
+                counts["spent_usd"] = stats["spent_usd"]
             if cfg.budget_tokens is not None:
                 counts["budget_tokens"] = cfg.budget_tokens
+            if cfg.budget_usd is not None:
+                counts["budget_usd"] = cfg.budget_usd
     finally:
-        if llm:
-            progress.stop_event.set()
-            ray.kill(limiter)
+        data_ctx.enable_progress_bars = bars
+        if poller is not None and poller.is_alive():
+            poller.stop_event.set()
+            poller.join(timeout=10)
+        for actor in (owners or []) + ([limiter] if limiter is not None else []):
+            ray.kill(actor)
+    for split in SPLITS:
+        _, dst_path, dst_fsspec = _arrow_fs(storage.join(out_dir, "records", split))
+        _count(dst_fsspec, _parquet_files(dst_fsspec, dst_path), set(tasks), counts)
     counts["by_status"] = dict(sorted(counts["by_status"].items()))
     return counts
