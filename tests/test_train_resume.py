@@ -50,6 +50,17 @@ def _stage1(run_dir: str) -> tuple[dict, bytes]:
     return manifest, Path(run_dir, "stage1", "hf", "model.safetensors").read_bytes()
 
 
+def _checkpoint_registered(runs: Path) -> bool:
+    """Ray Train lists a run's persisted checkpoints in this snapshot; a new driver resumes from it."""
+    for snapshot in runs.glob("stage1-*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("checkpoint_results"):
+                return True
+        except (OSError, ValueError):  # being written
+            pass
+    return False
+
+
 @pytest.fixture(scope="module")
 def session_address(ray_cluster):
     return ray_cluster.get_runtime_context().gcs_address
@@ -87,7 +98,7 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(first_stage1, session_
     runs = Path(run_dir, "stage1", "ray_train")
     deadline = time.time() + 1200
     try:
-        while not any(p.name.startswith("checkpoint_") for p in runs.glob("stage1-*/*")):
+        while not _checkpoint_registered(runs):
             assert proc.poll() is None, proc.stdout.read()[-4000:]
             assert time.time() < deadline, "no checkpoint within 20 minutes"
             time.sleep(1)
