@@ -8,7 +8,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 
 SPEC = TaskSpec(key="msrvtt-qa", category="video", lang="en", splits=("train", "validation", "test"), rephrase=True)
 
@@ -20,16 +20,12 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in _QA_FILE:
         raise ValueError(f"msrvtt-qa has splits {SPEC.splits}; got {split!r}")
     qa_path = storage.join(root, _QA_FILE[split])
-    try:
-        items = load_json(qa_path)
-        if not isinstance(items, list):
-            raise SourceFileError(f"{qa_path}: expected a JSON list")
-    except SourceFileError as e:
-        yield Reject(SPEC.key, split, qa_path, str(e))
-        return
     present = list_names(storage.join(root, VIDEO_DIR))
-    for i, item in enumerate(items):
-        where = f"{qa_path}#[{i}]"
+    for entry in json_items(SPEC.key, split, qa_path, ""):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, qa_path, f"unusable QA file: {entry.reason}")
+            continue
+        where, item = entry
         try:
             question, answer, video_id, qa_id = item["question"], item["answer"], item["video_id"], item["id"]
         except (KeyError, TypeError) as e:
