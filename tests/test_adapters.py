@@ -107,7 +107,7 @@ def test_msrvtt_matches_qa_file(world):
     assert not bad and len(good) == len(qa)
     for inst, item in zip(good, qa):
         assert (inst.inputs, inst.outputs) == (item["question"], item["answer"])
-        assert inst.video_path == os.path.join(root, "videos", f"video{item['video_id']}.mp4")
+        assert inst.video_path == os.path.join(root, "TestVideo", f"video{item['video_id']}.mp4")
         assert inst.image_paths == []
 
 
@@ -119,7 +119,7 @@ def test_missing_image_is_rejected(world):
     assert bad and all("missing image file" in r.reason for r in bad)
     assert "questions[0]" in bad[0].source and bad[0].split == "train"
 
-    shutil.rmtree(os.path.join(root, "..", "msrvtt-qa", "videos"))
+    shutil.rmtree(os.path.join(root, "..", "msrvtt-qa", "TrainValVideo"))
     good, bad = instances("msrvtt-qa", world["msrvtt-qa"], "train")
     assert not good and all("missing video file" in r.reason for r in bad)
 

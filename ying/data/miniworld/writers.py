@@ -14,8 +14,9 @@ Every writer takes a ``_Sink`` (where to put files), the split sizes, an image s
 - ``flickr8k-cn``: ``data/flickr8kzhc.caption.txt`` (lines ``<image>.jpg#zhc#<n> <caption>``),
   split lists ``data/flickr8k{train,val,test}.txt`` (one image id per line) and images under
   ``Flicker8k_Dataset/`` (the release's own spelling).
-- ``msrvtt-qa``: ``{train,val,test}_qa.json`` (lists of {question, answer, video_id, id}) and
-  ``videos/video<N>.mp4``, video ids numbered on across splits as in MSR-VTT.
+- ``msrvtt-qa``: ``{train,val,test}_qa.json`` (lists of {answer, category_id, id, question, video_id})
+  and MSR-VTT's clip folders ``TrainValVideo/video<N>.mp4`` (train, val) and ``TestVideo/video<N>.mp4``
+  (test), video ids numbered on across splits as in MSR-VTT.
 
 - ``okvqa``: OK-VQA v1.1's ``OpenEnded_mscoco_{train,val}2014_questions.json`` and
   ``mscoco_{train,val}2014_annotations.json`` (ten answers each, no ``multiple_choice_answer``: the
@@ -169,7 +170,7 @@ def write_vqa_v2(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str, 
         )
         sink.put_json(
             f"v2_mscoco_{folder}_annotations.json",
-            {"info": info, "license": lic, "data_subtype": folder, "annotations": annotations},
+            {"info": info, "license": lic, "data_subtype": folder, "annotations": annotations, "data_type": "mscoco"},
         )
 
 
@@ -211,11 +212,11 @@ def write_coco_goi(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str
                                           float(y + h), float(x), float(y + h)]],
                     }
                 )
-        sink.put_json(
+        sink.put_json(  # the release's key order: the categories come last
             f"annotations/instances_{folder}.json",
             {"info": {"description": "Ying mini-world in the COCO instances format"},
-             "licenses": [{"id": 1, "name": "CC BY 4.0", "url": ""}],
-             "images": images, "annotations": annotations, "categories": GOI_CATEGORIES},
+             "images": images, "licenses": [{"id": 1, "name": "CC BY 4.0", "url": ""}],
+             "annotations": annotations, "categories": GOI_CATEGORIES},
         )
 
 
@@ -254,15 +255,17 @@ def write_msrvtt_qa(
         if split not in sizes:
             continue
         rng, qa, qa_id = rngs[split], [], 0
+        folder = "TestVideo" if split == "test" else "TrainValVideo"
         for _ in range(sizes[split]):
             clip = random_clip(rng, size)
-            rel = f"videos/video{video_id}.mp4"
+            rel = f"{folder}/video{video_id}.mp4"
             sink.put(rel, encode_mp4(clip_frames(clip, n_frames)))
             sink.scenes[rel] = {"background": clip.background, "kind": clip.kind, "color": clip.color,
                                 "direction": clip.direction, "side": clip.side, "cross": clip.cross,
                                 "frames": n_frames}
             for question, answer in clip_questions(clip):
-                qa.append({"answer": answer, "id": qa_id, "question": question, "video_id": video_id})
+                # category_id: one of MSR-VTT's 20 video categories (0-19); the mini-world files every clip under one.
+                qa.append({"answer": answer, "category_id": 9, "id": qa_id, "question": question, "video_id": video_id})
                 qa_id += 1
             video_id += 1
         sink.put_json(f"{_MSRVTT_SPLITS[split]}_qa.json", qa)

@@ -115,6 +115,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
                 image_paths=[storage.join(root, rel)],
                 meta={
                     "image_id": image_id,
+                    "image_file": rel,  # train2014/ or val2014/: VisDial v1.0 trains on COCO val2014 images too
                     "round": r + 1,
                     "question_index": q_idx,
                     "answer_index": a_idx,
