@@ -81,6 +81,10 @@ def test_real_file_layouts(world):
     image, kind, n = key.split("#")
     assert image.endswith(".jpg") and kind == "zhc" and n == "0"
     assert "的背景上" in caption and caption.isprintable()
+    numbers = [ln.split(" ", 1)[0].rsplit("#", 1)[1] for ln in open(os.path.join(data, "flickr8kzhc.caption.txt"), encoding="utf-8")]
+    assert numbers == sorted(numbers)  # as the release: every image's caption 0, then every caption 1
+    assert list(json.load(open(os.path.join(world["coco-goi"], "annotations", "instances_train2014.json")))) == [
+        "info", "images", "licenses", "annotations", "categories"]  # COCO's key order: categories last
     train_ids = open(os.path.join(data, "flickr8ktrain.txt")).read().split()
     assert len(train_ids) == 4 and os.path.exists(os.path.join(world["flickr8k-cn"], "Flicker8k_Dataset", train_ids[0] + ".jpg"))
 

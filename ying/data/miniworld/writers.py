@@ -11,7 +11,8 @@ Every writer takes a ``_Sink`` (where to put files), the split sizes, an image s
   ``v2_mscoco_{train,val}2014_annotations.json`` with images ``{train,val}2014/COCO_*2014_%012d.jpg``.
 - ``coco-goi``: COCO instances ``annotations/instances_{train,val}2014.json`` (images, annotations
   with bbox [x, y, w, h] and category_id, categories) and the images as above.
-- ``flickr8k-cn``: ``data/flickr8kzhc.caption.txt`` (lines ``<image>.jpg#zhc#<n> <caption>``),
+- ``flickr8k-cn``: ``data/flickr8kzhc.caption.txt`` (lines ``<image>.jpg#zhc#<n> <caption>``, every
+  image's caption 0 first, then every caption 1, as the release orders them),
   split lists ``data/flickr8k{train,val,test}.txt`` (one image id per line) and images under
   ``Flicker8k_Dataset/`` (the release's own spelling).
 - ``msrvtt-qa``: ``{train,val,test}_qa.json`` (lists of {answer, category_id, id, question, video_id})
@@ -224,7 +225,7 @@ _FLICKR_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
 def write_flickr8k_cn(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str, random.Random]) -> None:
-    lines: list[str] = []
+    lines: list[tuple[int, str]] = []  # (caption number, line): the release lists every #0, then every #1, ...
     seen: set[str] = set()
     for split, n in sizes.items():
         rng = rngs[split]
@@ -239,9 +240,10 @@ def write_flickr8k_cn(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[
             sink.put_scene_image(f"Flicker8k_Dataset/{image_id}.jpg", scene)
             ids.append(image_id)
             for k, caption in enumerate(captions_zh(scene)):
-                lines.append(f"{image_id}.jpg#zhc#{k} {caption}")
+                lines.append((k, f"{image_id}.jpg#zhc#{k} {caption}"))
         sink.put(f"data/flickr8k{_FLICKR_SPLITS[split]}.txt", ("\n".join(ids) + "\n").encode("utf-8"))
-    sink.put("data/flickr8kzhc.caption.txt", ("\n".join(lines) + "\n").encode("utf-8"))
+    ordered = [line for _, line in sorted(lines, key=lambda kl: kl[0])]  # stable: image order within a number
+    sink.put("data/flickr8kzhc.caption.txt", ("\n".join(ordered) + "\n").encode("utf-8"))
 
 
 _MSRVTT_SPLITS = {"train": "train", "validation": "val", "test": "test"}
