@@ -239,22 +239,20 @@ def iter_listing(task: str, root: str, split: str, cap: int | None = None, seed:
             yield r
             continue
         offered += 1
-        if cap is not None:
-            if cap <= 0:
-                continue
-            key = sample_key(seed, task, split, item.source_id)
-            if len(heap) >= cap and (-heap[0][0], -heap[0][1]) <= (key, n):
-                continue  # not among the cap smallest keys: never serialized
-        # vars(), not dataclasses.asdict: asdict deep-copies every nested list, and cost a third of
-        # the listing's time.
-        r["instance"] = json.dumps(vars(item), ensure_ascii=False)
         if cap is None:
+            # vars(), not dataclasses.asdict: asdict deep-copies every nested list, and cost a third
+            # of the listing's time.
+            r["instance"] = json.dumps(vars(item), ensure_ascii=False)
             yield r
-        elif cap > 0:
-            if len(heap) < cap:
-                heapq.heappush(heap, (-key, -n, r))
-            else:
-                heapq.heapreplace(heap, (-key, -n, r))
+            continue
+        entry = (-sample_key(seed, task, split, item.source_id), -n)
+        if len(heap) >= cap and (cap <= 0 or entry <= heap[0][:2]):
+            continue  # not among the cap smallest keys: never serialized
+        r["instance"] = json.dumps(vars(item), ensure_ascii=False)
+        if len(heap) < cap:
+            heapq.heappush(heap, (*entry, r))
+        else:
+            heapq.heapreplace(heap, (*entry, r))
     for _, _, r in sorted(heap, key=lambda e: -e[1]):  # the sample, in source order
         yield r
     if tally is not None:
