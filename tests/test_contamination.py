@@ -163,12 +163,15 @@ def test_the_config_knobs_name_the_guards_kinds():
 
     allowed = typing.get_args(typing.get_args(DataConfig.model_fields["contamination_allow"].annotation)[0])
     assert allowed == CONTAMINATION_KINDS
-    cfg = load_config("tiny", overrides=["data.contamination_guard=report", "data.contamination_allow=[karpathy-restval]"])
-    assert (cfg.data.contamination_guard, cfg.data.contamination_allow) == ("report", ["karpathy-restval"])
+    cfg = load_config("tiny", overrides=["data.contamination_allow=[karpathy-restval]"])
+    assert (cfg.data.contamination_guard, cfg.data.contamination_allow) == ("drop", ["karpathy-restval"])
+    assert load_config("tiny", overrides=["data.contamination_guard=report"]).data.contamination_guard == "report"
     from ying.config import ConfigError
 
     with pytest.raises(ConfigError, match="contamination_allow"):
         load_config("tiny", overrides=["data.contamination_allow=[restval]"])
+    with pytest.raises(ConfigError, match="set data.contamination_guard=drop or data.contamination_allow=\\[\\]"):
+        load_config("tiny", overrides=["data.contamination_guard=off", "data.contamination_allow=[karpathy-restval]"])
 
 
 def test_the_default_miniworld_has_a_shared_image_and_qc_blocks_it(ray_cluster, tmp_path):

@@ -115,6 +115,20 @@ class DataConfig(_Strict):
     held_out: list[str] = Field(default_factory=list)
     eval_only: list[str] = Field(default_factory=list)  # tasks whose every split is evaluation data
 
+    @field_validator("contamination_guard", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _allow_needs_drop(self) -> "DataConfig":
+        if self.contamination_allow and self.contamination_guard != "drop":
+            raise ValueError(
+                f"data.contamination_allow={self.contamination_allow} only applies when the guard drops records, "
+                f"but data.contamination_guard={self.contamination_guard!r}: set data.contamination_guard=drop "
+                "or data.contamination_allow=[]")
+        return self
+
 
 class RephraseConfig(_Strict):
     provider: Literal["auto", "template", "openai"] = "auto"  # auto: openai when base_url is set

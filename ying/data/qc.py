@@ -313,6 +313,8 @@ def check_records(in_dir: str, out_dir: str, max_image_pixels: int = 64_000_000,
 
     eval_only = sorted(set(eval_only))
     files = {split: _parquet_files(records_dir(in_dir, split)) for split in SPLITS}
+    if "://" in in_dir:  # workers open each file by URL: give the object store's paths their protocol back
+        files = {split: (fs, [fs.unstrip_protocol(f) for f in fl]) for split, (fs, fl) in files.items()}
     for split in SPLITS:
         out_fs, out_path = storage.filesystem(records_dir(out_dir, split))
         if out_fs.exists(out_path):
