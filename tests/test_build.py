@@ -188,17 +188,17 @@ def test_bomb_limit(tmp_path):
 def test_max_per_split_draws_a_seeded_random_sample_not_the_first_records(ray_cluster, tmp_path):
     roots = generate_miniworld(str(tmp_path / "s"), small_cfg(20), seed=0, tasks=["coco"])
 
-    def sample(seed):
+    def sample(seed, build=build_unified_local):
         cfg = load_config("tiny", overrides=["data.max_per_split=5", "data.tasks=[coco]", "data.held_out=[]",
                                              f"run.seed={seed}"])
         out = str(tmp_path / f"u{seed}")
-        stats = build_unified(cfg, roots, out)
+        stats = build(cfg, roots, out)
         assert all(c["read"] == c["written"] == 5 for c in stats["coco"].values())
         assert stats["coco"]["train"]["offered"] == 40  # 20 images x 2 captions: the pool sampled from
         return [r["id"] for r in read_records(out, "train")]
 
     first = [f"coco-train-{i.source_id}" for i in get_task("coco").read_instances(roots["coco"], "train")][:5]
-    a, b = sample(0), sample(1)
+    a, b = sample(0, build_unified), sample(1)  # on Ray Data, and in one process: the same listing code
     assert sorted(a) != sorted(first)  # not the first five
     assert sorted(a) != sorted(b)  # the seed draws another sample
     assert sample(0) == a  # and the same seed the same one
@@ -269,7 +269,7 @@ def test_many_chunks_rebuild_in_place_without_duplicates(ray_cluster, tmp_path, 
     # 4 instances per chunk (one build call each); progress every call
     cfg = load_config("tiny", overrides=["data.tasks=[coco,vqa-v2]", "data.held_out=[]", "data.chunk_rows=4",
                                          "data.progress_interval_s=0"])
-    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(9), seed=0, tasks=["coco", "vqa-v2"])
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(4), seed=0, tasks=["coco", "vqa-v2"])
     out = str(tmp_path / "u")
     first = build_unified(cfg, roots, out)
     again = build_unified(cfg, roots, out)  # a rerun replaces the shards, never adds to them
