@@ -107,7 +107,7 @@ def test_msrvtt_matches_qa_file(world):
     assert not bad and len(good) == len(qa)
     for inst, item in zip(good, qa):
         assert (inst.inputs, inst.outputs) == (item["question"], item["answer"])
-        assert inst.video_path == os.path.join(root, "videos", f"video{item['video_id']}.mp4")
+        assert inst.video_path == os.path.join(root, "TestVideo", f"video{item['video_id']}.mp4")
         assert inst.image_paths == []
 
 
@@ -119,7 +119,7 @@ def test_missing_image_is_rejected(world):
     assert bad and all("missing image file" in r.reason for r in bad)
     assert "questions[0]" in bad[0].source and bad[0].split == "train"
 
-    shutil.rmtree(os.path.join(root, "..", "msrvtt-qa", "videos"))
+    shutil.rmtree(os.path.join(root, "..", "msrvtt-qa", "TrainValVideo"))
     good, bad = instances("msrvtt-qa", world["msrvtt-qa"], "train")
     assert not good and all("missing video file" in r.reason for r in bad)
 
@@ -150,3 +150,89 @@ def test_non_utf8_line_and_broken_json_are_rejected(world):
     open(os.path.join(world["msrvtt-qa"], "val_qa.json"), "w").write("{not json")
     good, bad = instances("msrvtt-qa", world["msrvtt-qa"], "validation")
     assert not good and len(bad) == 1 and "not valid JSON" in bad[0].reason
+
+
+# ---- streaming: big annotation files are read an entry at a time, never whole
+
+from ying.data.tasks._common import json_items, json_members  # noqa: E402
+
+
+def test_json_items_streams_and_names_each_kind_of_broken_file(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"info": {}, "data": [{"x": 1.5}, {"x": 2}], "map": {"k": [1]}}))
+    assert list(json_items("t", "train", str(path), "data")) == [(f"{path}#data[0]", {"x": 1.5}),
+                                                                  (f"{path}#data[1]", {"x": 2})]
+    assert list(json_members("t", "train", str(path), "map")) == [("k", [1])]
+    (bad,) = list(json_items("t", "train", str(path), "questions"))  # a file of another shape
+    assert isinstance(bad, Reject) and bad.reason == f"{path} has no JSON array at 'questions'"
+    (bad,) = list(json_items("t", "train", str(path), "map"))
+    assert bad.reason == f"{path} has no JSON array at 'map'"
+    (bad,) = list(json_items("t", "train", str(tmp_path / "nope.json"), "data"))
+    assert "missing file" in bad.reason and bad.source == str(tmp_path / "nope.json")
+    path.write_text(json.dumps({"data": []}))
+    assert list(json_items("t", "train", str(path), "data")) == []  # empty, but the right shape
+    # A file cut off mid-way (a broken download): the entries before the cut, then one reject.
+    path.write_text('{"data": [{"x": 1}, {"x": 2}, {"x"')
+    items = list(json_items("t", "train", str(path), "data"))
+    assert [i[1] for i in items[:2]] == [{"x": 1}, {"x": 2}] and isinstance(items[2], Reject)
+    assert items[2].reason.startswith(f"{path} is not valid JSON after 2 entries of data:") and "\n" not in items[2].reason
+
+
+def _vqa_pair(root, n, shuffle_annotations=False):
+    import random
+
+    qs = [{"image_id": i // 3 + 1, "question": f"question {i}?", "question_id": i * 10 + 7} for i in range(n)]
+    anns = [{"question_id": q["question_id"], "image_id": q["image_id"], "question_type": "what",
+             "answer_type": "other", "multiple_choice_answer": f"answer {i}",
+             "answers": [{"answer": f"answer {i}", "answer_confidence": "yes", "answer_id": j + 1} for j in range(10)]}
+            for i, q in enumerate(qs)]
+    if shuffle_annotations:
+        random.Random(0).shuffle(anns)
+    os.makedirs(os.path.join(root, "train2014"), exist_ok=True)
+    with open(os.path.join(root, "v2_OpenEnded_mscoco_train2014_questions.json"), "w") as f:
+        json.dump({"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {},
+                   "data_subtype": "train2014", "questions": qs}, f)
+    with open(os.path.join(root, "v2_mscoco_train2014_annotations.json"), "w") as f:
+        json.dump({"info": {}, "license": {}, "data_subtype": "train2014", "annotations": anns, "data_type": "mscoco"}, f)
+    for image_id in (1, 2):
+        open(os.path.join(root, "train2014", "COCO_train2014_%012d.jpg" % image_id), "wb").write(b"jpeg")
+
+
+def test_vqa_questions_and_annotations_pair_in_any_order(tmp_path):
+    _vqa_pair(str(tmp_path / "a"), 30)
+    _vqa_pair(str(tmp_path / "b"), 30, shuffle_annotations=True)
+    pairs = lambda root: sorted((i.source_id, i.outputs, i.source.rsplit("#", 1)[1])  # noqa: E731
+                                for i in get_task("vqa-v2").read_instances(root, "train") if isinstance(i, SourceInstance))
+    assert pairs(str(tmp_path / "a")) == pairs(str(tmp_path / "b")) and len(pairs(str(tmp_path / "a"))) == 6
+    # a question whose annotation is missing is rejected by name, whatever the order
+    path = tmp_path / "b" / "v2_mscoco_train2014_annotations.json"
+    data = json.load(open(path))
+    data["annotations"] = [a for a in data["annotations"] if a["question_id"] != 17]
+    json.dump(data, open(path, "w"))
+    good, bad = instances("vqa-v2", str(tmp_path / "b"), "train")
+    assert len(good) == 5 and [b.reason for b in bad if "annotation" in b.reason] == [
+        f"no annotation for question_id 17 in {path}"]
+
+
+def test_a_big_vqa_file_is_read_in_memory_far_below_its_parsed_size(tmp_path):
+    """VQA v2's train annotations are ~330 MB: the adapter streams both files (peak traced memory a
+    small fraction of what loading the annotation file alone takes)."""
+    import gc
+    import tracemalloc
+
+    root = str(tmp_path / "big")
+    _vqa_pair(root, 6_000)
+    gc.collect()
+    tracemalloc.start()
+    n = sum(1 for _ in get_task("vqa-v2").read_instances(root, "train"))
+    _, streamed = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    gc.collect()
+    tracemalloc.start()
+    with open(os.path.join(root, "v2_mscoco_train2014_annotations.json")) as f:
+        whole = json.load(f)
+    _, loaded = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del whole
+    assert n == 6_000
+    assert streamed * 10 < loaded, (streamed, loaded)

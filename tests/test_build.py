@@ -1,14 +1,16 @@
+import hashlib
 import io
 import json
 import os
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from ying.config import load_config
-from ying.data.build import (build_unified, build_unified_local, materialize_record, read_records, read_rejects,
-                              read_split)
+from ying.data.build import (build_unified, build_unified_local, iter_listing, materialize_record, read_records,
+                              read_rejects, read_split, reject_kind, sample_key)
 from ying.data.miniworld import generate_miniworld
 from ying.data.qc import check_records
 from ying.data.schema import RECORD_SCHEMA, validate_record
@@ -78,9 +80,34 @@ def test_records_are_valid_and_true(built):
     assert p[0] > 200 and p[1] < 70 and p[2] < 70  # the red box on the region's top edge
     vqa = next(r for r in rows if r["task"] == "vqa-v2")
     src = json.loads(vqa["meta"])
-    raw = open(os.path.join(os.path.dirname(os.path.dirname(src["source"].split("#")[0])), "vqa-v2", "train2014",
-                            "COCO_train2014_%012d.jpg" % src["image_id"]), "rb").read()
+    raw = open(os.path.join(built[1]["vqa-v2"], "train2014", "COCO_train2014_%012d.jpg" % src["image_id"]), "rb").read()
     assert vqa["images"][0] == raw  # no box: bytes as-is
+    for r in rows:  # the build states the digest of every image it decoded (QC need not decode again)
+        assert json.loads(r["meta"])["image_sha256"] == [hashlib.sha256(b).hexdigest() for b in r["images"]]
+
+
+def test_meta_source_names_the_file_relative_to_the_source_root(built):
+    _, roots, out, _, _ = built
+    for split in ("train", "validation"):
+        for r in read_records(out, split, ["vqa-v2"]):
+            source = json.loads(r["meta"])["source"]
+            assert source.startswith(f"v2_OpenEnded_mscoco_{'train' if split == 'train' else 'val'}2014_questions.json#questions[")
+            assert roots["vqa-v2"] not in r["meta"]
+    # rejects keep the full path: a person has to open that file
+    assert all(r["source"].startswith(roots[r["task"]]) for r in read_rejects(out))
+
+
+def test_the_same_sources_elsewhere_give_the_same_records(tmp_path):
+    """meta.source is relative: copying the releases to another directory changes no record."""
+    cfg = load_config("tiny", overrides=["data.tasks=[coco,coco-goi]", "data.held_out=[]"])
+    a = generate_miniworld(str(tmp_path / "machine-a"), small_cfg(3), seed=0, tasks=["coco", "coco-goi"])
+    b = {t: str(tmp_path / "elsewhere" / "b" / t) for t in a}
+    for t in a:
+        shutil.copytree(a[t], b[t])
+    build_unified_local(cfg, a, str(tmp_path / "ua"))
+    build_unified_local(cfg, b, str(tmp_path / "ub"))
+    for split in ("train", "validation"):
+        assert read_records(str(tmp_path / "ua"), split) == read_records(str(tmp_path / "ub"), split)
 
 
 def test_bad_images_rejected_with_reason(built):
@@ -119,25 +146,100 @@ def test_qc_sets_aside_a_bad_record_and_keeps_the_rest(tmp_path):
     (tmp_path / "in" / "records" / "train").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([good, bad, broken], schema=RECORD_SCHEMA),
                    tmp_path / "in" / "records" / "train" / "part-0.parquet")
-    qc = check_records(str(tmp_path / "in"), str(tmp_path / "out"))
+    qc = check_records(str(tmp_path / "in"), str(tmp_path / "out"), use_ray=False)
     assert (qc["checked"], qc["passed"], qc["rejected"]) == (3, 1, 2)
     assert [r["id"] for r in read_records(str(tmp_path / "out"), "train")] == ["t-train-1"]
     reasons = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
     assert reasons["t-train-2"] == "empty output" and "image 0" in reasons["t-train-3"]
 
 
-def test_max_per_split_and_bomb_limit(tmp_path):
+def test_qc_decodes_only_the_images_the_build_did_not_vouch_for(tmp_path):
+    import pyarrow as pa
+
+    def png(c):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), c).save(buf, "PNG")
+        return buf.getvalue()
+
+    good, other = png((1, 2, 3)), png((4, 5, 6))
+    sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    base = {"task": "coco", "category": "captioning", "lang": "en", "split": "train", "instruction": "Describe it.",
+            "inputs": "", "outputs": "a square"}
+    rows = [{**base, "id": "vouched", "images": [good], "meta": json.dumps({"image_sha256": [sha(good)]})},
+            # bytes changed after the build: the statement no longer matches, so QC decodes (and rejects)
+            {**base, "id": "changed", "images": [b"\x89PNG broken"], "meta": json.dumps({"image_sha256": [sha(good)]})},
+            {**base, "id": "imported", "images": [other], "meta": "{}"}]  # no statement: decoded
+    (tmp_path / "in" / "records" / "train").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), tmp_path / "in" / "records" / "train" / "a.parquet")
+    qc = check_records(str(tmp_path / "in"), str(tmp_path / "out"), use_ray=False)
+    assert (qc["images_decoded"], qc["images_spared"], qc["rejected"]) == (2, 1, 1)
+    assert [r["id"] for r in read_records(str(tmp_path / "out"), "train")] == ["vouched", "imported"]
+    qc = check_records(str(tmp_path / "in"), str(tmp_path / "out2"), use_ray=False, trust_build=False)
+    assert (qc["images_decoded"], qc["images_spared"]) == (3, 0)
+
+
+def test_bomb_limit(tmp_path):
     roots = generate_miniworld(str(tmp_path), small_cfg(3), seed=0, tasks=["coco"])
     inst = next(get_task("coco").read_instances(roots["coco"], "train"))
     rej = materialize_record(inst.__dict__, seed=0, frames_per_video=8, max_image_pixels=1000)
     assert "max_image_pixels" in rej["reason"] and rej["source"] == inst.source
 
 
-def test_max_per_split_caps(ray_cluster, tmp_path):
-    cfg = load_config("tiny", overrides=["data.max_per_split=2", "data.tasks=[coco]", "data.held_out=[]"])
-    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(3), seed=0, tasks=["coco"])
-    stats = build_unified(cfg, roots, str(tmp_path / "u"))
-    assert all(c["read"] == 2 and c["written"] == 2 for c in stats["coco"].values())
+def test_max_per_split_draws_a_seeded_random_sample_not_the_first_records(ray_cluster, tmp_path):
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(20), seed=0, tasks=["coco"])
+
+    def sample(seed, build=build_unified_local):
+        cfg = load_config("tiny", overrides=["data.max_per_split=5", "data.tasks=[coco]", "data.held_out=[]",
+                                             f"run.seed={seed}"])
+        out = str(tmp_path / f"u{seed}")
+        stats = build(cfg, roots, out)
+        assert all(c["read"] == c["written"] == 5 for c in stats["coco"].values())
+        assert stats["coco"]["train"]["offered"] == 40  # 20 images x 2 captions: the pool sampled from
+        return [r["id"] for r in read_records(out, "train")]
+
+    first = [f"coco-train-{i.source_id}" for i in get_task("coco").read_instances(roots["coco"], "train")][:5]
+    a, b = sample(0, build_unified), sample(1)  # on Ray Data, and in one process: the same listing code
+    assert sorted(a) != sorted(first)  # not the first five
+    assert sorted(a) != sorted(b)  # the seed draws another sample
+    assert sample(0) == a  # and the same seed the same one
+
+
+class _ManyRecords:
+    """An adapter module stand-in: ``n`` instances and a reject every 1,000th record."""
+
+    def __init__(self, n):
+        self.n = n
+        self.SPEC = get_task("coco").SPEC
+
+    def read_instances(self, root, split):
+        from ying.data.schema import Reject, SourceInstance
+
+        for i in range(self.n):
+            if i % 1000 == 999:
+                yield Reject("coco", split, f"{root}/a.json#[{i}]", "missing field 'x'")
+            else:
+                yield SourceInstance("coco", split, f"s{i}", f"{root}/a.json#[{i}]", "", f"caption {i}", [f"{root}/{i}.jpg"])
+
+
+def test_the_sample_is_the_bottom_k_of_a_seeded_hash_kept_in_a_heap_of_k(monkeypatch):
+    import ying.data.build as build
+
+    monkeypatch.setattr(build, "get_task", lambda task: _ManyRecords(20_000))
+    tally = {}
+    rows = list(iter_listing("coco", "/r", "train", cap=50, seed=7, tally=tally))
+    rejects = [r for r in rows if r["kind"] == "reject"]
+    kept = [r for r in rows if r["kind"] == "instance"]
+    assert len(rejects) == 20 and len(kept) == 50 and tally["offered"] == 20_000 - 20
+    ids = [json.loads(r["instance"])["source_id"] for r in kept]
+    every = sorted((sample_key(7, "coco", "train", f"s{i}"), f"s{i}") for i in range(20_000) if i % 1000 != 999)
+    assert sorted(ids) == sorted(i for _, i in every[:50])  # exactly the 50 smallest keys
+    assert [r["index"] for r in kept] == sorted(r["index"] for r in kept)  # in source order
+    assert max(r["index"] for r in kept) > 10_000  # drawn from the whole stream
+    # Growing the release only changes the sample where the new records land.
+    monkeypatch.setattr(build, "get_task", lambda task: _ManyRecords(10_000))
+    half = {json.loads(r["instance"])["source_id"] for r in iter_listing("coco", "/r", "train", cap=50, seed=7)
+            if r["kind"] == "instance"}
+    assert {i for i in ids if int(i[1:]) < 10_000} <= half
 
 
 def test_local_build_gives_the_same_records_rejects_and_counts(built, tmp_path):
@@ -153,19 +255,72 @@ def test_local_build_gives_the_same_records_rejects_and_counts(built, tmp_path):
     assert sorted(os.listdir(out)) == ["records", "rejects"] == sorted(os.listdir(local))
 
 
-def test_many_chunks_rebuild_in_place_without_duplicates(ray_cluster, tmp_path, monkeypatch):
-    import ying.data.build as build
+def test_listing_runs_as_one_cpu_ray_tasks_one_per_task_and_split(built, ray_cluster):
+    from ray.util.state import list_tasks
 
-    monkeypatch.setattr(build, "_CHUNK_ROWS", 4)  # chunks are cut in the driver: 4 instances per Ray task
-    cfg = load_config("tiny", overrides=["data.tasks=[coco,vqa-v2]", "data.held_out=[]"])
-    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(9), seed=0, tasks=["coco", "vqa-v2"])
+    cfg = built[0]
+    tasks = list_tasks(address=ray_cluster.dashboard_url, filters=[("func_or_class_name", "=", "list_split")],
+                       detail=True, limit=10_000)
+    assert len({t["task_id"] for t in tasks}) >= sum(len(get_task(t).SPEC.splits) for t in cfg.data.tasks)
+    assert all(t["required_resources"].get("CPU") == 1.0 for t in tasks)
+
+
+def test_many_chunks_rebuild_in_place_without_duplicates(ray_cluster, tmp_path, capfd):
+    # 4 instances per chunk (one build call each); progress every call
+    cfg = load_config("tiny", overrides=["data.tasks=[coco,vqa-v2]", "data.held_out=[]", "data.chunk_rows=4",
+                                         "data.progress_interval_s=0"])
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(4), seed=0, tasks=["coco", "vqa-v2"])
     out = str(tmp_path / "u")
     first = build_unified(cfg, roots, out)
-    again = build_unified(cfg, roots, out)  # a rerun replaces the shards, never adds to them
+    again = build_unified_local(cfg, roots, out)  # a rerun (same chunks, same file names) replaces the shards
     assert first == again
     train = read_records(out, "train")
     assert len(train) == len({r["id"] for r in train}) == first["coco"]["train"]["written"] + first["vqa-v2"]["train"]["written"]
     assert len(os.listdir(os.path.join(out, "records", "train"))) >= len(train) // 4
+    # One progress line per step: done, total, rate, ETA (no control codes), the last one final.
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("[ying] unify: ")]
+    total = sum(c["read"] for s in first.values() for c in s.values())
+    assert any("ETA" in line for line in lines) and "\r" not in "".join(lines)
+    assert lines[-1].startswith(f"[ying] unify: {total:,}/{total:,} records (100.0%)") and "0 rejected" in lines[-1]
+
+
+def test_each_chunk_counts_its_records_in_the_metrics_as_it_ends(tmp_path, monkeypatch):
+    """The build's actors bump ying_records_built / ying_records_rejected per chunk (tagged by task and
+    a low-cardinality reject kind), not the stage once at the end."""
+    import pyarrow as pa
+
+    import ying.data.build as build
+    from ying import telemetry
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def inc(self, n, tags):
+            self.calls.append((n, tags))
+
+    built_counter, rejected_counter = Recorder(), Recorder()
+    monkeypatch.setattr(telemetry, "records_counter", lambda: built_counter)
+    monkeypatch.setattr(telemetry, "records_rejected_counter", lambda: rejected_counter)
+    cfg = load_config("tiny", overrides=["data.tasks=[coco]", "data.held_out=[]", "data.chunk_rows=5"])
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(5), seed=0, tasks=["coco"])
+    img = next(get_task("coco").read_instances(roots["coco"], "train")).image_paths[0]
+    open(img, "wb").write(b"not a jpeg")
+    listing = build.list_split("coco", roots["coco"], "train", None, 0, str(tmp_path / "l"), 5)
+    assert len(listing["paths"]) == 2  # 10 captions in chunks of 5
+    builder = build._ChunkBuilder()
+    for n, path in enumerate(listing["paths"], start=1):
+        builder(pa.table({"path": [path]}), **build._build_kwargs(cfg, str(tmp_path / "u")))
+        assert len(built_counter.calls) == n  # counted as each chunk ends
+    assert sum(c for c, _ in built_counter.calls) == 8 and {t["task"] for _, t in built_counter.calls} == {"coco"}
+    assert rejected_counter.calls == [(2, {"task": "coco", "reason": "image does not decode"})]
+
+
+def test_reject_kinds_are_short_and_free_of_paths_and_numbers():
+    assert reject_kind("/d/train2014/x.jpg: image does not decode: UnidentifiedImageError") == "image does not decode"
+    assert reject_kind("missing image file train2014/COCO_train2014_000000000001.jpg") == "missing image file <path>"
+    assert reject_kind("box [50.0, 50.0, 40.0, 40.0] outside the 64x64 image") == "box [N.N, N.N, N.N, N.N] outside the NxN image"
+    assert reject_kind("missing field 'question'") == "missing field 'question'"
 
 
 def test_an_instance_that_crashes_is_rejected_and_the_run_completes(tmp_path, monkeypatch):

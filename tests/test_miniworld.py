@@ -81,14 +81,21 @@ def test_real_file_layouts(world):
     image, kind, n = key.split("#")
     assert image.endswith(".jpg") and kind == "zhc" and n == "0"
     assert "的背景上" in caption and caption.isprintable()
+    numbers = [ln.split(" ", 1)[0].rsplit("#", 1)[1] for ln in open(os.path.join(data, "flickr8kzhc.caption.txt"), encoding="utf-8")]
+    assert numbers == sorted(numbers)  # as the release: every image's caption 0, then every caption 1
+    assert list(json.load(open(os.path.join(world["coco-goi"], "annotations", "instances_train2014.json")))) == [
+        "info", "images", "licenses", "annotations", "categories"]  # COCO's key order: categories last
     train_ids = open(os.path.join(data, "flickr8ktrain.txt")).read().split()
     assert len(train_ids) == 4 and os.path.exists(os.path.join(world["flickr8k-cn"], "Flicker8k_Dataset", train_ids[0] + ".jpg"))
 
     qa = json.load(open(os.path.join(world["msrvtt-qa"], "train_qa.json")))
-    assert set(qa[0]) == {"question", "answer", "video_id", "id"}
+    assert set(qa[0]) == {"question", "answer", "video_id", "id", "category_id"}
     for name in ("val_qa.json", "test_qa.json"):
         assert os.path.exists(os.path.join(world["msrvtt-qa"], name))
-    with av.open(os.path.join(world["msrvtt-qa"], "videos", f"video{qa[0]['video_id']}.mp4")) as c:
+    # MSR-VTT's own folders: train and val clips in TrainValVideo/, test clips in TestVideo/
+    test_qa = json.load(open(os.path.join(world["msrvtt-qa"], "test_qa.json")))
+    assert os.path.exists(os.path.join(world["msrvtt-qa"], "TestVideo", f"video{test_qa[0]['video_id']}.mp4"))
+    with av.open(os.path.join(world["msrvtt-qa"], "TrainValVideo", f"video{qa[0]['video_id']}.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 16
 
 
@@ -154,10 +161,10 @@ def test_video_answers_true(world):
     scenes = json.load(open(os.path.join(root, "_miniworld", "scenes.json")))
     qa = json.load(open(os.path.join(root, "train_qa.json")))
     for item in qa:
-        clip = scenes[f"videos/video{item['video_id']}.mp4"]
+        clip = scenes[f"TrainValVideo/video{item['video_id']}.mp4"]
         if item["question"].startswith("which way"):
             assert item["answer"] == clip["direction"]
-            with av.open(os.path.join(root, "videos", f"video{item['video_id']}.mp4")) as c:
+            with av.open(os.path.join(root, "TrainValVideo", f"video{item['video_id']}.mp4")) as c:
                 frames = [f.to_image().convert("RGB") for f in c.decode(video=0)]
             # where is the shape's colour, first vs last frame
             def centroid(im):

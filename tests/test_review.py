@@ -1,4 +1,5 @@
-"""The QC review page: seeded samples per task and split, images inline, every text escaped."""
+"""The QC review pages: seeded samples, one compact page per task and split behind an index, images
+inline, every text escaped."""
 
 import base64
 import hashlib
@@ -67,33 +68,39 @@ def test_samples_are_per_task_and_split_capped_and_seeded(data_dir):
     assert len(a[("coco", "validation")]) == 1  # fewer records than asked: all of them
 
 
-def test_page_has_index_inline_images_and_the_record_fields(data_dir, tmp_path):
+def test_index_links_one_page_per_task_and_split_with_one_row_per_record(data_dir, tmp_path):
     out = str(tmp_path / "review.html")
     result = write_review_page(data_dir, out, per_split=20, seed=0)
-    assert result == {"path": out, "sections": 4, "records": 20 + 1 + 1 + 1}
-    page = open(out, encoding="utf-8").read()
-    for anchor in ("vqa-v2--train", "msrvtt-qa--train", "vqa-v2--validation", "coco--validation"):
-        assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page
-    assert "http://" not in page and "https://" not in page and "<link" not in page  # self-contained
-    # Every image is inline and decodes to the record's own bytes; a video's frames stay in order.
+    names = ["coco--validation", "msrvtt-qa--train", "vqa-v2--train", "vqa-v2--validation"]
+    assert result == {"path": out, "sections": 4, "records": 20 + 1 + 1 + 1,
+                      "pages": [str(tmp_path / "review" / f"{n}.html") for n in names]}
+    index = open(out, encoding="utf-8").read()
+    assert all(f'href="review/{n}.html"' in index for n in names)
+    pages = {n: open(tmp_path / "review" / f"{n}.html", encoding="utf-8").read() for n in names}
+    for page in (index, *pages.values()):
+        assert "http://" not in page and "https://" not in page and "<link" not in page  # self-contained
     sample = sample_records(data_dir, per_split=20, seed=0)
+    # One table row per record: images, instruction, inputs and output side by side; id and meta folded.
+    page = pages["vqa-v2--train"]
+    rows = page.split("<tr>")[2:]  # [0] before the table, [1] the header
+    assert len(rows) == 20 and 'id="vqa-v2--train"' in page and 'href="../review.html"' in page
+    for rec, row in zip(sample[("vqa-v2", "train")], rows):
+        assert base64.b64encode(rec["images"][0]).decode() in row
+        assert all(rec[k] in row for k in ("instruction", "inputs", "outputs"))
+        details = row[row.index("<details>"): row.index("</details>")]
+        assert rec["id"] in details and "&quot;source_id&quot;: &quot;" in details  # meta, pretty JSON, escaped
+    # A video's frames sit inline in its one row, in order.
     video = sample[("msrvtt-qa", "train")][0]
-    start = page.index('<h2 id="msrvtt-qa--train"')
-    block = page[start: page.index("<h2", start + 1)]  # that section holds the one video record
-    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', block)
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', pages["msrvtt-qa--train"])
     assert [base64.b64decode(u) for u in uris] == video["images"]
-    first = sample[("vqa-v2", "train")][0]
-    assert base64.b64encode(first["images"][0]).decode() in page
-    assert first["inputs"] in page and first["outputs"] in page and "Answer the question." in page
-    assert "&quot;source_id&quot;: &quot;" in page  # meta, pretty-printed JSON, escaped
     # An image bigger than the page shows is a thumbnail, and says so.
-    assert "PNG 1000x800, shown as 768x614 thumbnail" in page
+    assert "PNG 1000x800, shown as 768x614 thumbnail" in pages["coco--validation"]
 
 
 def test_every_text_field_is_html_escaped(data_dir, tmp_path):
     out = str(tmp_path / "review.html")
     write_review_page(data_dir, out)
-    page = open(out, encoding="utf-8").read()
+    page = open(tmp_path / "review" / "vqa-v2--validation.html", encoding="utf-8").read()
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; done" in page
     assert "<b>bold</b>" not in page and "&lt;/pre&gt;&lt;b&gt;bold&lt;/b&gt;" in page
@@ -103,3 +110,4 @@ def test_cli_writes_the_page(data_dir, capsys):
     main(["review", "--data-dir", data_dir, "--per-split", "5", "--seed", "3"])
     assert "wrote 8 records in 4 task/split sections" in capsys.readouterr().out
     assert os.path.exists(os.path.join(data_dir, "review.html"))
+    assert len(os.listdir(os.path.join(data_dir, "review"))) == 4

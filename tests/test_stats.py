@@ -13,7 +13,7 @@ from PIL import Image
 
 from ying.cli import main
 from ying.data.schema import RECORD_SCHEMA
-from ying.data.stats import count_instruction_tokens, instance_stats, instruction_stats
+from ying.data.stats import PAPER_TABLE9, count_instruction_tokens, instance_stats, instruction_stats, write_stats
 from ying.data.tasks import TASKS
 
 
@@ -113,13 +113,39 @@ def test_cli_names_a_missing_data_dir(tmp_path, capsys):
     assert "(no records under" in capsys.readouterr().out
 
 
-def test_qc_stage_writes_stats_and_review_and_the_run_report_includes_them(data_dir, tmp_path):
+def test_table9_of_the_paper_sums_to_its_table3():
+    """The transcribed Table 9, checked against the category totals of Table 3 (two of which the
+    paper itself does not add up to; see PAPER_TABLE9)."""
+    table3 = {"captioning": (679_087, 41_462, 27_499), "classification": (238_303, 100_069, 21_206),
+              "vqa": (177_633, 46_314, 10_828), "kvqa": (39_981, 11_682, 5_477), "generation": (145_000, 11_315, 17_350),
+              "video": (20_868, 7_542, 9_294)}
+    assert set(PAPER_TABLE9) == set(TASKS)
+    for category, totals in table3.items():
+        tasks = [t for t, m in TASKS.items() if m.SPEC.category == category]
+        assert tuple(sum(PAPER_TABLE9[t][i] for t in tasks) for i in range(3)) == totals, category
+
+
+def test_counts_stand_beside_table9_only_for_tasks_built_from_real_releases(data_dir, tmp_path, capsys):
+    result = write_stats(data_dir, data_dir, real_release_tasks=["coco"])  # vqa-v2 came from the mini-world
+    assert result["stats"]["paper_table9"] == {"coco": {"train": {"run": 4, "paper": 566_747},
+                                                        "validation": {"run": 1, "paper": 25_010},
+                                                        "test": {"run": 0, "paper": 25_010}}}
+    assert "| coco | 4 / 566,747 | 1 / 25,010 | 0 / 25,010 |" in result["markdown"]
+    assert "| vqa-v2 |" not in result["markdown"].split("beside the paper's Table 9")[1]
+    # `ying stats` later on the same dir compares the same tasks (recorded in releases.json)
+    main(["stats", "--data-dir", data_dir, "--out", str(tmp_path / "again")])
+    assert "| coco | 4 / 566,747 | 1 / 25,010 | 0 / 25,010 |" in capsys.readouterr().out
+    # a dataset built from the mini-world alone is never compared
+    assert "nothing to set beside Table 9" in write_stats(data_dir, str(tmp_path / "mw"), real_release_tasks=[])["markdown"]
+
+
+def test_qc_stage_writes_stats_and_review_and_the_run_report_includes_them(data_dir, tmp_path, ray_cluster):
     from ying.config import load_config
     from ying.eval.run_report import write_run_report
     from ying.pipeline import run_qc
     from ying.workflow import StageContext
 
-    cfg = load_config("tiny", overrides=[f"run.run_dir={tmp_path / 'run'}"])
+    cfg = load_config("tiny", overrides=[f"run.run_dir={tmp_path / 'run'}", f"data.sources.coco={tmp_path / 'coco'}"])
     qc_dir = str(tmp_path / "run" / "qc")
     ctx = StageContext(cfg=cfg, stage_dir=qc_dir, inputs={"rephrase": {"outputs": {"data_dir": data_dir}}})
     out = run_qc(ctx)
@@ -132,3 +158,4 @@ def test_qc_stage_writes_stats_and_review_and_the_run_report_includes_them(data_
     assert "## Dataset statistics (paper Tables 2, 3, 9)" in text
     assert "| captioning | coco | 4 | 1 | 0 | 5 |" in text
     assert "review.html" in text
+    assert "| coco | 4 / 566,747 | 1 / 25,010 | 0 / 25,010 |" in text  # coco came from a real release

@@ -94,7 +94,19 @@ class DataConfig(_Strict):
         return {task: _absolute_if_local(path) for task, path in v.items()}
     frames_per_video: int = 8  # the paper samples 8 frames uniformly
     max_image_pixels: int = 64_000_000  # larger images are rejected as decompression bombs
-    max_per_split: int | None = None  # cap instances per task and split (the paper samples subsets)
+    # Cap instances per task and split with a seeded random sample (run.seed), as the paper sampled
+    # subsets (Appendix A.4); None: every instance.
+    max_per_split: int | None = Field(None, ge=1)
+    # Contamination guard (QC): "drop" takes training records that show an evaluation image out of
+    # training, "report" only lists them (qc/contamination.jsonl), "off" does not look.
+    contamination_guard: Literal["drop", "report", "off"] = "drop"
+    # Kinds of shared image the guard lets through in "drop" mode (ying.data.contamination lists them),
+    # e.g. [karpathy-restval] to train on Karpathy's restval as the paper's Table 9 counts do.
+    contamination_allow: list[Literal["karpathy-restval", "visdial-val2014", "eval-only-image",
+                                      "shared-coco-image", "same-image-bytes"]] = Field(default_factory=list)
+    chunk_rows: int = execution_only(256, ge=1)  # source instances per build call (one Parquet file per chunk and split)
+    workers: int | None = execution_only(None, ge=1)  # build and QC actors; None: one per CPU of the cluster
+    progress_interval_s: float = execution_only(10.0)  # seconds between the build's and QC's progress lines
     # Paper Figure 5: training records use only this many of each pool's 10 instructions (drawn by
     # seed); evaluation records use the whole pool, so the eval stage can score unseen instructions.
     # None: training uses all 10.
@@ -102,6 +114,20 @@ class DataConfig(_Strict):
     # Held-out policy (paper Figure 8): tasks never trained on in Stage II, evaluated zero-shot.
     held_out: list[str] = Field(default_factory=list)
     eval_only: list[str] = Field(default_factory=list)  # tasks whose every split is evaluation data
+
+    @field_validator("contamination_guard", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _allow_needs_drop(self) -> "DataConfig":
+        if self.contamination_allow and self.contamination_guard != "drop":
+            raise ValueError(
+                f"data.contamination_allow={self.contamination_allow} only applies when the guard drops records, "
+                f"but data.contamination_guard={self.contamination_guard!r}: set data.contamination_guard=drop "
+                "or data.contamination_allow=[]")
+        return self
 
 
 def _tasks_marked_for_rephrasing() -> list[str]:

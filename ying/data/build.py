@@ -1,21 +1,34 @@
-"""Unify source datasets into instruction records with Ray Data, in one streaming pass.
+"""Unify source datasets into instruction records with Ray, streaming, in two steps.
 
-The driver streams the listing (annotation parsing only, cheap) into chunk files; each Ray Data
-actor call then reads and checks a chunk's image bytes, draws region boxes, samples video frames,
-picks instructions (one plain function per instance: ``materialize_record``, testable without Ray)
-and writes the chunk's records to Parquet itself, a row group at a time. Only rejects and counts come
-back to the driver, so memory stays bounded whatever the dataset's size. Output layout:
+1. Listing: one Ray task (one CPU) per (task, split) runs the dataset's adapter, which streams its
+   annotation files, and writes the split's instances into chunk files of ``data.chunk_rows`` rows.
+   With ``data.max_per_split`` the task keeps a seeded random sample (the bottom-k of a hash of
+   seed, task, split and source id: the same sample whatever the file order, memory bounded by k).
+2. Build: a Ray Data actor per CPU takes chunk after chunk: reads and checks the images (one full
+   decode each), draws region boxes, samples video frames, picks instructions (one plain function
+   per instance: ``materialize_record``, testable without Ray) and writes the chunk's records to
+   Parquet itself, a row group at a time, emitting the built/rejected counters as it goes. Only
+   rejects and counts come back to the driver, which prints one progress line.
+
+Memory stays bounded whatever the dataset's size: one annotation entry (or the sample) per listing
+task, a row group per actor, nothing big in the object store. Output layout:
 
     <out_dir>/records/<split>/<task>-<split>-<index>.parquet   RECORD_SCHEMA rows, one file per chunk
     <out_dir>/rejects/rejects.jsonl   {task, split, source, reason}: adapter and build rejects
 
-For every task and split, read = written + rejected (checked, not assumed).
+Records name their source file relative to the source root (``meta.source``), so the same inputs
+give the same rows on any machine, and carry ``meta.image_sha256``, the digests of the image bytes
+this build decoded, so QC need not decode them again. For every task and split,
+read = written + rejected (checked, not assumed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import io
 import json
+import re
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -35,6 +48,9 @@ if TYPE_CHECKING:  # Ray workers import this module; they need no pydantic confi
 __all__ = [
     "check_image_bytes",
     "materialize_record",
+    "sample_key",
+    "list_split",
+    "reject_kind",
     "build_unified",
     "build_unified_local",
     "build_chunk",
@@ -86,14 +102,23 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+def relative_source(source: str, root: str | None) -> str:
+    """``source`` with the source root taken off every path in it ("<root>/a.json#x" -> "a.json#x")."""
+    if not root:
+        return source
+    return source.replace(root.rstrip("/") + "/", "")
+
+
 def materialize_record(
     instance_dict: dict[str, Any], seed: int, frames_per_video: int, max_image_pixels: int,
-    train_instructions: int | None = None,
+    train_instructions: int | None = None, source_root: str | None = None,
 ) -> dict[str, Any]:
     """A SourceInstance (as a dict) -> a RECORD_SCHEMA row, or a REJECT_SCHEMA row with its reason.
 
     ``train_instructions``: training records draw from that many of their pool's instructions
-    (paper Figure 5); evaluation records always draw from the whole pool.
+    (paper Figure 5); evaluation records always draw from the whole pool. ``source_root``: the
+    task's source root, taken off ``meta.source`` (rejects keep the full path, for the person who
+    has to open the file).
     """
     inst = SourceInstance(**instance_dict)
 
@@ -145,6 +170,10 @@ def materialize_record(
     )
     if frame_count is not None:
         meta["frames"] = frame_count
+    meta["source"] = relative_source(inst.source, source_root)
+    # Every image stored here decoded fully above (or was encoded here): QC hashes the bytes anyway
+    # for its contamination guard and skips the decode when they match.
+    meta["image_sha256"] = [hashlib.sha256(b).hexdigest() for b in images]
     return {
         "id": record_id,
         "task": inst.task,
@@ -160,52 +189,121 @@ def materialize_record(
     }
 
 
-# Listing rows: what the driver's listing writes into chunk files for the builders, one per source
-# record read.
-# kind "instance" carries a SourceInstance as JSON; "reject" an adapter reject with its reason;
-# "count" closes a (task, split) with how many source records it read, so the driver can check that
-# no chunk was lost on the way (read = written + rejected).
+# Listing rows: what a listing task writes into chunk files for the builders, one per source record
+# kept: kind "instance" carries a SourceInstance as JSON, "reject" an adapter reject with its reason.
+# ``index`` is the record's position in the adapter's stream (unique per task and split), ``root`` the
+# task's source root (taken off meta.source).
 _LISTING_SCHEMA = pa.schema(
     [("kind", pa.string()), ("task", pa.string()), ("split", pa.string()), ("index", pa.int64()),
-     ("instance", pa.string()), ("source", pa.string()), ("reason", pa.string()), ("read", pa.int64())]
+     ("root", pa.string()), ("instance", pa.string()), ("source", pa.string()), ("reason", pa.string())]
 )
-# What a build chunk reports back to the driver: rejects with their reasons, records written per
-# task and split, and the listing's read counts. Small whatever the chunk: images never travel
-# back through the object store.
+# What a build chunk reports back to the driver: rejects with their reasons and records written per
+# task and split. Small whatever the chunk: images never travel back through the object store.
 _OUTCOME_SCHEMA = pa.schema(
     [("task", pa.string()), ("split", pa.string()), ("index", pa.int64()), ("source", pa.string()),
-     ("reason", pa.string()), ("written", pa.int64()), ("read", pa.int64())]
+     ("reason", pa.string()), ("written", pa.int64())]
 )
-# Listing rows per chunk (one builder call, one Parquet file per split it touches): big enough that
-# per-call overhead is small, small enough that 2 CPUs get a dozen chunks from a few thousand
-# records to balance the slow ones (videos, big images) between them, and the tail stays short.
-_CHUNK_ROWS = 256
 # Parquet row groups are flushed at whichever limit comes first: memory per builder stays bounded
 # by one row group, however big the chunk or the images.
 _ROW_GROUP_ROWS = 256
 _ROW_GROUP_BYTES = 32 * 1024 * 1024
 
 
-def iter_listing(task: str, root: str, split: str, cap: int | None) -> Iterator[dict[str, Any]]:
-    """Listing rows of one task's split: its adapter's instances and rejects, then a count row.
-    Parses annotations only; no image is opened."""
+def sample_key(seed: int, task: str, split: str, source_id: str) -> int:
+    """Where a source record falls in the seeded random order that ``max_per_split`` samples from."""
+    digest = hashlib.blake2b(f"{seed}\x00{task}\x00{split}\x00{source_id}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def iter_listing(task: str, root: str, split: str, cap: int | None = None, seed: int = 0,
+                 tally: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+    """Listing rows of one task's split: its adapter's rejects as they come and its instances,
+    all of them, or with ``cap`` a seeded random sample of ``cap`` (in source order, after the
+    rejects). Parses annotations only; no image is opened.
+
+    The sample is the ``cap`` instances with the smallest ``sample_key``: a heap of ``cap`` entries
+    is all it holds, however long the split, and growing a release changes it only where the new
+    records land. Adapter rejects are all kept (they say what is wrong with the source).
+    ``tally`` (if given) gets ``offered``: the instances the sample was drawn from.
+    """
     adapter = get_task(task)
-    n = 0
-    for item in adapter.read_instances(root, split):
-        if cap is not None and n >= cap:
-            break
-        row = {"kind": "instance", "task": task, "split": split, "index": n, "instance": "",
-               "source": "", "reason": "", "read": 0}
+    offered = 0
+    heap: list[tuple[int, int, dict]] = []  # (-key, -index, row): the largest key on top, evicted first
+
+    def row(n: int) -> dict[str, Any]:
+        return {"kind": "instance", "task": task, "split": split, "index": n, "root": root, "instance": "",
+                "source": "", "reason": ""}
+
+    for n, item in enumerate(adapter.read_instances(root, split)):
+        r = row(n)
         if isinstance(item, Reject):
-            row.update(kind="reject", source=item.source, reason=item.reason)
-        else:
+            r.update(kind="reject", source=item.source, reason=item.reason)
+            yield r
+            continue
+        offered += 1
+        if cap is None:
             # vars(), not dataclasses.asdict: asdict deep-copies every nested list, and cost a third
-            # of the listing's time, which runs serially before the build starts.
-            row["instance"] = json.dumps(vars(item), ensure_ascii=False)
-        n += 1
-        yield row
-    yield {"kind": "count", "task": task, "split": split, "index": n, "instance": "", "source": "",
-           "reason": "", "read": n}
+            # of the listing's time.
+            r["instance"] = json.dumps(vars(item), ensure_ascii=False)
+            yield r
+            continue
+        entry = (-sample_key(seed, task, split, item.source_id), -n)
+        if len(heap) >= cap and (cap <= 0 or entry <= heap[0][:2]):
+            continue  # not among the cap smallest keys: never serialized
+        r["instance"] = json.dumps(vars(item), ensure_ascii=False)
+        if len(heap) < cap:
+            heapq.heappush(heap, (*entry, r))
+        else:
+            heapq.heapreplace(heap, (*entry, r))
+    for _, _, r in sorted(heap, key=lambda e: -e[1]):  # the sample, in source order
+        yield r
+    if tally is not None:
+        tally["offered"] = offered
+
+
+def list_split(task: str, root: str, split: str, cap: int | None, seed: int, listing_dir: str,
+               chunk_rows: int) -> dict[str, Any]:
+    """Write one task's split as listing chunk files of ``chunk_rows`` rows under
+    ``<listing_dir>/<task>--<split>/``; returns ``{task, split, paths, read, offered}`` (``read``:
+    rows listed, i.e. instances kept plus adapter rejects). The unit of work of the listing step
+    (a Ray task in ``build_unified``)."""
+    base = storage.join(listing_dir, f"{task}--{split}")
+    fs, p = storage.filesystem(base)
+    fs.makedirs(p, exist_ok=True)
+    paths: list[str] = []
+    tally: dict[str, int] = {}
+    read = 0
+
+    def flush(rows: list[dict]) -> None:
+        path = storage.join(base, f"chunk-{len(paths):07d}.parquet")
+        cfs, cp = storage.filesystem(path)
+        with cfs.open(cp, "wb") as f:
+            pq.write_table(pa.Table.from_pylist(rows, schema=_LISTING_SCHEMA), f, compression="zstd")
+        paths.append(path)
+
+    chunk: list[dict] = []
+    for r in iter_listing(task, root, split, cap, seed, tally):
+        chunk.append(r)
+        read += 1
+        if len(chunk) >= chunk_rows:
+            flush(chunk)
+            chunk = []
+    if chunk:
+        flush(chunk)
+    return {"task": task, "split": split, "paths": paths, "read": read, "offered": tally.get("offered", 0)}
+
+
+_PATHLIKE = re.compile(r"\S*[/\\]\S*")
+
+
+def reject_kind(reason: str) -> str:
+    """A short, low-cardinality name for a reject reason (a metric tag): the reason's head with
+    paths and numbers taken out. "/d/x.jpg: image does not decode: ..." -> "image does not decode"."""
+    head, sep, rest = reason.partition(": ")
+    if sep and _PATHLIKE.fullmatch(head):
+        head = rest.partition(": ")[0]
+    head = _PATHLIKE.sub("<path>", head.split(":")[0])
+    return re.sub(r"\d+", "N", head).strip()[:48] or "other"
 
 
 class _SplitWriters:
@@ -265,21 +363,19 @@ def build_chunk(
     writers = _SplitWriters(out_dir, f"{first['task']}-{first['split']}-{first['index']:09d}.parquet")
     outcomes: list[dict[str, Any]] = []
 
-    def outcome(row: dict, source: str = "", reason: str = "", written: int = 0, read: int = 0) -> dict:
+    def outcome(row: dict, source: str = "", reason: str = "", written: int = 0) -> dict:
         return {"task": row["task"], "split": row["split"], "index": row["index"], "source": source,
-                "reason": reason, "written": written, "read": read}
+                "reason": reason, "written": written}
 
     try:
         for row in rows:
-            if row["kind"] == "count":
-                outcomes.append(outcome(row, read=row["read"]))
-                continue
             if row["kind"] == "reject":
                 outcomes.append(outcome(row, source=row["source"], reason=row["reason"]))
                 continue
             inst = json.loads(row["instance"])
             try:
-                out = materialize_record(inst, seed, frames_per_video, max_image_pixels, train_instructions)
+                out = materialize_record(inst, seed, frames_per_video, max_image_pixels, train_instructions,
+                                         source_root=row.get("root"))
             except Exception as e:  # one broken instance (or an adapter's bug) must not kill the run
                 out = {"source": inst.get("source", ""), "reason": f"build failed: {type(e).__name__}: {e}"}
             if "reason" in out:
@@ -288,38 +384,9 @@ def build_chunk(
                 writers.add(out)
     finally:
         writers.close()
-    outcomes += [{"task": t, "split": s, "index": first["index"], "source": "", "reason": "", "written": n,
-                  "read": 0} for (t, s), n in writers.written.items()]
+    outcomes += [{"task": t, "split": s, "index": first["index"], "source": "", "reason": "", "written": n}
+                 for (t, s), n in writers.written.items()]
     return outcomes
-
-
-def _write_listing(cfg: YingConfig, sources: dict[str, str], listing_dir: str) -> list[str]:
-    """Stream every task's listing rows into Parquet chunk files of ``_CHUNK_ROWS`` rows under
-    ``listing_dir``; returns their paths. The driver holds one chunk at a time, never the whole
-    dataset's instances, and workers read the chunks from storage rather than the object store."""
-    fs, base = storage.filesystem(listing_dir)
-    if fs.exists(base):
-        fs.rm(base, recursive=True)
-    fs.makedirs(base, exist_ok=True)
-    paths: list[str] = []
-
-    def flush(rows: list[dict]) -> None:
-        path = storage.join(listing_dir, f"chunk-{len(paths):07d}.parquet")
-        cfs, p = storage.filesystem(path)
-        with cfs.open(p, "wb") as f:
-            pq.write_table(pa.Table.from_pylist(rows, schema=_LISTING_SCHEMA), f, compression="zstd")
-        paths.append(path)
-
-    chunk: list[dict] = []
-    for w in _task_splits(cfg, sources):
-        for row in iter_listing(w["task"], w["root"], w["split"], cfg.data.max_per_split):
-            chunk.append(row)
-            if len(chunk) >= _CHUNK_ROWS:
-                flush(chunk)
-                chunk = []
-    if chunk:
-        flush(chunk)
-    return paths
 
 
 def _build_listing_files(batch: pa.Table, out_dir: str, seed: int, frames_per_video: int,
@@ -334,12 +401,34 @@ def _build_listing_files(batch: pa.Table, out_dir: str, seed: int, frames_per_vi
     return pa.Table.from_pylist(outcomes, schema=_OUTCOME_SCHEMA)
 
 
+def _emit_metrics(outcomes: pa.Table) -> None:
+    """This chunk's records built and rejected, as Ray counters (telemetry.py), tagged by task
+    (and the reject's kind, paths and numbers taken out so the tag stays low-cardinality)."""
+    from .. import telemetry
+
+    written: dict[str, int] = {}
+    rejected: dict[tuple[str, str], int] = {}
+    for o in outcomes.to_pylist():
+        if o["reason"]:
+            key = (o["task"], reject_kind(o["reason"]))
+            rejected[key] = rejected.get(key, 0) + 1
+        elif o["written"]:
+            written[o["task"]] = written.get(o["task"], 0) + o["written"]
+    for task, n in written.items():
+        telemetry.records_counter().inc(n, tags={"task": task})
+    for (task, kind), n in rejected.items():
+        telemetry.records_rejected_counter().inc(n, tags={"task": task, "reason": kind})
+
+
 class _ChunkBuilder:
-    """Ray Data actor around ``_build_listing_files``: imports once, then builds chunk after chunk.
-    Its arguments come per call (no constructor arguments to keep alive in the object store)."""
+    """Ray Data actor around ``_build_listing_files``: imports once, then builds chunk after chunk,
+    counting each chunk's records in the pipeline's metrics as it ends. Its arguments come per call
+    (no constructor arguments to keep alive in the object store)."""
 
     def __call__(self, batch: pa.Table, **kwargs: Any) -> pa.Table:
-        return _build_listing_files(batch, **kwargs)
+        outcomes = _build_listing_files(batch, **kwargs)
+        _emit_metrics(outcomes)
+        return outcomes
 
 
 def _task_splits(cfg: YingConfig, sources: dict[str, str]) -> list[dict[str, str]]:
@@ -360,17 +449,43 @@ def _clear_records(out_dir: str) -> None:
             fs.rm(p, recursive=True)
 
 
-def _finish(out_dir: str, cfg: YingConfig, outcomes: list[dict]) -> dict:
-    """Fold outcomes into ``{task: {split: {read, written, rejected}}}``, check read = written +
-    rejected, and write rejects.jsonl (in task, split and source order, whatever order chunks ended)."""
-    stats = {t: {s: {"read": 0, "written": 0, "rejected": 0} for s in get_task(t).SPEC.splits}
+def _fresh_dir(path: str) -> None:
+    fs, p = storage.filesystem(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+    fs.makedirs(p, exist_ok=True)
+
+
+def _remove(path: str) -> None:
+    fs, p = storage.filesystem(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+def _listing_args(cfg: YingConfig, w: dict[str, str], listing_dir: str) -> tuple:
+    return (w["task"], w["root"], w["split"], cfg.data.max_per_split, cfg.run.seed, listing_dir, cfg.data.chunk_rows)
+
+
+def _build_kwargs(cfg: YingConfig, out_dir: str) -> dict[str, Any]:
+    return {"out_dir": out_dir, "seed": cfg.run.seed, "frames_per_video": cfg.data.frames_per_video,
+            "max_image_pixels": cfg.data.max_image_pixels, "train_instructions": cfg.data.train_instructions}
+
+
+def _finish(out_dir: str, cfg: YingConfig, listings: list[dict], outcomes: list[dict]) -> dict:
+    """Fold the listings' read counts and the chunks' outcomes into ``{task: {split: {read,
+    written, rejected, offered}}}``, check read = written + rejected, and write rejects.jsonl (in
+    task, split and source order, whatever order chunks ended)."""
+    stats = {t: {s: {"read": 0, "written": 0, "rejected": 0, "offered": 0} for s in get_task(t).SPEC.splits}
              for t in cfg.data.tasks}
+    for listing in listings:
+        c = stats[listing["task"]][listing["split"]]
+        c["read"] += listing["read"]
+        c["offered"] += listing["offered"]
     task_order = {t: i for i, t in enumerate(cfg.data.tasks)}
     split_order = {s: i for i, s in enumerate(SPLITS)}
     rejects: list[Reject] = []
     for o in sorted(outcomes, key=lambda o: (task_order[o["task"]], split_order[o["split"]], o["index"])):
         c = stats[o["task"]][o["split"]]
-        c["read"] += o["read"]
         c["written"] += o["written"]
         if o["reason"]:
             rejects.append(Reject(o["task"], o["split"], o["source"], o["reason"]))
@@ -386,67 +501,80 @@ def _finish(out_dir: str, cfg: YingConfig, outcomes: list[dict]) -> dict:
 
 def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dict:
     """Build every task in ``cfg.data.tasks`` from ``sources`` (task -> root); returns
-    ``{task: {split: {read, written, rejected}}}``.
+    ``{task: {split: {read, written, rejected, offered}}}`` (``offered``: the instances the adapter
+    gave, which ``data.max_per_split`` samples from).
 
-    One streaming pass: the driver streams the listing (annotations only) into chunk files of
-    ``_CHUNK_ROWS`` instances; then one Ray Data map (an actor per CPU) builds chunk after chunk,
-    each call materializing a chunk's records and writing them to Parquet itself, sending back
-    only rejects and counts. Memory is bounded by one chunk in the driver and a row group per
-    actor, whatever the dataset's size; nothing big ever sits in the object store.
+    Listing runs as one Ray task (one CPU) per (task, split), all at once where CPUs allow; then one
+    Ray Data map (an actor per CPU, or ``data.workers``) builds chunk after chunk, each call
+    writing its records to Parquet itself and sending back only rejects and counts. The driver
+    (the stage's own 0-CPU task) only folds counts and prints progress.
     """
     import ray
 
-    _task_splits(cfg, sources)  # a task without a source fails here, before anything is removed
+    from ..progress import ProgressLine
+
+    work = _task_splits(cfg, sources)  # a task without a source fails here, before anything is removed
     _clear_records(out_dir)
     listing_dir = storage.join(out_dir, "_listing")
-    paths = _write_listing(cfg, sources, listing_dir)
-    if not paths:  # no task to build: nothing for Ray to do
-        storage.filesystem(listing_dir)[0].rm(storage.filesystem(listing_dir)[1], recursive=True)
-        return _finish(out_dir, cfg, [])
-    n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths)).map_batches(
-        _ChunkBuilder,
-        batch_size=None,  # one block = one chunk file = one call (and one Parquet file per split)
-        batch_format="pyarrow",
-        num_cpus=1,
-        # An actor per CPU with the next chunk already queued: Ray Data notices a finished *task*
-        # only on its next scheduling tick (up to 0.1 s, often two ticks), which idled each CPU
-        # ~0.2 s per chunk with plain tasks; a queue of 2 keeps the tail to one chunk per actor.
-        # min_size=1: where other work holds CPUs, the build starts with what it gets.
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_cpus, initial_size=n_cpus,
-                                           max_tasks_in_flight_per_actor=2),
-        fn_kwargs={
-            "out_dir": out_dir,
-            "seed": cfg.run.seed,
-            "frames_per_video": cfg.data.frames_per_video,
-            "max_image_pixels": cfg.data.max_image_pixels,
-            "train_instructions": cfg.data.train_instructions,
-        },
-    )
+    _fresh_dir(listing_dir)
+    list_task = ray.remote(num_cpus=1)(list_split)
+    pending = {list_task.remote(*_listing_args(cfg, w, listing_dir)): i for i, w in enumerate(work)}
+    listed = ProgressLine("unify: listing", total=len(work), unit="task splits",
+                          interval_s=cfg.data.progress_interval_s)
+    results: dict[int, dict] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        results[pending.pop(done[0])] = ray.get(done[0])
+        listed.update(1)
+    listed.finish()
+    listings = [results[i] for i in range(len(work))]
+    paths = [p for listing in listings for p in listing["paths"]]
     outcomes: list[dict] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        outcomes += batch.to_pylist()
-    stats = _finish(out_dir, cfg, outcomes)
-    fs, p = storage.filesystem(listing_dir)
-    fs.rm(p, recursive=True)
+    if paths:
+        n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actors = max(1, min(cfg.data.workers or n_cpus, len(paths)))
+        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths)).map_batches(
+            _ChunkBuilder,
+            batch_size=None,  # one block = one chunk file = one call (and one Parquet file per split)
+            batch_format="pyarrow",
+            num_cpus=1,
+            # An actor per CPU with the next chunk already queued: Ray Data notices a finished *task*
+            # only on its next scheduling tick (up to 0.1 s, often two ticks), which idled each CPU
+            # ~0.2 s per chunk with plain tasks; a queue of 2 keeps the tail to one chunk per actor.
+            # min_size=1: where other work holds CPUs, the build starts with what it gets.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
+                                               max_tasks_in_flight_per_actor=2),
+            fn_kwargs=_build_kwargs(cfg, out_dir),
+        )
+        rejected = 0
+        line = ProgressLine("unify", total=sum(listing["read"] for listing in listings), unit="records",
+                            interval_s=cfg.data.progress_interval_s, extra=lambda: f"{rejected:,} rejected")
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = batch.to_pylist()
+            outcomes += rows
+            n_rejected = sum(1 for o in rows if o["reason"])
+            rejected += n_rejected
+            line.update(sum(o["written"] for o in rows) + n_rejected)
+        line.finish()
+    stats = _finish(out_dir, cfg, listings, outcomes)
+    _remove(listing_dir)
     return stats
 
 
 def build_unified_local(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dict:
     """The same build as ``build_unified`` in this one process, without Ray: the same listing,
-    chunk files and record functions, one chunk after another. Same outputs and counts; for
-    debugging and as the benchmark's baseline."""
-    _task_splits(cfg, sources)
+    chunk files and record functions, one after another. Same outputs and counts; for debugging
+    and as the benchmark's baseline."""
+    work = _task_splits(cfg, sources)
     _clear_records(out_dir)
     listing_dir = storage.join(out_dir, "_listing")
+    _fresh_dir(listing_dir)
+    listings = [list_split(*_listing_args(cfg, w, listing_dir)) for w in work]
     outcomes: list[dict] = []
-    for path in _write_listing(cfg, sources, listing_dir):
-        outcomes += _build_listing_files(pa.table({"path": [path]}), out_dir, cfg.run.seed,
-                                         cfg.data.frames_per_video, cfg.data.max_image_pixels,
-                                         cfg.data.train_instructions).to_pylist()
-    stats = _finish(out_dir, cfg, outcomes)
-    fs, p = storage.filesystem(listing_dir)
-    fs.rm(p, recursive=True)
+    for path in (p for listing in listings for p in listing["paths"]):
+        outcomes += _build_listing_files(pa.table({"path": [path]}), **_build_kwargs(cfg, out_dir)).to_pylist()
+    stats = _finish(out_dir, cfg, listings, outcomes)
+    _remove(listing_dir)
     return stats
 
 

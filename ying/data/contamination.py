@@ -18,6 +18,22 @@ be the next step.
     guard = ContaminationGuard()
     for rec in evaluation_records: guard.add_evaluation(rec)
     hit = guard.find(train_record)   # None, or (identity, "okvqa/validation")
+    contamination_kind(train_record, *hit)   # "karpathy-restval", "visdial-val2014", ...
+
+The guard keeps each identity as a 64-bit key in sorted numpy arrays (about 12 bytes per image), so
+the QC stage collects the evaluation images from its workers and ships one small object to every
+worker that checks training data, whatever the number of evaluation records.
+
+Why a training record is blocked (``CONTAMINATION_KINDS``; ``data.contamination_allow`` lets any of
+them through and ``data.contamination_guard`` turns the guard to "report" or "off"):
+
+- ``karpathy-restval``: a COCO caption record from Karpathy's ``restval`` (COCO val2014 pictures
+  that Karpathy's split trains on; the paper's Table 9 count of 566,747 COCO training captions
+  includes them);
+- ``visdial-val2014``: a VisDial v1.0 training dialog on a COCO val2014 picture;
+- ``eval-only-image``: the picture is in the train split of an evaluation-only task (ViQuAE, Winoground);
+- ``shared-coco-image``: another training record on a COCO picture that an evaluation split shows;
+- ``same-image-bytes``: byte-identical to an evaluation image, no COCO id involved.
 """
 
 from __future__ import annotations
@@ -26,7 +42,10 @@ import hashlib
 import json
 import re
 
-__all__ = ["COCO_ID_FIELDS", "image_identities", "ContaminationGuard", "contamination_reason"]
+import numpy as np
+
+__all__ = ["COCO_ID_FIELDS", "CONTAMINATION_KINDS", "image_digests", "image_identities", "identity_key",
+           "ContaminationGuard", "contamination_kind", "contamination_reason"]
 
 # Task -> (meta field holding the COCO 2014 image id, splits whose images are COCO images; None: all).
 # VisDial's val and test images are its own VisualDialog_{val,test}2018 photos, numbered apart from COCO.
@@ -42,6 +61,7 @@ COCO_ID_FIELDS: dict[str, tuple[str, frozenset[str] | None]] = {
     "fm-iqa": ("image_id", None),
     "visual-dialog": ("image_id", frozenset({"train"})),
 }
+CONTAMINATION_KINDS = ("karpathy-restval", "visdial-val2014", "eval-only-image", "shared-coco-image", "same-image-bytes")
 # COCO 2014 file names carry the id: COCO_val2014_000000290008(.jpg)
 _COCO_NAME = re.compile(r"COCO_(?:train|val|test)2014_(\d{12})")
 
@@ -60,15 +80,24 @@ def _coco_id(value) -> int | None:
     return None
 
 
-def image_identities(record: dict) -> set[str]:
-    """Every identity of the record's images: ``coco:<id>`` where known, and each image's sha256."""
-    ids = {f"sha256:{hashlib.sha256(bytes(data)).hexdigest()}" for data in record.get("images") or []}
+def _meta(record: dict) -> dict:
     try:
         meta = json.loads(record.get("meta") or "{}")
     except (TypeError, ValueError):
-        meta = {}
-    if not isinstance(meta, dict):
-        meta = {}
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def image_digests(record: dict) -> list[str]:
+    """sha256 (hex) of each stored image's bytes, in order."""
+    return [hashlib.sha256(bytes(data)).hexdigest() for data in record.get("images") or []]
+
+
+def image_identities(record: dict, digests: list[str] | None = None) -> set[str]:
+    """Every identity of the record's images: ``coco:<id>`` where known, and each image's sha256.
+    ``digests``: the images' sha256 when the caller has them already."""
+    ids = {f"sha256:{d}" for d in (image_digests(record) if digests is None else digests)}
+    meta = _meta(record)
     field = COCO_ID_FIELDS.get(record.get("task", ""))
     coco = None
     if field and (field[1] is None or record.get("split") in field[1]):
@@ -81,31 +110,108 @@ def image_identities(record: dict) -> set[str]:
     return ids
 
 
-def contamination_reason(identity: str, used_by: str) -> str:
-    return f"contamination: image {identity} is used by {used_by} evaluation"
+def identity_key(identity: str) -> int:
+    """A 64-bit key for an identity (the guard stores keys, not strings). Collisions are
+    negligible: about 1e-7 for a million evaluation images."""
+    if identity.startswith("sha256:"):
+        return int(identity[7:23], 16)  # the digest's first 8 bytes are already uniform
+    return int.from_bytes(hashlib.blake2b(identity.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def contamination_reason(identity: str, used_by: str, kind: str | None = None) -> str:
+    why = f" ({kind})" if kind else ""
+    return f"contamination{why}: image {identity} is used by {used_by} evaluation"
+
+
+def contamination_kind(record: dict, identity: str, used_by: str) -> str:
+    """Why this training record shares an evaluation image: one of ``CONTAMINATION_KINDS``."""
+    if used_by.endswith("/train"):  # only evaluation-only tasks give the guard train-split images
+        return "eval-only-image"
+    meta = _meta(record)
+    task = record.get("task")
+    if task == "coco" and meta.get("karpathy_split") == "restval":
+        return "karpathy-restval"
+    if task == "visual-dialog" and "val2014" in str(meta.get("image_file", "")):
+        return "visdial-val2014"
+    return "shared-coco-image" if identity.startswith("coco:") else "same-image-bytes"
+
+
+_SPLIT_RANK = {"train": 0, "validation": 1, "test": 2}  # an eval-only task's train images claim first
 
 
 class ContaminationGuard:
-    """The image identities of every evaluation record, and which task/split first used each."""
+    """The image identities of every evaluation record, and which task/split uses each.
+
+    Identities go in as records (``add_evaluation``) or as ready keys (``add_keys``, from QC
+    workers); the first ``find`` freezes them into sorted arrays. Where several evaluation sets
+    show the same picture, the one reported is chosen by (eval-only train, validation, test; task
+    name), never by arrival order, so parallel collection gives the same reasons every time.
+    """
 
     def __init__(self) -> None:
-        self._used_by: dict[str, str] = {}
+        self._keys: list[int] = []
+        self._where: list[int] = []
+        self._names: list[str] = []
+        self._name_index: dict[str, int] = {}
+        self._sorted_keys: np.ndarray | None = None
+        self._sorted_where: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self._used_by)
+        self._freeze()
+        return len(self._sorted_keys)
 
-    def add_evaluation(self, record: dict, split: str | None = None) -> None:
+    def _name(self, where: str) -> int:
+        if where not in self._name_index:
+            self._name_index[where] = len(self._names)
+            self._names.append(where)
+        return self._name_index[where]
+
+    def add_keys(self, keys, where: str) -> None:
+        """Identity keys (``identity_key``) of images that ``where`` ("task/split") evaluates on."""
+        w = self._name(where)
+        for k in keys:
+            self._keys.append(int(k))
+            self._where.append(w)
+
+    def add_evaluation(self, record: dict, split: str | None = None, digests: list[str] | None = None) -> None:
         where = f"{record.get('task')}/{split or record.get('split')}"
-        for identity in sorted(image_identities(record)):
-            self._used_by.setdefault(identity, where)
+        self.add_keys([identity_key(i) for i in image_identities(record, digests)], where)
 
-    def find(self, record: dict) -> tuple[str, str] | None:
+    def _freeze(self) -> None:
+        if self._sorted_keys is not None and not self._keys:
+            return
+        keys = np.asarray(self._keys, dtype=np.uint64)
+        where = np.asarray(self._where, dtype=np.int32)
+        if self._sorted_keys is not None:  # keys added after an earlier freeze join the frozen ones
+            keys = np.concatenate([self._sorted_keys, keys])
+            where = np.concatenate([self._sorted_where, where])
+        if len(keys):
+            ranks = [(_SPLIT_RANK.get(n.rpartition("/")[2], 9), n.rpartition("/")[0]) for n in self._names]
+            name_rank = np.empty(len(ranks), dtype=np.int64)
+            name_rank[sorted(range(len(ranks)), key=ranks.__getitem__)] = np.arange(len(ranks))
+            order = np.lexsort((name_rank[where], keys))  # by key, then by the evaluation set's rank
+            keys, where = keys[order], where[order]
+            first = np.ones(len(keys), dtype=bool)
+            first[1:] = keys[1:] != keys[:-1]
+            keys, where = keys[first], where[first]
+        self._sorted_keys, self._sorted_where = keys, where
+        self._keys, self._where = [], []  # the arrays hold them now
+
+    def __getstate__(self) -> dict:
+        self._freeze()  # ship the compact arrays, not the lists
+        return self.__dict__.copy()
+
+    def find(self, record: dict, digests: list[str] | None = None) -> tuple[str, str] | None:
         """(identity, "task/split" that evaluates on it) for the first shared image, or None.
 
         COCO ids are reported before byte hashes: they name the picture a person can look up.
         """
-        for identity in sorted(image_identities(record)):  # "coco:" sorts before "sha256:"
-            used_by = self._used_by.get(identity)
-            if used_by is not None:
-                return identity, used_by
+        self._freeze()
+        if not len(self._sorted_keys):
+            return None
+        for identity in sorted(image_identities(record, digests)):  # "coco:" sorts before "sha256:"
+            key = np.uint64(identity_key(identity))
+            i = int(np.searchsorted(self._sorted_keys, key))
+            if i < len(self._sorted_keys) and self._sorted_keys[i] == key:
+                return identity, self._names[int(self._sorted_where[i])]
         return None

@@ -11,11 +11,13 @@ Every writer takes a ``_Sink`` (where to put files), the split sizes, an image s
   ``v2_mscoco_{train,val}2014_annotations.json`` with images ``{train,val}2014/COCO_*2014_%012d.jpg``.
 - ``coco-goi``: COCO instances ``annotations/instances_{train,val}2014.json`` (images, annotations
   with bbox [x, y, w, h] and category_id, categories) and the images as above.
-- ``flickr8k-cn``: ``data/flickr8kzhc.caption.txt`` (lines ``<image>.jpg#zhc#<n> <caption>``),
+- ``flickr8k-cn``: ``data/flickr8kzhc.caption.txt`` (lines ``<image>.jpg#zhc#<n> <caption>``, every
+  image's caption 0 first, then every caption 1, as the release orders them),
   split lists ``data/flickr8k{train,val,test}.txt`` (one image id per line) and images under
   ``Flicker8k_Dataset/`` (the release's own spelling).
-- ``msrvtt-qa``: ``{train,val,test}_qa.json`` (lists of {question, answer, video_id, id}) and
-  ``videos/video<N>.mp4``, video ids numbered on across splits as in MSR-VTT.
+- ``msrvtt-qa``: ``{train,val,test}_qa.json`` (lists of {answer, category_id, id, question, video_id})
+  and MSR-VTT's clip folders ``TrainValVideo/video<N>.mp4`` (train, val) and ``TestVideo/video<N>.mp4``
+  (test), video ids numbered on across splits as in MSR-VTT.
 
 - ``okvqa``: OK-VQA v1.1's ``OpenEnded_mscoco_{train,val}2014_questions.json`` and
   ``mscoco_{train,val}2014_annotations.json`` (ten answers each, no ``multiple_choice_answer``: the
@@ -169,7 +171,7 @@ def write_vqa_v2(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str, 
         )
         sink.put_json(
             f"v2_mscoco_{folder}_annotations.json",
-            {"info": info, "license": lic, "data_subtype": folder, "annotations": annotations},
+            {"info": info, "license": lic, "data_subtype": folder, "annotations": annotations, "data_type": "mscoco"},
         )
 
 
@@ -211,11 +213,11 @@ def write_coco_goi(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str
                                           float(y + h), float(x), float(y + h)]],
                     }
                 )
-        sink.put_json(
+        sink.put_json(  # the release's key order: the categories come last
             f"annotations/instances_{folder}.json",
             {"info": {"description": "Ying mini-world in the COCO instances format"},
-             "licenses": [{"id": 1, "name": "CC BY 4.0", "url": ""}],
-             "images": images, "annotations": annotations, "categories": GOI_CATEGORIES},
+             "images": images, "licenses": [{"id": 1, "name": "CC BY 4.0", "url": ""}],
+             "annotations": annotations, "categories": GOI_CATEGORIES},
         )
 
 
@@ -223,7 +225,7 @@ _FLICKR_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
 def write_flickr8k_cn(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[str, random.Random]) -> None:
-    lines: list[str] = []
+    lines: list[tuple[int, str]] = []  # (caption number, line): the release lists every #0, then every #1, ...
     seen: set[str] = set()
     for split, n in sizes.items():
         rng = rngs[split]
@@ -238,9 +240,10 @@ def write_flickr8k_cn(sink: _Sink, sizes: dict[str, int], size: int, rngs: dict[
             sink.put_scene_image(f"Flicker8k_Dataset/{image_id}.jpg", scene)
             ids.append(image_id)
             for k, caption in enumerate(captions_zh(scene)):
-                lines.append(f"{image_id}.jpg#zhc#{k} {caption}")
+                lines.append((k, f"{image_id}.jpg#zhc#{k} {caption}"))
         sink.put(f"data/flickr8k{_FLICKR_SPLITS[split]}.txt", ("\n".join(ids) + "\n").encode("utf-8"))
-    sink.put("data/flickr8kzhc.caption.txt", ("\n".join(lines) + "\n").encode("utf-8"))
+    ordered = [line for _, line in sorted(lines, key=lambda kl: kl[0])]  # stable: image order within a number
+    sink.put("data/flickr8kzhc.caption.txt", ("\n".join(ordered) + "\n").encode("utf-8"))
 
 
 _MSRVTT_SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -254,15 +257,17 @@ def write_msrvtt_qa(
         if split not in sizes:
             continue
         rng, qa, qa_id = rngs[split], [], 0
+        folder = "TestVideo" if split == "test" else "TrainValVideo"
         for _ in range(sizes[split]):
             clip = random_clip(rng, size)
-            rel = f"videos/video{video_id}.mp4"
+            rel = f"{folder}/video{video_id}.mp4"
             sink.put(rel, encode_mp4(clip_frames(clip, n_frames)))
             sink.scenes[rel] = {"background": clip.background, "kind": clip.kind, "color": clip.color,
                                 "direction": clip.direction, "side": clip.side, "cross": clip.cross,
                                 "frames": n_frames}
             for question, answer in clip_questions(clip):
-                qa.append({"answer": answer, "id": qa_id, "question": question, "video_id": video_id})
+                # category_id: one of MSR-VTT's 20 video categories (0-19); the mini-world files every clip under one.
+                qa.append({"answer": answer, "category_id": 9, "id": qa_id, "question": question, "video_id": video_id})
                 qa_id += 1
             video_id += 1
         sink.put_json(f"{_MSRVTT_SPLITS[split]}_qa.json", qa)

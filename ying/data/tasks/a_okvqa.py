@@ -17,7 +17,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 
 SPEC = TaskSpec(key="a-okvqa", category="kvqa", lang="en", splits=("train", "validation"), rephrase=True)
 
@@ -29,17 +29,13 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"a-okvqa has splits {SPEC.splits}; got {split!r}")
     sub = SUBSET[split]
     ann_path = storage.join(root, f"aokvqa_v1p0_{sub}.json")
-    try:
-        records = load_json(ann_path)
-        if not isinstance(records, list):
-            raise SourceFileError(f"{ann_path}: expected a JSON list")
-    except SourceFileError as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
     image_dir = f"{sub}2017"
     present = list_names(storage.join(root, image_dir))
-    for i, rec in enumerate(records):
-        where = f"{ann_path}#[{i}]"
+    for entry in json_items(SPEC.key, split, ann_path):  # streamed, a question at a time
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        where, rec = entry
         try:
             qid, image_id, question = rec["question_id"], rec["image_id"], rec["question"]
             choices, idx = rec["choices"], rec["correct_choice_idx"]

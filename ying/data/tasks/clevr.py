@@ -17,7 +17,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 
 SPEC = TaskSpec(key="clevr", category="reasoning", lang="en", splits=("train", "validation"), rephrase=True)
 
@@ -29,17 +29,13 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"clevr has splits {SPEC.splits}; got {split!r}")
     sub = _SUBSET[split]
     q_path = storage.join(root, "questions", f"CLEVR_{sub}_questions.json")
-    try:
-        questions = load_json(q_path)["questions"]
-        if not isinstance(questions, list):
-            raise TypeError("'questions' is not a list")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, q_path, f"unusable questions file: {e}")
-        return
     image_dir = storage.join(root, "images", sub)
     present = list_names(image_dir)
-    for i, q in enumerate(questions):
-        where = f"{q_path}#questions[{i}]"
+    for entry in json_items(SPEC.key, split, q_path, "questions"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, q_path, f"unusable questions file: {entry.reason}")
+            continue
+        where, q = entry
         try:
             qidx, filename, question, answer = q["question_index"], q["image_filename"], q["question"], q["answer"]
         except (KeyError, TypeError) as e:

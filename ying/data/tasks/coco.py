@@ -1,6 +1,7 @@
 """MS COCO captions, Karpathy split: ``dataset_coco.json`` plus ``<filepath>/<filename>`` images.
 
-One instance per (image, sentence), as in M3IT. Karpathy's ``restval`` is training data.
+One instance per (image, sentence), as in M3IT. Karpathy's ``restval`` is training data. The file
+(~140 MB) is streamed an image entry at a time.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, FolderIndex, load_json
+from ._common import FolderIndex, json_items
 
 SPEC = TaskSpec(key="coco", category="captioning", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -21,15 +22,12 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in _KARPATHY:
         raise ValueError(f"coco has splits {SPEC.splits}; got {split!r}")
     ann_path = storage.join(root, "dataset_coco.json")
-    try:
-        data = load_json(ann_path)
-        images = data["images"]
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
     present = FolderIndex()  # one listing per image folder
-    for i, img in enumerate(images):
-        where = f"{ann_path}#images[{i}]"
+    for entry in json_items(SPEC.key, split, ann_path, "images"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        where, img = entry
         try:
             if img["split"] not in _KARPATHY[split]:
                 continue

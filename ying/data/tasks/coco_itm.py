@@ -20,7 +20,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 from ._options import answer_with_letter, format_options
 
 SPEC = TaskSpec(key="coco-itm", category="classification", lang="en", splits=("train", "validation"), rephrase=False)
@@ -59,17 +59,15 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"coco-itm has splits {SPEC.splits}; got {split!r}")
     sub = _SUBTYPE[split]
     ann_path = storage.join(root, "annotations", f"captions_{sub}.json")
-    try:
-        data = load_json(ann_path)
-        images, annotations = data["images"], data["annotations"]
-        if not isinstance(images, list) or not isinstance(annotations, list):
-            raise TypeError("'images' and 'annotations' must be lists")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
+    # Streamed: the captions (the distractor pool, which the task needs whole) in one pass, then the
+    # images one at a time; the parsed file (segmentation-free, but ~400k captions) is never held.
     first: dict[object, tuple[int, object]] = {}  # image id -> (annotation index, annotation id)
     pool: list[tuple[int, object, str]] = []  # (annotation index, image id, caption)
-    for j, ann in enumerate(annotations):
+    for j, entry in enumerate(json_items(SPEC.key, split, ann_path, "annotations")):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            return
+        ann = entry[1]
         if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) or not ann["caption"].strip():
             yield Reject(SPEC.key, split, f"{ann_path}#annotations[{j}]", "annotation lacks a caption text")
             continue
@@ -79,8 +77,11 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         pool.append((j, ann["image_id"], ann["caption"].strip()))
         first.setdefault(ann["image_id"], (len(pool) - 1, ann.get("id", j)))
     present = list_names(storage.join(root, sub))
-    for i, img in enumerate(images):
-        where = f"{ann_path}#images[{i}]"
+    for entry in json_items(SPEC.key, split, ann_path, "images"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        where, img = entry
         try:
             image_id, filename = img["id"], img["file_name"]
         except (KeyError, TypeError) as e:

@@ -22,7 +22,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_members, list_names
 from ._options import answer_with_letter, format_options, reduced_options
 
 SPEC = TaskSpec(key="coco-text", category="classification", lang="en", splits=("train", "validation"), rephrase=False)
@@ -37,16 +37,21 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in _SET:
         raise ValueError(f"coco-text has splits {SPEC.splits}; got {split!r}")
     ann_path = storage.join(root, ANN_FILE)
-    try:
-        data = load_json(ann_path)
-        imgs, anns = data["imgs"], data["anns"]
-        if not isinstance(imgs, dict) or not isinstance(anns, dict):
-            raise TypeError("'imgs' and 'anns' must be objects")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
+    # Streamed: the images of the wanted set in one pass, then the annotations one at a time.
+    imgs: dict[str, dict] = {}
+    for entry in json_members(SPEC.key, split, ann_path, "imgs"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            return
+        key, image = entry
+        if isinstance(image, dict):  # every set's images: another set's annotation is skipped, not unknown
+            imgs[key] = {k: image.get(k) for k in ("set", "file_name", "width", "height") if k in image}
     present = list_names(storage.join(root, IMAGE_DIR))
-    for key, ann in anns.items():
+    for entry in json_members(SPEC.key, split, ann_path, "anns"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        key, ann = entry
         where = f"{ann_path}#anns[{key}]"
         if not isinstance(ann, dict):
             yield Reject(SPEC.key, split, where, "annotation is not an object")

@@ -16,7 +16,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, FolderIndex, load_json
+from ._common import FolderIndex, json_items
 
 SPEC = TaskSpec(key="docvqa", category="vqa", lang="en", splits=("train", "validation"), rephrase=True)
 
@@ -28,16 +28,12 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"docvqa has splits {SPEC.splits}; got {split!r}")
     sub = SUBSET[split]
     ann_path = storage.join(root, sub, f"{sub}_v1.0.json")
-    try:
-        records = load_json(ann_path)["data"]
-        if not isinstance(records, list):
-            raise SourceFileError(f"{ann_path}: 'data' is not a list")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
     present = FolderIndex()  # one listing per image folder
-    for i, rec in enumerate(records):
-        where = f"{ann_path}#data[{i}]"
+    for entry in json_items(SPEC.key, split, ann_path, "data"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        where, rec = entry
         try:
             qid, question, image, answers = rec["questionId"], rec["question"], rec["image"], rec["answers"]
         except (KeyError, TypeError) as e:

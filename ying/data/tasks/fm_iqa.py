@@ -17,7 +17,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 
 SPEC = TaskSpec(key="fm-iqa", category="chinese", lang="zh", splits=("train", "validation"), rephrase=False)
 
@@ -31,17 +31,13 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"fm-iqa has splits {SPEC.splits}; got {split!r}")
     path = storage.join(root, ANNOTATION_FILE)
     section = _SECTION[split]
-    try:
-        data = load_json(path)
-        if not isinstance(data, dict) or not isinstance(data.get(section), list):
-            raise SourceFileError(f"{path}: expected an object with a {section!r} list")
-    except SourceFileError as e:
-        yield Reject(SPEC.key, split, path, str(e))
-        return
     sub = _SUBSET[split]
     present = list_names(storage.join(root, sub))
-    for i, item in enumerate(data[section]):
-        where = f"{path}#{section}[{i}]"
+    for entry in json_items(SPEC.key, split, path, section):  # streamed: the file holds every split
+        if isinstance(entry, Reject):
+            yield entry
+            continue
+        where, item = entry
         try:
             qid, image_id, question, answer = item["question_id"], item["image_id"], item["Question"], item["Answer"]
         except (KeyError, TypeError) as e:

@@ -16,7 +16,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 
 SPEC = TaskSpec(key="msrvtt", category="video", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -32,18 +32,21 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"msrvtt has splits {SPEC.splits}; got {split!r}")
     filename, source_split, video_dir = _SOURCE[split]
     path = storage.join(root, filename)
-    try:
-        data = load_json(path)
-        videos, sentences = data["videos"], data["sentences"]
-        if not isinstance(videos, list) or not isinstance(sentences, list):
-            raise SourceFileError("'videos' and 'sentences' must be lists")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, path, f"unusable annotation file: {e}")
-        return
-    ours = {v["video_id"]: v for v in videos if isinstance(v, dict) and v.get("split") == source_split and "video_id" in v}
+    # Two streamed passes: the split's videos (10k entries at most), then the sentences one at a time.
+    ours: dict = {}
+    for entry in json_items(SPEC.key, split, path, "videos"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, path, f"unusable annotation file: {entry.reason}")
+            return
+        v = entry[1]
+        if isinstance(v, dict) and v.get("split") == source_split and "video_id" in v:
+            ours[v["video_id"]] = {"category": v.get("category")}
     present = list_names(storage.join(root, video_dir))
-    for i, sent in enumerate(sentences):
-        where = f"{path}#sentences[{i}]"
+    for entry in json_items(SPEC.key, split, path, "sentences"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, path, f"unusable annotation file: {entry.reason}")
+            continue
+        where, sent = entry
         if not isinstance(sent, dict):
             yield Reject(SPEC.key, split, where, "sentence is not an object")
             continue

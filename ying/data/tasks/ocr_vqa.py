@@ -17,7 +17,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_members, list_names
 
 SPEC = TaskSpec(key="ocr-vqa", category="vqa", lang="en", splits=("train", "validation", "test"), rephrase=True)
 
@@ -34,15 +34,12 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in SPLIT_CODE:
         raise ValueError(f"ocr-vqa has splits {SPEC.splits}; got {split!r}")
     ann_path = storage.join(root, "dataset.json")
-    try:
-        data = load_json(ann_path)
-        if not isinstance(data, dict):
-            raise SourceFileError(f"{ann_path}: expected a JSON object keyed by image id")
-    except SourceFileError as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
     present = list_names(storage.join(root, IMAGE_DIR))
-    for image_id, rec in data.items():
+    for entry in json_members(SPEC.key, split, ann_path):  # streamed: one book's entry at a time
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        image_id, rec = entry
         where = f"{ann_path}#{image_id}"
         try:
             if rec["split"] != SPLIT_CODE[split]:

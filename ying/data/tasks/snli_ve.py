@@ -20,7 +20,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, read_bytes
+from ._common import SourceFileError, list_names
 from ._options import answer_with_letter, format_options, reduced_options
 
 SPEC = TaskSpec(key="snli-ve", category="classification", lang="en", splits=("train", "validation", "test"), rephrase=False)
@@ -31,24 +31,32 @@ LABELS = ("entailment", "neutral", "contradiction")
 _COLUMNS = ("pairID", "Flickr30kID", "hypothesis", "gold_label", "explanation")
 
 
-def _rows(path: str) -> list[list[str]]:
+def _rows(path: str) -> Iterator[list[str]]:
+    """The CSV's rows, decoded and parsed a line at a time (the train file has ~400k rows);
+    SourceFileError where the file is missing, stops being UTF-8 or stops being CSV."""
+    fs, p = storage.filesystem(path)
     try:
-        text = read_bytes(path).decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SourceFileError(f"{path} is not UTF-8: {e}") from None
-    try:
-        return list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as e:
-        raise SourceFileError(f"{path} is not valid CSV: {e}") from None
+        f = fs.open(p, "rb")
+    except FileNotFoundError:
+        raise SourceFileError(f"missing file {path}") from None
+    except OSError as e:
+        raise SourceFileError(f"can't read {path}: {e}") from None
+    with f, io.TextIOWrapper(f, encoding="utf-8-sig", newline="") as text:
+        try:
+            yield from csv.reader(text)
+        except UnicodeDecodeError as e:
+            raise SourceFileError(f"{path} is not UTF-8: {e}") from None
+        except csv.Error as e:
+            raise SourceFileError(f"{path} is not valid CSV: {e}") from None
 
 
 def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in _FILE:
         raise ValueError(f"snli-ve has splits {SPEC.splits}; got {split!r}")
     csv_path = storage.join(root, _FILE[split])
+    rows = _rows(csv_path)
     try:
-        rows = _rows(csv_path)
-        header = rows[0] if rows else []
+        header = next(rows, [])
         col = {name: header.index(name) for name in _COLUMNS}
     except SourceFileError as e:
         yield Reject(SPEC.key, split, csv_path, str(e))
@@ -57,7 +65,15 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         yield Reject(SPEC.key, split, csv_path, f"header lacks a column: {e}")
         return
     present = list_names(storage.join(root, IMAGE_DIR))
-    for n, row in enumerate(rows[1:], start=1):
+    numbered = enumerate(rows, start=1)
+    while True:
+        try:
+            n, row = next(numbered)
+        except StopIteration:
+            return
+        except SourceFileError as e:  # the rest of the file can't be read: one reject for it
+            yield Reject(SPEC.key, split, csv_path, str(e))
+            return
         where = f"{csv_path}#row{n}"
         if not row:
             continue

@@ -16,7 +16,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, FolderIndex, load_json
+from ._common import FolderIndex, json_items
 
 SPEC = TaskSpec(key="st-vqa", category="vqa", lang="en", splits=("train",), rephrase=True)
 
@@ -28,17 +28,13 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in ANN_FILE:
         raise ValueError(f"st-vqa has splits {SPEC.splits}; got {split!r}")
     ann_path = storage.join(root, ANN_FILE[split])
-    try:
-        records = load_json(ann_path)["data"]
-        if not isinstance(records, list):
-            raise SourceFileError(f"{ann_path}: 'data' is not a list")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
     image_dir = IMAGE_DIR[split]
     present = FolderIndex()  # one listing per image folder
-    for i, rec in enumerate(records):
-        where = f"{ann_path}#data[{i}]"
+    for entry in json_items(SPEC.key, split, ann_path, "data"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        where, rec = entry
         try:
             qid, question, answers, file_path = rec["question_id"], rec["question"], rec["answers"], rec["file_path"]
         except (KeyError, TypeError) as e:

@@ -18,7 +18,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 
 SPEC = TaskSpec(key="text-vqa", category="vqa", lang="en", splits=("train", "validation"), rephrase=True)
 
@@ -37,16 +37,12 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in ANN_FILE:
         raise ValueError(f"text-vqa has splits {SPEC.splits}; got {split!r}")
     ann_path = storage.join(root, ANN_FILE[split])
-    try:
-        records = load_json(ann_path)["data"]
-        if not isinstance(records, list):
-            raise SourceFileError(f"{ann_path}: 'data' is not a list")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
     present = list_names(storage.join(root, IMAGE_DIR))
-    for i, rec in enumerate(records):
-        where = f"{ann_path}#data[{i}]"
+    for entry in json_items(SPEC.key, split, ann_path, "data"):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        where, rec = entry
         try:
             qid, question, image_id, answers = rec["question_id"], rec["question"], rec["image_id"], rec["answers"]
         except (KeyError, TypeError) as e:

@@ -20,7 +20,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 
 SPEC = TaskSpec(key="textcap", category="captioning", lang="en", splits=("train", "validation"), rephrase=False)
 
@@ -32,16 +32,12 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in _FILE:
         raise ValueError(f"textcap has splits {SPEC.splits}; got {split!r}")
     ann_path = storage.join(root, _FILE[split])
-    try:
-        data = load_json(ann_path)["data"]
-        if not isinstance(data, list):
-            raise TypeError("'data' is not a list")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {e}")
-        return
     present = list_names(storage.join(root, IMAGE_DIR))
-    for i, item in enumerate(data):
-        where = f"{ann_path}#data[{i}]"
+    for i, entry in enumerate(json_items(SPEC.key, split, ann_path, "data")):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, ann_path, f"unusable annotation file: {entry.reason}")
+            continue
+        where, item = entry
         try:
             image_id, caption = item["image_id"], item["caption_str"]
         except (KeyError, TypeError) as e:

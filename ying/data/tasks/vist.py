@@ -22,7 +22,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, list_names, load_json
+from ._common import json_items, list_names
 
 SPEC = TaskSpec(key="vist", category="generation", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -35,15 +35,13 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
         raise ValueError(f"vist has splits {SPEC.splits}; got {split!r}")
     sub = _SUBSET[split]
     path = storage.join(root, "sis", f"{sub}.story-in-sequence.json")
-    try:
-        annotations = load_json(path)["annotations"]
-        if not isinstance(annotations, list):
-            raise TypeError("'annotations' is not a list")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, path, f"unusable story file: {e}")
-        return
     stories: dict[str, list[tuple[int, dict]]] = {}
-    for i, group in enumerate(annotations):
+    # Streamed: sentences are grouped by story (five per story), never the whole parsed file.
+    for i, entry in enumerate(json_items(SPEC.key, split, path, "annotations")):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, path, f"unusable story file: {entry.reason}")
+            return
+        group = entry[1]
         try:
             ann = group[0]
             story_id = str(ann["story_id"])

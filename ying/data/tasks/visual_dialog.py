@@ -22,7 +22,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import SourceFileError, FolderIndex, load_json
+from ._common import FolderIndex, json_items
 
 SPEC = TaskSpec(key="visual-dialog", category="generation", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -47,14 +47,16 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
     if split not in _SUBSET:
         raise ValueError(f"visual-dialog has splits {SPEC.splits}; got {split!r}")
     path = storage.join(root, f"visdial_1.0_{_SUBSET[split]}.json")
-    try:
-        data = load_json(path)["data"]
-        questions, answers, dialogs = data["questions"], data["answers"], data["dialogs"]
-        if not all(isinstance(x, list) for x in (questions, answers, dialogs)):
-            raise TypeError("questions, answers and dialogs must be lists")
-    except (SourceFileError, KeyError, TypeError) as e:
-        yield Reject(SPEC.key, split, path, f"unusable dialog file: {e}")
-        return
+    # Streamed: the shared question and answer lists (short strings, needed whole: rounds index into
+    # them) in two passes, then the dialogs one at a time; the parsed file is never held.
+    shared: dict[str, list] = {"questions": [], "answers": []}
+    for name, texts in shared.items():
+        for entry in json_items(SPEC.key, split, path, f"data.{name}"):
+            if isinstance(entry, Reject):
+                yield Reject(SPEC.key, split, path, f"unusable dialog file: {entry.reason}")
+                return
+            texts.append(entry[1])
+    questions, answers = shared["questions"], shared["answers"]
     present = FolderIndex()  # one listing per image folder
 
     def find_image(image_id: int) -> str | None:
@@ -65,7 +67,11 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
                 return rel
         return None
 
-    for d, dialog in enumerate(dialogs):
+    for d, entry in enumerate(json_items(SPEC.key, split, path, "data.dialogs")):
+        if isinstance(entry, Reject):
+            yield Reject(SPEC.key, split, path, f"unusable dialog file: {entry.reason}")
+            continue
+        dialog = entry[1]
         where_dialog = f"{path}#dialogs[{d}]"
         try:
             image_id, caption, rounds = int(dialog["image_id"]), dialog["caption"], dialog["dialog"]
@@ -109,6 +115,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
                 image_paths=[storage.join(root, rel)],
                 meta={
                     "image_id": image_id,
+                    "image_file": rel,  # train2014/ or val2014/: VisDial v1.0 trains on COCO val2014 images too
                     "round": r + 1,
                     "question_index": q_idx,
                     "answer_index": a_idx,
