@@ -68,8 +68,12 @@ class SplitRecordsSink(Datasink):
         for split, parts in by_split.items():
             fs, path = storage.filesystem(storage.join(self.out_dir, "records", split))
             fs.makedirs(path, exist_ok=True)
-            with fs.open(f"{path}/{name}.parquet", "wb") as fh:
-                pq.write_table(pa.concat_tables(parts), fh)
+            table = pa.concat_tables(parts)
+            # One task per row group: readers of some tasks (a training stage) skip the rest from
+            # the row groups' statistics, without reading their images.
+            with fs.open(f"{path}/{name}.parquet", "wb") as fh, pq.ParquetWriter(fh, table.schema) as writer:
+                for task in sorted(pc.unique(table.column("task")).to_pylist()):
+                    writer.write_table(table.filter(pc.equal(table.column("task"), task)))
         if reject_lines:
             storage.write_bytes_atomic(storage.join(self.out_dir, "rejects", "parts", f"{name}.jsonl"),
                                        ("\n".join(reject_lines) + "\n").encode("utf-8"))
