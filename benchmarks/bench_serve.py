@@ -113,6 +113,35 @@ async def _load(url: str, seconds: float, clients: int, max_tokens: int, bad_eve
             "errors_5xx": sum(n for code, n in statuses.items() if code >= 500)}
 
 
+def _serve_processes() -> dict[str, list]:
+    """Serve's processes on this machine by role, to charge CPU time per request (load-independent)."""
+    import psutil
+
+    roles = {"model": "ServeReplica:bench:YingModel", "ingress": "ServeReplica:bench:YingIngress",
+             "proxy": "ProxyActor"}
+    found: dict[str, list] = {r: [] for r in roles}
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        for role, marker in roles.items():
+            if marker in line:
+                found[role].append(proc)
+    return found
+
+
+def _cpu_seconds(procs: dict[str, list]) -> dict[str, float]:
+    out = {}
+    for role, ps in procs.items():
+        total = 0.0
+        for p in ps:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except Exception:
+                pass
+        out[role] = total
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,14 +161,14 @@ def _checkpoint(root: str) -> str:
     return path
 
 
-def _deploy(ckpt: str, port: int, max_batch_size: int) -> str:
+def _deploy(ckpt: str, port: int, max_batch_size: int, batch_wait_s: float) -> str:
     from ying.config import load_config
     from ying.serve.app import application
     from ying.serve.models import ServedModels
     from ying.serve.runner import deploy
 
     cfg = load_config("tiny", overrides=[f"serve.max_batch_size={max_batch_size}", "serve.app_name=bench",
-                                         f"serve.port={port}"])
+                                         f"serve.port={port}", f"serve.batch_wait_timeout_s={batch_wait_s}"])
     app = application(cfg, ServedModels({"tiny": ckpt}, "tiny"), None)
     return deploy(app, host="127.0.0.1", port=port, app_name="bench", has_token=False)
 
@@ -149,6 +178,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="load per phase (default 60)")
     p.add_argument("--clients", type=int, default=CLIENTS)
     p.add_argument("--max-tokens", type=int, default=32, help="tokens each request asks for (default 32)")
+    p.add_argument("--batch-wait-s", type=float, default=None,
+                   help="serve.batch_wait_timeout_s (default: the tiny preset's)")
     args = p.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -162,18 +193,26 @@ def main() -> None:
     port = _free_port()
     results = {}
     phases = [("batched", 16, 0), ("unbatched", 1, 0), ("mixed", 16, 3)]
+    from ying.config import load_config
+
+    batch_wait = args.batch_wait_s if args.batch_wait_s is not None else load_config("tiny").serve.batch_wait_timeout_s
     for name, batch, bad_every in phases:
-        url = _deploy(ckpt, port, batch)
+        url = _deploy(ckpt, port, batch, batch_wait)
         warm = asyncio.run(_load(url, 3.0, args.clients, args.max_tokens))  # load the model, fill caches
         if warm["errors_5xx"]:
             print(f"warm-up: {warm}", file=sys.stderr)
+        procs = _serve_processes()
+        before = _cpu_seconds(procs)
         results[name] = asyncio.run(_load(url, args.seconds, args.clients, args.max_tokens, bad_every))
+        after = _cpu_seconds(procs)
         results[name]["errors_5xx"] += warm["errors_5xx"]
         delete_app("bench")
         r = results[name]
+        n_good = max(1, round(r["good_rps"] * args.seconds))
+        r["cpu_ms_per_request"] = {role: round(1000 * (after[role] - before[role]) / n_good, 1) for role in before}
         print(f"{name:9s} max_batch_size={batch:2d} clients={args.clients} {r['good_rps']:6.1f} good req/s  "
               f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  statuses {r['statuses']}  "
-              f"finish {r['finish_reasons']}", flush=True)
+              f"finish {r['finish_reasons']}  CPU ms per good request {r['cpu_ms_per_request']}", flush=True)
     ray.shutdown()
     speedup = results["batched"]["good_rps"] / results["unbatched"]["good_rps"]
     print(f"batching speedup at {args.clients} clients: {speedup:.2f}x; mixed traffic keeps "
@@ -189,7 +228,10 @@ def main() -> None:
         "p99_ms_unbatched": round(results["unbatched"]["p99_ms"], 1),
         "mixed_good_rps": round(results["mixed"]["good_rps"], 1),
         "mixed_statuses": results["mixed"]["statuses"],
+        "cpu_ms_per_request_batched": results["batched"]["cpu_ms_per_request"],
+        "cpu_ms_per_request_unbatched": results["unbatched"]["cpu_ms_per_request"],
         "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
+        "batch_wait_timeout_s": batch_wait, "load_average_1m": round(os.getloadavg()[0], 1),
     }))
 
 

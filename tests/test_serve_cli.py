@@ -115,3 +115,19 @@ def test_ying_serve_answers_sheds_load_and_deletes_only_its_app_on_sigterm(ray_c
     assert "cli-app" not in apps and "bystander" in apps
     assert httpx.get(f"http://127.0.0.1:{port}/bystander", timeout=60).text == "still here"
     assert TOKEN not in tail  # never logged
+
+
+def test_the_dag_serve_stage_checks_with_the_token_and_deletes_its_app(ray_cluster, tmp_path, monkeypatch):
+    from ray import serve
+
+    from ying.config import load_config
+    from ying.serve.check import serve_and_check
+
+    run = make_run_dir(str(tmp_path / "run"))
+    cfg = load_config("tiny", overrides=[f"run.run_dir={run['run_dir']}", f"serve.port={serve_port()}",
+                                         "serve.app_name=dag-check", "eval.max_new_tokens=4"])
+    monkeypatch.setenv("YING_SERVE_TOKEN", TOKEN)  # the stage's worker reads it, and must send it
+    out = serve_and_check(cfg, run["stage2"], run["data_dir"])
+    assert out["health"]["status"] == "ok" and out["models"] == ["stage1", "stage2"]
+    assert isinstance(out["check"]["output"], str) and out["check"]["id"] == "okvqa-validation-0"
+    assert "dag-check" not in serve.status().applications and not out["kept_running"]

@@ -106,7 +106,7 @@ def application(cfg: YingConfig, served: Optional[ServedModels], token: Optional
     else:
         model_options["num_replicas"] = s.num_replicas
     model = YingModel.options(**model_options).bind(served, s.max_batch_size, s.batch_wait_timeout_s,
-                                                     s.max_models_per_replica)
+                                                     s.max_models_per_replica, s.num_cpus_per_replica)
     registry = EvaluationDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(cfg, served)
     ingress_ongoing = max(4 * s.ongoing_requests, 64)
     return YingIngress.options(
@@ -150,10 +150,12 @@ def _health_request() -> GenerationRequest:
 @serve.deployment(name="YingModel")
 class YingModel:
     async def __init__(self, served: Optional[ServedModels], max_batch_size: int, batch_wait_timeout_s: float,
-                       max_models: int):
+                       max_models: int, num_cpus: float):
         import torch
 
         served = _require_served(served)
+        # As many math threads as CPUs reserved: more would fight the other replicas for the same cores.
+        torch.set_num_threads(max(1, int(num_cpus)))
         self.checkpoints = served.checkpoints
         self.default = served.default
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
