@@ -117,6 +117,14 @@ def test_ying_serve_answers_sheds_load_and_deletes_only_its_app_on_sigterm(ray_c
     assert TOKEN not in tail  # never logged
 
 
+def test_deploy_refuses_a_port_other_than_the_running_serves(ray_cluster):
+    from ying.serve.runner import deploy
+
+    port = serve_port()
+    with pytest.raises(RuntimeError, match=f"Serve already listens on 127.0.0.1:{port}"):
+        deploy(object(), host="127.0.0.1", port=port + 1, app_name="never", has_token=False)
+
+
 def test_the_dag_serve_stage_checks_with_the_token_and_deletes_its_app(ray_cluster, tmp_path, monkeypatch):
     from ray import serve
 

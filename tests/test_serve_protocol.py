@@ -180,3 +180,50 @@ def test_base64_images_round_trip_through_data_urls():
     gen, refs = parse_chat(chat(text("x"), image("data:image/png;base64," + base64.b64encode(raw).decode())),
                            LIMITS, MODEL)
     assert refs[0].data == raw and decode_image(refs[0].data, refs[0].param, 10_000) == (3, 5)
+
+
+def _fake_checkpoint(path) -> str:
+    path.mkdir(parents=True)
+    (path / "ying_model.json").write_text("{}")
+    return str(path)
+
+
+def test_served_models_come_from_the_run_checkpoints_and_config(tmp_path):
+    from ying import storage
+    from ying.serve.models import resolve_models
+
+    run = tmp_path / "run"
+    for stage in ("stage1", "stage2"):
+        storage.write_manifest(str(run / stage), {"outputs": {"checkpoint": _fake_checkpoint(run / stage / "hf")}})
+    storage.write_manifest(str(run / "qc"), {"fingerprint": "qc-fp", "outputs": {"data_dir": str(run / "qc")}})
+    extra = _fake_checkpoint(tmp_path / "extra")
+    cfg = load_config("tiny", overrides=[f"serve.models={{ablation: {extra}}}"])
+    served = resolve_models(cfg, run_dir=str(run))
+    assert list(served.checkpoints) == ["stage1", "stage2", "ablation"] and served.default == "stage2"
+    assert (served.data_dir, served.data_fingerprint) == (str(run / "qc"), "qc-fp")
+    only = resolve_models(load_config("tiny"), checkpoint=extra, model_name="mine")
+    assert only.checkpoints == {"mine": extra} and only.default == "mine" and only.data_dir is None
+    with pytest.raises(ValueError, match="serve.default_model='nope' is not served"):
+        resolve_models(load_config("tiny", overrides=["serve.default_model=nope"]), run_dir=str(run))
+    with pytest.raises(ValueError, match="no finished stage1 or stage2"):
+        resolve_models(cfg, run_dir=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="not Ying checkpoints"):
+        resolve_models(load_config("tiny"), checkpoint=str(tmp_path))
+
+
+def test_a_replica_refuses_an_open_proxy_without_a_token(monkeypatch):
+    from types import SimpleNamespace
+
+    import ray.serve.context
+
+    from ying.serve.app import _refuse_open_host_without_token
+
+    for host, refuses in (("0.0.0.0", True), ("127.0.0.1", False)):
+        client = SimpleNamespace(http_config=SimpleNamespace(host=host))
+        monkeypatch.setattr(ray.serve.context, "_get_global_client", lambda *a, **k: client)
+        if refuses:
+            with pytest.raises(RuntimeError, match="not loopback, and no bearer token"):
+                _refuse_open_host_without_token(None)
+        else:
+            _refuse_open_host_without_token(None)
+        _refuse_open_host_without_token(token_digest("t"))  # with a token: any host

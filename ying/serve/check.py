@@ -9,6 +9,7 @@ its own app; with it (``--serve``) the app stays up and the stage returns its UR
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import time
 
@@ -47,7 +48,7 @@ def serve_and_check(cfg: YingConfig, checkpoint: str, data_dir: str) -> dict:
     s = cfg.serve
     token = read_token(s.token_file)
     served = resolve_models(cfg, run_dir=cfg.run.run_dir, data_dir=data_dir)
-    served.checkpoints["stage2"] = checkpoint
+    served = dataclasses.replace(served, checkpoints={**served.checkpoints, "stage2": checkpoint})
     sample = next(iter(sorted(read_records(data_dir, "validation"), key=lambda r: r["id"])), None)
     if sample is None:
         raise ValueError(f"no validation record under {data_dir} to check the endpoint with")
