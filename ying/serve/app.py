@@ -172,6 +172,7 @@ class YingModel:
         # past `max_models`; the ingress routes a model's requests to replicas that hold it.
         self._get_model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
         await self._get_model(self.default)  # ready to answer before the replica takes traffic
+        self.batches = {"batches": 0, "requests": 0}
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return await self._generate_batch(request)
@@ -180,7 +181,16 @@ class YingModel:
     async def _generate_batch(self, requests: list) -> list:
         # Serve splits batches by multiplexed model id: one model per batch.
         engine = await self._get_model(serve.get_multiplexed_model_id())
+        self._count(requests)
         return await asyncio.to_thread(engine.generate, requests)
+
+    def _count(self, requests: list) -> None:
+        self.batches["batches"] += 1
+        self.batches["requests"] += len(requests)
+
+    async def batch_stats(self) -> dict:
+        """Batches generated and requests in them since the replica started (mean batch size = ratio)."""
+        return dict(self.batches)
 
     async def generate_stream(self, request: GenerationRequest):
         """Events for one request: ``{"delta": text}``..., then ``{"finish": GenerationResult}``."""
@@ -191,6 +201,7 @@ class YingModel:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _stream_batch(self, requests: list):
         engine = await self._get_model(serve.get_multiplexed_model_id())
+        self._count(requests)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         n = len(requests)
