@@ -199,6 +199,21 @@ def test_bad_requests_in_a_busy_batch_fail_alone(client, engines):
             assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content.1.image_url.url"
 
 
+def test_batches_fill_without_serves_max_ongoing_requests_warning(client):
+    import glob
+    import os
+
+    import ray
+
+    # Serve warns when max_batch_size x max_concurrent_batches > max_ongoing_requests (the batch can
+    # never fill); max_ongoing_requests defaults to 2 x max_batch_size here.
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    files = glob.glob(os.path.join(logs, "serve", f"replica_{APP}_YingModel_*.log"))
+    assert files, os.listdir(os.path.join(logs, "serve"))[:20]
+    for f in files:
+        assert "will never achieve" not in open(f, errors="replace").read(), f
+
+
 def _wait(client, eval_id: str, limit_s: float = 900) -> dict:
     # A guard against hanging, not a speed check: evaluations start Ray Data actors on a loaded machine.
     deadline = time.time() + limit_s
