@@ -1,181 +1,290 @@
-"""The Serve app over real HTTP on loopback, around a small deterministic predictor.
+"""The Serve app over real HTTP on loopback: the openai client, curl, auth, bad input, batching
+isolation, evaluations and a schemathesis fuzz of every endpoint.
 
-One deployment for the whole module (Serve takes ~15 s to come up here). Bearer auth is on for it,
-so the open /healthz and the 401 path are covered by the same deployment.
+One app for the whole module (Serve takes a while to come up here), built by the one-argument
+builder from a finished-looking run directory (random-init Stage I/II checkpoints, a few records),
+with a bearer token and a route prefix. Expected answers come from loading the same checkpoints in
+this process: greedy decoding makes them exact.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import io
-import socket
+import json
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
+from openai import OpenAI
 from PIL import Image
 
-from ying.serve import TOKEN_ENV, build_app, deploy, shutdown
+from serve_support import data_url, make_run_dir, png, serve_port
+from ying.serve.engine import GenerationRequest, load_engine
 
-MODEL_NAME = "reverse-test"
-MAX_BODY_BYTES = 64 * 1024
-TOKEN = "test-token-7f3a"
+TOKEN = "test-token-7f3a9c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class ReversePredictor:
-    """Depends on every part of the example: instruction reversed, image count, first image's size."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint_dir: str) -> "ReversePredictor":
-        return cls(Path(checkpoint_dir, "prefix.txt").read_text().strip())
-
-    def generate(self, examples: list[dict]) -> list[str]:
-        outputs = []
-        for ex in examples:
-            with Image.open(io.BytesIO(ex["images"][0])) as img:
-                width, height = img.size
-            outputs.append(
-                f"{self.prefix}:{ex['instruction'][::-1]}|n={len(ex['images'])}|first={width}x{height}|inputs={ex['inputs']}"
-            )
-        return outputs
-
-
-def png(width: int, height: int, color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+APP = "test-serve"
+PREFIX = "/ying"
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_cluster, tmp_path_factory):
-    ckpt = tmp_path_factory.mktemp("ckpt")
-    (ckpt / "prefix.txt").write_text("ckpt-v1\n")
-    factory = f"{ReversePredictor.__module__}:ReversePredictor.from_checkpoint"
+def run(tmp_path_factory):
+    return make_run_dir(str(tmp_path_factory.mktemp("serve-run")))
+
+
+@pytest.fixture(scope="module")
+def url(ray_cluster, run):
+    from ying.serve.app import AppArgs, build
+    from ying.serve.runner import delete_app, deploy
+
+    args = AppArgs(run_dir=run["run_dir"], overrides=[
+        f"serve.app_name={APP}", f"serve.route_prefix={PREFIX}", "serve.max_batch_size=4", "serve.max_tokens=64",
+        "serve.max_images=4", "serve.max_body_bytes=300000", "eval.max_new_tokens=4", "eval.batch_size=4"])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(TOKEN_ENV, TOKEN)  # build_app forwards it to the replica
-        app = build_app(
-            str(ckpt),
-            MODEL_NAME,
-            MAX_BODY_BYTES,
-            predictor_factory=factory,
-            num_cpus=0.5,
-            # The replica imports the factory's module: put this test folder on its path.
-            runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
-        )
-    url = deploy(app, host="127.0.0.1", port=free_port())
-    yield url
-    shutdown()
+        mp.setenv("YING_SERVE_TOKEN", TOKEN)  # read by the builder, here; replicas get a salted digest
+        app = build(args)
+    base = deploy(app, host="127.0.0.1", port=serve_port(), app_name=APP, route_prefix=PREFIX, has_token=True)
+    yield base
+    delete_app(APP)
 
 
 @pytest.fixture(scope="module")
-def client(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as c:
+def engines(run):
+    return {stage: load_engine(run[stage], stage, device="cpu") for stage in ("stage1", "stage2")}
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with httpx.Client(base_url=url, timeout=120) as c:
         yield c
 
 
-def test_healthz_is_open(client):
-    r = client.get("/healthz")
-    assert r.status_code == 200, r.text
-    assert r.json() == {"status": "ok", "model": MODEL_NAME}
+def user(*content):
+    return [{"role": "user", "content": list(content)}]
 
 
-def test_generate_returns_what_the_predictor_computes(client):
-    images = [png(7, 5), png(3, 3, (0, 0, 255))]
-    body = {"images": [b64(i) for i in images], "instruction": "Describe the image.", "inputs": "Q: color?"}
-    r = client.post("/v1/generate", json=body, headers=AUTH)
-    assert r.status_code == 200, r.text
-    expected = ReversePredictor("ckpt-v1").generate(
-        [{"images": images, "instruction": "Describe the image.", "inputs": "Q: color?"}]
-    )[0]
-    assert expected == "ckpt-v1:.egami eht ebircseD|n=2|first=7x5|inputs=Q: color?"
-    assert r.json() == {"output": expected, "model": MODEL_NAME}
+def text(t):
+    return {"type": "text", "text": t}
 
 
-def test_inputs_default_to_empty_and_data_urls_are_accepted(client):
-    body = {"images": ["data:image/png;base64," + b64(png(4, 9))], "instruction": "abc"}
-    r = client.post("/v1/generate", json=body, headers=AUTH)
-    assert r.status_code == 200, r.text
-    assert r.json()["output"] == "ckpt-v1:cba|n=1|first=4x9|inputs="
+def image(raw: bytes, mime="image/png"):
+    return {"type": "image_url", "image_url": {"url": data_url(raw, mime)}}
 
 
-def test_concurrent_requests_are_batched_without_mixing_answers(client):
-    def one(i: int) -> tuple[int, str]:
-        body = {"images": [b64(png(i + 1, 2))], "instruction": f"task {i}", "inputs": str(i)}
-        r = client.post("/v1/generate", json=body, headers=AUTH)
-        assert r.status_code == 200, r.text
-        return i, r.json()["output"]
-
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, range(8)))
-    for i, output in results:
-        assert output == f"ckpt-v1:{f'task {i}'[::-1]}|n=1|first={i + 1}x2|inputs={i}"
+def expected(engine, raw: bytes, instruction="Answer the question.", inputs="What color is it?", **kw) -> str:
+    return engine.generate([GenerationRequest(images=[raw], instruction=instruction, inputs=inputs, **kw)])[0].text
 
 
-def test_missing_token_or_wrong_token_is_401(client):
-    body = {"images": [b64(png(2, 2))], "instruction": "x"}
-    r = client.post("/v1/generate", json=body)
-    assert r.status_code == 401
-    assert "bearer token" in r.json()["detail"]
-    r = client.post("/v1/generate", json=body, headers={"Authorization": "Bearer nope"})
-    assert r.status_code == 401
+def test_the_openai_client_lists_models_chats_streams_and_picks_checkpoints(url, engines):
+    oa = OpenAI(base_url=f"{url}/v1", api_key=TOKEN)
+    assert [m.id for m in oa.models.list()] == ["stage1", "stage2"]
+    assert oa.models.retrieve("stage1").id == "stage1"
+    raw = png(24, 24, (20, 160, 60))
+    messages = user(text("Answer the question."), text("What color is it?"), image(raw))
+    answers, usage = {}, {}
+    for model in ("stage2", "stage1"):
+        r = oa.chat.completions.create(model=model, messages=messages, max_tokens=6)
+        answers[model], usage[model] = r.choices[0].message.content, r.usage
+        assert answers[model] == expected(engines[model], raw, max_new_tokens=6), model
+        assert r.model == model and r.usage.completion_tokens <= 6 and r.usage.prompt_tokens > 8
+    assert answers["stage1"] != answers["stage2"]  # two checkpoints, multiplexed by the request's model
+
+    chunks = list(oa.chat.completions.create(model="stage2", messages=messages, max_tokens=6, stream=True,
+                                             stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == answers["stage2"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (["length"], ["stop"])
+    assert chunks[-1].usage.completion_tokens == usage["stage2"].completion_tokens >= 1
+
+    zh = oa.chat.completions.create(model="stage2", messages=messages, max_tokens=5,
+                                    extra_body={"chinese_dialogue": True})
+    assert zh.choices[0].message.content == expected(engines["stage2"], raw, max_new_tokens=5, chinese_dialogue=True)
+    assert zh.usage.prompt_tokens > oa.chat.completions.create(model="stage2", messages=messages,
+                                                                max_tokens=5).usage.prompt_tokens
 
 
-def test_bad_base64_is_400_with_the_index(client):
-    body = {"images": [b64(png(2, 2)), "not base64!!"], "instruction": "x"}
-    r = client.post("/v1/generate", json=body, headers=AUTH)
-    assert r.status_code == 400, r.text
-    assert "images[1] is not valid base64" in r.json()["detail"]
+def test_the_readme_curl_command_works(url, engines, tmp_path):
+    raw = png(16, 16, (200, 200, 30))
+    (tmp_path / "cat.png").write_bytes(raw)
+    # The README's command, with its host and the file swapped for this test's.
+    command = (
+        f"curl -s {url}/v1/chat/completions -H \"Authorization: Bearer $YING_SERVE_TOKEN\" "
+        "-H 'content-type: application/json' -d '{\"model\": \"stage2\", \"max_tokens\": 8, \"messages\": "
+        "[{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"What is in the image?\"}, "
+        "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/png;base64,'\"$(base64 -w0 cat.png)\"'\"}}]}]}'"
+    )
+    out = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "YING_SERVE_TOKEN": TOKEN})
+    body = json.loads(out.stdout)
+    assert body["choices"][0]["message"]["content"] == expected(engines["stage2"], raw, "What is in the image?", "",
+                                                                max_new_tokens=8)
 
 
-def test_bytes_that_are_not_an_image_are_400(client):
-    body = {"images": [b64(b"definitely not a png")], "instruction": "x"}
-    r = client.post("/v1/generate", json=body, headers=AUTH)
-    assert r.status_code == 400, r.text
-    assert "images[0] is not a decodable image" in r.json()["detail"]
+def test_the_token_is_required_and_never_shown_by_serve(url, client, ray_cluster):
+    body = {"model": "stage2", "messages": user(text("x"), image(png()))}
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+        r = client.post("/v1/chat/completions", json=body, headers=headers)
+        assert r.status_code == 401 and "bearer token" in r.json()["error"]["message"]
+    assert client.get("/v1/models").status_code == 401
+    health = client.get("/healthz")  # open for load balancers
+    assert health.status_code == 200 and health.json()["default_model"] == "stage2"
+    from ray import serve
+
+    apps = httpx.get(f"{ray_cluster.dashboard_url}/api/serve/applications/", timeout=60).text
+    assert APP in apps and TOKEN not in apps  # not in the dashboard's view of the app (config, runtime_env)
+    assert TOKEN not in repr(serve.status())
 
 
-@pytest.mark.parametrize(
-    "body, missing",
-    [
-        ({"images": ["aGk="]}, "instruction"),
-        ({"instruction": "x"}, "images"),
-        ({"images": [], "instruction": "x"}, "images"),
-    ],
-)
-def test_missing_fields_are_422_naming_the_field(client, body, missing):
-    r = client.post("/v1/generate", json=body, headers=AUTH)
-    assert r.status_code == 422, r.text
-    assert any(missing in err["loc"] for err in r.json()["detail"]), r.text
+def _post(client, body, **kw):
+    return client.post("/v1/chat/completions", json=body, headers=AUTH, **kw)
 
 
-def test_oversize_body_is_413(client):
-    body = {"images": [b64(b"\0" * MAX_BODY_BYTES)], "instruction": "x"}
-    r = client.post("/v1/generate", json=body, headers=AUTH)
-    assert r.status_code == 413, r.text
-    assert "max_body_bytes" in r.json()["detail"]
+def _truncated_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(buf, format="JPEG")
+    return buf.getvalue()[: len(buf.getvalue()) // 2]  # the header is intact, the pixels are cut
 
 
-def test_oversize_chunked_body_without_content_length_is_413(client):
-    payload = b'{"images": ["' + b"A" * (2 * MAX_BODY_BYTES) + b'"], "instruction": "x"}'
+def test_every_bad_input_is_a_4xx_naming_the_field(client):
+    jpeg = png(30, 30)
+    truncated = _truncated_jpeg()
+    good = user(text("x"), image(jpeg))
+    cases = [
+        ({"model": "stage2", "messages": good, "temperature": 9}, 400, "temperature"),
+        ({"model": "stage2", "messages": good, "frobnicate": 1}, 400, "frobnicate"),
+        ({"model": "stage2", "messages": []}, 400, "messages"),
+        ({"model": "stage2", "messages": good, "n": 2}, 400, "n"),
+        ({"model": "stage2", "messages": good, "max_tokens": 65}, 400, "max_tokens"),
+        ({"model": "nope", "messages": good}, 404, "model"),
+        ({"model": "stage2", "messages": user(text("x"), image(truncated, "image/jpeg"))}, 400,
+         "messages.0.content.1.image_url.url"),
+        ({"model": "stage2", "messages": user(text("x"), *[image(jpeg)] * 5)}, 400, "messages.0.content"),
+        ({"model": "stage2", "messages": user(text("x"), {"type": "image_url", "image_url": {"url": "http://x/a.png"}})},
+         400, "messages.0.content.1.image_url.url"),
+        ({"model": "stage2", "messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]}, 400,
+         "messages.0.content"),
+    ]
+    for body, status, param in cases:
+        r = _post(client, body)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["error"]["param"] == param or r.json()["error"]["param"].startswith(param), (param, r.text)
+    r = client.post("/v1/chat/completions", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = _post(client, {"model": "stage2", "messages": user(text("x"), image(b"\0" * 300_000))})
+    assert r.status_code == 413 and "serve.max_body_bytes" in r.json()["error"]["message"]
 
-    def chunks():
-        for i in range(0, len(payload), 8192):
-            yield payload[i : i + 8192]
 
-    r = client.post("/v1/generate", content=chunks(), headers={**AUTH, "content-type": "application/json"})
-    assert r.status_code == 413, r.text
+def test_bad_requests_in_a_busy_batch_fail_alone(client, engines):
+    colors = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0), (0, 200, 200), (200, 0, 200)]
+    good = {i: png(20, 20, c) for i, c in enumerate(colors)}
+    truncated = _truncated_jpeg()
+    jobs = [("good", i, user(text("Answer the question."), text("What color is it?"), image(raw)))
+            for i, raw in good.items()]
+    jobs += [("bad", i, user(text("Answer the question."), image(truncated, "image/jpeg"))) for i in range(4)]
+
+    def send(job):
+        kind, i, messages = job
+        return kind, i, _post(client, {"model": "stage2", "messages": messages, "max_tokens": 6})
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(send, jobs))
+    for kind, i, r in results:
+        if kind == "good":
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"] == expected(engines["stage2"], good[i], max_new_tokens=6)
+        else:
+            assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content.1.image_url.url"
+
+
+def test_batches_fill_without_serves_max_ongoing_requests_warning(client):
+    import glob
+    import os
+
+    import ray
+
+    # Serve warns when max_batch_size x max_concurrent_batches > max_ongoing_requests (the batch can
+    # never fill); max_ongoing_requests defaults to 2 x max_batch_size here.
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    files = glob.glob(os.path.join(logs, "serve", f"replica_{APP}_YingModel_*.log"))
+    assert files, os.listdir(os.path.join(logs, "serve"))[:20]
+    for f in files:
+        assert "will never achieve" not in open(f, errors="replace").read(), f
+
+
+def _wait(client, eval_id: str, limit_s: float = 900) -> dict:
+    # A guard against hanging, not a speed check: evaluations start Ray Data actors on a loaded machine.
+    deadline = time.time() + limit_s
+    while True:
+        state = client.get(f"/v1/evaluations/{eval_id}", headers=AUTH).json()
+        assert state["state"] in ("queued", "running", "done"), state
+        if state["state"] == "done" or time.time() > deadline:
+            return state
+        time.sleep(2)
+
+
+def test_evaluations_run_on_the_cluster_and_are_cached(client, run):
+    r = client.post("/v1/evaluations", json={"model": "stage2", "suite": "table4", "limit": 2}, headers=AUTH)
+    assert r.status_code == 202 and r.json()["state"] in ("queued", "running"), r.text
+    kvqa = r.json()["id"]
+    r = client.post("/v1/evaluations", json={"model": "stage1", "suite": ["vqa-v2"], "limit": 3}, headers=AUTH)
+    tasks_id = r.json()["id"]
+    done = _wait(client, kvqa)
+    assert done["state"] == "done" and done["suite"] == "kvqa" and done["paper"] == "Table 4"
+    assert done["metrics"]["n"] == {"okvqa": 2} and 0 <= done["metrics"]["scores"]["okvqa"] <= 1
+    assert done["not_run"] == {"a-okvqa": "no a-okvqa data", "viquae": "no viquae data"}
+    assert done["report"].startswith("### Table 4") and "| stage2 |" in done["report"]
+    done = _wait(client, tasks_id)
+    assert done["state"] == "done" and set(done["metrics"]) == {"vqa-v2"} and done["metrics"]["vqa-v2"]["n"] == 3
+    assert "Exact match" in done["report"]
+
+    again = client.post("/v1/evaluations", json={"model": "stage2", "suite": "Table 4", "limit": 2}, headers=AUTH)
+    assert again.json()["id"] == kvqa and again.json()["state"] == "done"  # same model, suite and data
+    other = client.post("/v1/evaluations", json={"model": "stage2", "suite": "table4", "limit": 1}, headers=AUTH)
+    assert other.json()["id"] != kvqa
+
+    # The stored result outlives the app: a fresh registry answers from it.
+    from ying.config import load_config
+    from ying.serve.evaluations import EvaluationRegistry
+
+    cfg = load_config("tiny", overrides=[f"run.run_dir={run['run_dir']}", "eval.max_new_tokens=4"])
+    stored = asyncio.run(EvaluationRegistry(cfg, run["data_dir"], "fp-qc", {}).get(kvqa))
+    assert stored["state"] == "done" and stored["cached"] and stored["metrics"]["n"] == {"okvqa": 2}
+
+
+def test_evaluation_requests_name_what_is_valid(client):
+    r = client.post("/v1/evaluations", json={"suite": "table99"}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "suite"
+    assert "table4 (kvqa)" in r.json()["error"]["message"]
+    r = client.post("/v1/evaluations", json={"suite": ["vqa-v2", "nope"]}, headers=AUTH)
+    assert r.status_code == 400 and "tasks with data here" in r.json()["error"]["message"]
+    r = client.post("/v1/evaluations", json={"model": "gpt-4", "suite": "table4"}, headers=AUTH)
+    assert r.status_code == 404 and "['stage1', 'stage2']" in r.json()["error"]["message"]
+    r = client.post("/v1/evaluations", json={"suite": "table4", "limit": 0}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
+    r = client.get("/v1/evaluations/eval-0000000000000000", headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "eval_id"
+
+
+def test_fuzzing_every_endpoint_finds_no_5xx(url):
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=AUTH)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    paths = {f"{op.method.upper()} {op.path}" for op in operations}
+    assert {"POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model_id}", "POST /v1/evaluations",
+            "GET /v1/evaluations/{eval_id}", "GET /healthz"} <= paths
+    failures = []
+    for op in operations:
+        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def check(case):
+            response = case.call(base_url=url, headers=AUTH, timeout=120)
+            if response.status_code >= 500:
+                failures.append((op.path, case.body, response.status_code, response.text[:300]))
+
+        check()
+    assert not failures, failures[:3]

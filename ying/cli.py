@@ -11,6 +11,7 @@
     ying stages                       # list the stages in order
     ying stats --data-dir DIR         # paper Tables 2, 3 and 9 -> DIR/stats.json, DIR/stats.md
     ying review --data-dir DIR        # QC review page: 20 random records per task and split -> review.html
+    ying serve --run-dir DIR          # the run's models behind an OpenAI-compatible API, until Ctrl-C
     ying m3it import SRC --out DIR    # the released M3IT layout -> our Parquet records
     ying m3it export --data-dir DIR --out DST   # our records -> the M3IT layout (base64 JSONL)
 
@@ -111,16 +112,57 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
     print(f"[ying] finished in {time.time() - started:.0f}s", flush=True)
 
     if args.serve and "serve" in manifests:
-        url = manifests["serve"]["outputs"]["url"]
-        print(f"[ying] serving on {url} (POST /v1/generate, GET /healthz); Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            from ying.serve.app import shutdown
+        from ying.serve.runner import serve_until_stopped
 
-            shutdown()
+        out = manifests["serve"]["outputs"]
+        serve_until_stopped(out.get("app_name", cfg.serve.app_name),
+                            f"[ying] serving {', '.join(out.get('models', []))} on {out['url']} "
+                            "(POST /v1/chat/completions, GET /v1/models); Ctrl-C to stop")
     return manifests
+
+
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a run's models over HTTP (OpenAI-compatible) until Ctrl-C or SIGTERM",
+        description="Deploy the run's Stage I and Stage II checkpoints (and serve.models) as one Ray Serve app: "
+        "POST /v1/chat/completions, GET /v1/models, POST /v1/evaluations. Stage II is the default model. "
+        "Blocks until Ctrl-C or SIGTERM, then deletes this app only. A host other than loopback needs a "
+        "bearer token (YING_SERVE_TOKEN or serve.token_file).")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", default=None, help="serve this checkpoint too (or only it, without --run-dir)")
+    p.add_argument("--model-name", default="ying-vlm", help="the served name of --checkpoint (default ying-vlm)")
+    p.add_argument("--host", default=None, help="default serve.host (127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="default serve.port (8000)")
+    p.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local cluster")
+
+
+def _run_serve_command(args) -> None:
+    from ying.config import ConfigError
+    from ying.serve.runner import serve_until_stopped, start_from_run
+
+    if args.host:
+        args.overrides.append(f"serve.host={args.host}")
+    if args.port is not None:
+        args.overrides.append(f"serve.port={args.port}")
+    try:
+        cfg = _load(args)
+        if not args.run_dir and not args.checkpoint:
+            raise ValueError("give --run-dir (a finished run) or --checkpoint")
+        from ying.serve.auth import read_token, require_token_off_loopback
+
+        require_token_off_loopback(cfg.serve.host, read_token(cfg.serve.token_file) is not None)
+    except (ConfigError, ValueError) as e:
+        print(f"ying serve: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    _init_ray(cfg, args.address)
+    try:
+        url, _ = start_from_run(cfg, run_dir=cfg.run.run_dir if args.run_dir else None,
+                                checkpoint=args.checkpoint, model_name=args.model_name)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ying serve: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    serve_until_stopped(cfg.serve.app_name, f"[ying] serving on {url} (POST /v1/chat/completions, GET /v1/models, "
+                        "POST /v1/evaluations); Ctrl-C or SIGTERM to stop")
 
 
 def _add_data_commands(sub) -> None:
@@ -210,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         "host memory per 8-GPU node. The estimate's terms are in ying/train/memory.py.")
     _add_config_args(memory)
     _add_data_commands(sub)
+    _add_serve_command(sub)
 
     if argv and argv[0] == "run":
         run_pipeline_from_args(argv[1:])
@@ -226,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
 
         for s in STAGES:
             print(f"{s.name:9s} <- {', '.join(s.deps) or '(none)'}")
+    elif args.command == "serve":
+        _run_serve_command(args)
     else:
         _run_data_command(args)
 

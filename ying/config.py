@@ -382,11 +382,76 @@ class EvalConfig(_Strict):
         return [_absolute_if_local(p) for p in v] if v else v
 
 
+class AutoscalingSettings(_Strict):
+    """Serve's autoscaler for the model deployment (replaces ``serve.num_replicas`` when set)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)  # per replica; about one full batch in flight
+
+
 class ServeConfig(_Strict):
+    # Where Serve's HTTP proxy listens. A host other than loopback requires a bearer token.
     host: str = "127.0.0.1"
     port: int = 8000
-    max_body_bytes: int = 20_000_000
+    app_name: str = "ying"  # the Serve application; `ying serve` and the DAG stage delete only this one
+    route_prefix: str = "/"  # where the app's routes start, e.g. /ying
+    # Bearer token: the YING_SERVE_TOKEN environment variable, else this file (a path readable where the
+    # app is built, e.g. mounted on every node). Never put the token itself in a config or runtime_env.
+    token_file: str | None = None
     keep_running: bool = False  # `--serve`: leave the app up after the run instead of checking and stopping it
+    # Served checkpoints besides the run's stage1 and stage2: name -> checkpoint dir (local or s3://).
+    models: dict[str, str] = Field(default_factory=dict)
+    default_model: str = "stage2"  # the model a request without "model" gets
+    # Request limits: a request over any of them is a 4xx naming the field.
+    max_body_bytes: int = Field(20_000_000, gt=0)
+    max_images: int = Field(8, ge=1)  # images per request (the paper samples 8 frames per video)
+    max_image_pixels: int = Field(16_000_000, ge=1)  # per image, checked from the header before decoding
+    max_tokens: int = Field(256, ge=1)  # the most a request may ask to generate
+    default_max_tokens: int = Field(32, ge=1)  # when a request does not say
+    # http(s) image URLs the server may fetch, as prefixes ("https://images.example.com/cats/");
+    # empty: only data: URLs. Redirects are not followed.
+    image_url_allowlist: list[str] = Field(default_factory=list)
+    image_fetch_timeout_s: float = Field(10.0, gt=0)
+    # Model replicas: resources, count or autoscaling, batching, queueing.
+    num_replicas: int = execution_only(1, ge=1)  # ignored when autoscaling is set
+    autoscaling: AutoscalingSettings | None = execution_only(None)
+    num_cpus_per_replica: float = execution_only(1.0)
+    num_gpus_per_replica: float = execution_only(0.0)  # > 0: the model runs on a GPU in bfloat16
+    max_models_per_replica: int = execution_only(2)  # checkpoints kept loaded per replica (LRU, Serve multiplexing)
+    max_batch_size: int = execution_only(16)  # requests generated together (Serve dynamic batching)
+    batch_wait_timeout_s: float = execution_only(0.01)  # how long a batch waits to fill
+    max_ongoing_requests: int | None = execution_only(None)  # per model replica; None: 2 x max_batch_size
+    max_queued_requests: int = execution_only(64)  # waiting for a model replica; past this: 503 + Retry-After
+    retry_after_s: float = execution_only(1.0)  # the Retry-After a 503 carries
+    ingress_replicas: int = execution_only(1)  # HTTP front replicas (validate and decode images)
+    ingress_num_cpus: float = execution_only(0.25)
+    health_check_period_s: float = execution_only(10.0)  # Serve runs the model on a tiny input this often
+    health_check_timeout_s: float = execution_only(30.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServeConfig":
+        problems = []
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < 2 * self.max_batch_size:
+            problems.append(
+                f"serve.max_ongoing_requests={self.max_ongoing_requests} must be at least 2 x serve.max_batch_size "
+                f"({2 * self.max_batch_size}) so one batch fills while another runs; raise it or leave it unset")
+        if self.default_max_tokens > self.max_tokens:
+            problems.append(f"serve.default_max_tokens={self.default_max_tokens} is over serve.max_tokens={self.max_tokens}")
+        if self.autoscaling and self.autoscaling.min_replicas > self.autoscaling.max_replicas:
+            problems.append("serve.autoscaling.min_replicas is over serve.autoscaling.max_replicas")
+        if not self.route_prefix.startswith("/"):
+            problems.append(f"serve.route_prefix={self.route_prefix!r} must start with '/'")
+        for prefix in self.image_url_allowlist:
+            if not prefix.startswith(("http://", "https://")) or prefix.count("/") < 3:
+                problems.append(f"serve.image_url_allowlist entry {prefix!r} must look like https://host/path/")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def ongoing_requests(self) -> int:
+        return self.max_ongoing_requests or 2 * self.max_batch_size
 
 
 class YingConfig(_Strict):

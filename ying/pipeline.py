@@ -120,7 +120,7 @@ STAGES: list[Stage] = [
     Stage("stage2", run_stage2, ["qc", "stage1", "tune"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only"]),
     Stage("eval", run_eval, ["qc", "stage1", "stage2", "tune", "unify", "rephrase", "sources"],
           ["eval", "data.tasks", "data.held_out", "data.eval_only"]),
-    Stage("serve", run_serve, ["qc", "stage2", "eval"], ["serve.host", "serve.port", "serve.max_body_bytes"]),
+    Stage("serve", run_serve, ["qc", "stage2", "eval"], ["serve"]),
 ]
 
 

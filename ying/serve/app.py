@@ -1,327 +1,457 @@
-"""Ray Serve app: the trained Ying-VLM behind a small HTTP API.
+"""The Ray Serve application: Ying-VLM behind an OpenAI-compatible API, with evaluations over HTTP.
 
-    app = build_app("runs/default/train_stage2/checkpoint", name="ying-vlm-tiny", max_body_bytes=8 << 20)
-    base_url = deploy(app, host="127.0.0.1", port=8000)
-    # POST {base_url}/v1/generate  {"images": [<base64>...], "instruction": "...", "inputs": "..."}
-    #   -> {"output": "...", "model": "ying-vlm-tiny"}
-    # GET  {base_url}/healthz       -> {"status": "ok", "model": "ying-vlm-tiny"}
-    shutdown()
+    serve run ying.serve.app:build run_dir=runs/default            # a run's Stage I + II checkpoints
+    serve run ying.serve.app:build checkpoint=runs/default/stage2/hf model_name=ying
+    serve build ying.serve.app:app -o serve.yaml                    # then point it at ying.serve.app:build + args
+    ying serve --run-dir runs/default                               # the same, until Ctrl-C / SIGTERM
 
-The model sits behind the ``Predictor`` protocol; the replica builds it by calling the factory
-named by ``predictor_factory`` (``"module:attr.attr"``) with the checkpoint directory, so this
-module imports no model code and tests can serve a small predictor of their own.
+Three deployments:
 
-Guards, in the FastAPI app (Ray's token auth does not cover the Serve port, and Serve has no
-request-size limit of its own):
-- bearer auth when ``YING_SERVE_TOKEN`` is set (compared with ``secrets.compare_digest``);
-  ``GET /healthz`` stays open for load-balancer probes. ``build_app`` forwards the driver's value
-  to the replicas through the deployment's runtime_env, where anyone who can read the cluster's
-  Serve config can see it; export it on the cluster nodes instead if that matters.
-- 413 for a body over ``max_body_bytes``, from ``Content-Length`` before the body is read (a
-  chunked body without one is buffered up to the limit and then refused).
-- 400 for an image that isn't base64, or isn't a decodable image, or is larger than
-  ``max_image_pixels``; 422 for a missing or mistyped field.
-Serve's own ``/-/healthz`` and ``/-/routes`` bypass these guards. Serve's proxy honours a
-client's ``x-request-timeout-seconds`` header before the app sees it; put a reverse proxy that
-strips it in front where that matters.
+- ``YingIngress`` (FastAPI): bearer auth, the body limit, request validation and image decoding
+  (off the event loop), then a call to the model deployment with the request's model as Serve's
+  multiplexed model id. Routes: ``POST /v1/chat/completions`` (SSE when ``stream``),
+  ``GET /v1/models[/{id}]``, ``POST /v1/evaluations``, ``GET /v1/evaluations/{id}``, ``GET /healthz``.
+- ``YingModel``: loads checkpoints on demand (``@serve.multiplexed``, LRU per replica), batches
+  requests of one model (``@serve.batch``), generates in bfloat16 on a GPU. Its health check
+  runs the model on a tiny input. ``max_queued_requests`` bounds the queue; past it the ingress
+  answers 503 with Retry-After.
+- ``EvaluationRegistry``: one replica holding evaluation states; evaluations run as Ray tasks.
+
+The builder takes one typed argument (``AppArgs``), so ``serve run``/``serve deploy`` can build
+the app from key=value pairs or a config file's ``args:``.
 """
 
-# No `from __future__ import annotations`: the route methods are pickled by value into the
-# replica, where FastAPI must resolve their annotations as real objects, not strings.
+# No `from __future__ import annotations`: FastAPI resolves route annotations at runtime, and Serve
+# checks the builder's annotation is a pydantic class.
 
 import asyncio
-import base64
-import binascii
-import importlib
 import io
+import json
 import logging
-import os
-import secrets
-from typing import Any, Callable, Protocol, runtime_checkable
+import time
+import uuid
+from typing import Any, Optional
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, field_validator
 from ray import serve
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = [
-    "Predictor",
-    "GenerateRequest",
-    "GenerateResponse",
-    "TOKEN_ENV",
-    "DEFAULT_PREDICTOR_FACTORY",
-    "build_app",
-    "deploy",
-    "shutdown",
-    "load_predictor_factory",
-    "decode_images",
-]
+from ying.config import YingConfig, load_config
+from ying.serve.auth import Guard, GuardMiddleware, TokenDigest, is_loopback, read_token, token_digest
+from ying.serve.engine import GenerationRequest, GenerationResult, load_engine, read_model_limits
+from ying.serve.evaluations import EvaluationRegistry, resolve_suite
+from ying.serve.models import ServedModels, resolve_models
+from ying.serve.protocol import (
+    ChatCompletionRequest,
+    EvaluationRequest,
+    RequestError,
+    RequestLimits,
+    chat_chunk,
+    chat_completion,
+    decode_image,
+    error_body,
+    parse_chat,
+)
+
+__all__ = ["AppArgs", "build", "application", "YingIngress", "YingModel"]
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENV = "YING_SERVE_TOKEN"
-DEFAULT_PREDICTOR_FACTORY = "ying.model.inference:YingPredictor.from_checkpoint"
 
+class AppArgs(BaseModel):
+    """The builder's argument (``serve run ying.serve.app:build key=value ...`` or a config's ``args:``)."""
 
-@runtime_checkable
-class Predictor(Protocol):
-    """What the Serve app needs from a model.
-
-    An example is ``{"images": list[bytes], "instruction": str, "inputs": str}`` with encoded image
-    bytes (PNG, JPEG, ...; a video is its frames). ``generate`` returns one string per example,
-    in order.
-    """
-
-    def generate(self, examples: list[dict]) -> list[str]: ...
-
-
-class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    images: list[str] = Field(min_length=1, description="base64-encoded images (a data: URL prefix is allowed)")
-    instruction: str = Field(min_length=1)
-    inputs: str = ""
+    run_dir: Optional[str] = None  # serve this run's stage1 and stage2 checkpoints; evaluate on its qc data
+    checkpoint: Optional[str] = None  # or (also) one checkpoint directory ...
+    model_name: str = "ying-vlm"  # ... served under this name
+    data_dir: Optional[str] = None  # records for /v1/evaluations (default: the run's qc output)
+    preset: str = "tiny"  # the config preset; its serve section sizes the app
+    config: Optional[str] = None  # a YAML file merged over the preset
+    overrides: list[str] = []  # dotted overrides, e.g. ["serve.max_batch_size=8"]
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _one_override(cls, v):
+        return [v] if isinstance(v, str) else v  # `serve run ... overrides=serve.max_tokens=64`
 
 
-class GenerateResponse(BaseModel):
-    output: str
-    model: str
+def build(args: AppArgs):
+    """The application for ``args``: config, served checkpoints and the token, resolved here."""
+    overrides = list(args.overrides) + ([f"run.run_dir={args.run_dir}"] if args.run_dir else [])
+    cfg = load_config(args.preset, args.config, overrides)
+    served = resolve_models(cfg, run_dir=args.run_dir and cfg.run.run_dir, checkpoint=args.checkpoint,
+                            model_name=args.model_name, data_dir=args.data_dir)
+    return application(cfg, served, token_digest(read_token(cfg.serve.token_file)))
 
 
-def load_predictor_factory(path: str) -> Callable[[str], Predictor]:
-    """Resolve ``"package.module:Attr.attr"`` to the callable it names."""
-    module_name, sep, attr_path = path.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ValueError(f"predictor_factory must look like 'package.module:Class.method', got {path!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ImportError(f"predictor_factory {path!r}: cannot import {module_name!r}: {e}") from e
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            raise AttributeError(f"predictor_factory {path!r}: no attribute {part!r}") from e
-    if not callable(obj):
-        raise TypeError(f"predictor_factory {path!r} names a {type(obj).__name__}, not a callable")
-    return obj
+def application(cfg: YingConfig, served: Optional[ServedModels], token: Optional[TokenDigest]):
+    """Bind the three deployments with the options ``cfg.serve`` asks for."""
+    s = cfg.serve
+    model_options: dict[str, Any] = dict(
+        ray_actor_options={"num_cpus": s.num_cpus_per_replica, "num_gpus": s.num_gpus_per_replica},
+        max_ongoing_requests=s.ongoing_requests,
+        max_queued_requests=s.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": s.retry_after_s},
+        health_check_period_s=s.health_check_period_s,
+        health_check_timeout_s=s.health_check_timeout_s,
+    )
+    if s.autoscaling:
+        model_options["autoscaling_config"] = s.autoscaling.model_dump()
+    else:
+        model_options["num_replicas"] = s.num_replicas
+    model = YingModel.options(**model_options).bind(served, s.max_batch_size, s.batch_wait_timeout_s,
+                                                     s.max_models_per_replica, s.num_cpus_per_replica)
+    registry = EvaluationDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(cfg, served)
+    ingress_ongoing = max(4 * s.ongoing_requests, 64)
+    return YingIngress.options(
+        num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": s.ingress_num_cpus},
+        max_ongoing_requests=ingress_ongoing, max_queued_requests=2 * ingress_ongoing,
+        backpressure_config={"status_code": 503, "retry_after_s": s.retry_after_s},
+    ).bind(model, registry, cfg, served, token)
 
 
-def decode_images(images_b64: list[str], max_image_pixels: int) -> list[bytes]:
-    """Base64 strings to image bytes; raises ValueError with the offending index on bad input."""
-    from PIL import Image
-
-    decoded = []
-    for i, text in enumerate(images_b64):
-        if text.startswith("data:"):
-            _, comma, text = text.partition(",")
-            if not comma:
-                raise ValueError(f"images[{i}] is a data: URL without a ',' before the base64 payload")
-        try:
-            raw = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"images[{i}] is not valid base64: {e}") from None
-        if not raw:
-            raise ValueError(f"images[{i}] is empty")
-        try:
-            with Image.open(io.BytesIO(raw)) as img:
-                width, height = img.size  # header only; no pixel decode here
-                img.verify()
-        except Exception as e:  # PIL raises many types for junk input
-            raise ValueError(f"images[{i}] is not a decodable image: {type(e).__name__}: {e}") from None
-        if width * height > max_image_pixels:
-            raise ValueError(
-                f"images[{i}] has {width}x{height} = {width * height} pixels, over the limit of {max_image_pixels}"
-            )
-        decoded.append(raw)
-    return decoded
+def __getattr__(name: str):
+    # `serve build ying.serve.app:app` wants an Application object: the deployments and their options
+    # for the default config. It serves nothing until pointed at `ying.serve.app:build` with args.
+    if name == "app":
+        return application(load_config("tiny"), None, None)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _GuardMiddleware:
-    """Pure ASGI middleware: bearer auth, then the request-size limit."""
+def _require_served(served: Optional[ServedModels]) -> ServedModels:
+    if served is None:
+        raise ValueError("ying.serve.app:app is the template `serve build` reads; deploy "
+                         "import_path: ying.serve.app:build with args (run_dir: ... or checkpoint: ...)")
+    return served
 
-    def __init__(self, app, max_body_bytes: int, token_env: str, open_paths: frozenset[str]):
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.open_paths = open_paths
-        # Read in the replica (the middleware stack is built on the first request there).
-        self.token = os.environ.get(token_env) or None
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+# ---- the model deployment --------------------------------------------------------------------
 
-        path = scope.get("path", "/")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):  # under a route_prefix, match routes as the app sees them
-            path = path[len(root):] or "/"
-        if self.token is not None and path not in self.open_paths:
-            scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.token.encode()):
-                return await _json_response(
-                    send, 401, {"detail": "missing or wrong bearer token"}, {b"www-authenticate": b"Bearer"}
-                )
+_HEALTH_IMAGE = None
 
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                return await _json_response(send, 400, {"detail": "Content-Length is not an integer"})
-            if n > self.max_body_bytes:
-                return await _json_response(send, 413, _too_large(n, self.max_body_bytes))
-            return await self.app(scope, receive, send)
 
-        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        # No Content-Length (chunked): buffer up to the limit, then replay.
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_body_bytes:
-                return await _json_response(send, 413, _too_large(size, self.max_body_bytes, at_least=True))
-            chunks.append(body)
-            if not message.get("more_body", False):
+def _health_request() -> GenerationRequest:
+    global _HEALTH_IMAGE
+    if _HEALTH_IMAGE is None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, format="PNG")
+        _HEALTH_IMAGE = buf.getvalue()
+    return GenerationRequest(images=[_HEALTH_IMAGE], instruction="Describe the image.", max_new_tokens=1)
+
+
+@serve.deployment(name="YingModel")
+class YingModel:
+    async def __init__(self, served: Optional[ServedModels], max_batch_size: int, batch_wait_timeout_s: float,
+                       max_models: int, num_cpus: float):
+        import torch
+
+        served = _require_served(served)
+        # As many math threads as CPUs reserved: more would fight the other replicas for the same cores.
+        torch.set_num_threads(max(1, int(num_cpus)))
+        self.checkpoints = served.checkpoints
+        self.default = served.default
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        for batched in (self._generate_batch, self._stream_batch):
+            batched.set_max_batch_size(max_batch_size)
+            batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+        async def load(model_id: str):
+            if model_id not in self.checkpoints:
+                raise KeyError(f"unknown model {model_id!r}; served: {sorted(self.checkpoints)}")
+            return await asyncio.to_thread(load_engine, self.checkpoints[model_id], model_id, self.device)
+
+        # Serve multiplexing: checkpoints load on first use and the least recently used is dropped
+        # past `max_models`; the ingress routes a model's requests to replicas that hold it.
+        self._get_model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
+        await self._get_model(self.default)  # ready to answer before the replica takes traffic
+        self.batches = {"batches": 0, "requests": 0}
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return await self._generate_batch(request)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, requests: list) -> list:
+        # Serve splits batches by multiplexed model id: one model per batch.
+        engine = await self._get_model(serve.get_multiplexed_model_id())
+        self._count(requests)
+        return await asyncio.to_thread(engine.generate, requests)
+
+    def _count(self, requests: list) -> None:
+        self.batches["batches"] += 1
+        self.batches["requests"] += len(requests)
+
+    async def batch_stats(self) -> dict:
+        """Batches generated and requests in them since the replica started (mean batch size = ratio)."""
+        return dict(self.batches)
+
+    async def generate_stream(self, request: GenerationRequest):
+        """Events for one request: ``{"delta": text}``..., then ``{"finish": GenerationResult}``."""
+        async for events in self._stream_batch(request):
+            for event in events:
+                yield event
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _stream_batch(self, requests: list):
+        engine = await self._get_model(serve.get_multiplexed_model_id())
+        self._count(requests)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        n = len(requests)
+
+        def on_event(i: int, event: dict) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (i, event))
+
+        job = asyncio.ensure_future(asyncio.to_thread(engine.generate, requests, on_event))
+        job.add_done_callback(lambda _: queue.put_nowait(None))
+        finished, stopped = [False] * n, [False] * n
+        while not all(stopped):
+            if all(finished):
+                yield [StopIteration] * n  # ends every caller's stream (those ended already ignore it)
                 break
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+            pending: list[list[dict]] = [[] for _ in range(n)]
+            item = await queue.get()
+            items = [item]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            for it in items:
+                if it is None:  # the generation thread ended: anything unfinished failed
+                    error = job.exception()
+                    for k in range(n):
+                        if not finished[k]:
+                            pending[k].append({"finish": GenerationResult(
+                                error=f"generation failed: {type(error).__name__ if error else 'no result'}")})
+                    continue
+                pending[it[0]].append(it[1])
+            out: list = []
+            for k in range(n):
+                if finished[k] and not stopped[k] and not pending[k]:
+                    out.append(StopIteration)
+                    stopped[k] = True
+                else:
+                    out.append(pending[k])
+                    finished[k] = finished[k] or any("finish" in e for e in pending[k])
+            yield out
 
-        async def replay_receive():
-            return replay.pop() if replay else await receive()
-
-        return await self.app(scope, replay_receive, send)
-
-
-def _too_large(n: int, limit: int, at_least: bool = False) -> dict:
-    size = f"at least {n}" if at_least else str(n)
-    return {"detail": f"request body is {size} bytes, over the limit of {limit} bytes (max_body_bytes)"}
-
-
-async def _json_response(send, status: int, payload: dict, extra_headers: dict | None = None):
-    import json
-
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += list((extra_headers or {}).items())
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _make_deployment(
-    *,
-    max_body_bytes: int,
-    max_batch_size: int,
-    batch_wait_timeout_s: float,
-    num_replicas: int,
-    ray_actor_options: dict,
-):
-    """The FastAPI app and the deployment class around it; built per call so limits are explicit."""
-    fastapi_app = FastAPI(title="Ying-VLM", docs_url=None, redoc_url=None, openapi_url=None)
-    fastapi_app.add_middleware(
-        _GuardMiddleware, max_body_bytes=max_body_bytes, token_env=TOKEN_ENV, open_paths=frozenset({"/healthz"})
-    )
-
-    @serve.deployment(name="YingVLM", num_replicas=num_replicas, ray_actor_options=ray_actor_options)
-    @serve.ingress(fastapi_app)
-    class YingVLMServer:
-        def __init__(self, checkpoint_dir: str, name: str, predictor_factory: str, max_image_pixels: int):
-            self.name = name
-            self.max_image_pixels = max_image_pixels
-            self.predictor: Predictor = load_predictor_factory(predictor_factory)(checkpoint_dir)
-            if not callable(getattr(self.predictor, "generate", None)):
-                raise TypeError(f"{predictor_factory} returned {type(self.predictor).__name__}, which has no generate()")
-            logger.info("serving %s from %s via %s", name, checkpoint_dir, predictor_factory)
-
-        @fastapi_app.get("/healthz")
-        async def healthz(self) -> dict:
-            return {"status": "ok", "model": self.name}
-
-        @fastapi_app.post("/v1/generate", response_model=GenerateResponse)
-        async def generate(self, request: GenerateRequest) -> GenerateResponse:
-            try:
-                images = decode_images(request.images, self.max_image_pixels)
-            except ValueError as e:
-                raise HTTPException(status_code=400, detail=str(e)) from None
-            example = {"images": images, "instruction": request.instruction, "inputs": request.inputs}
-            try:
-                output = await self._generate_batch(example)
-            except Exception as e:
-                logger.exception("generation failed")
-                raise HTTPException(status_code=500, detail=f"generation failed: {type(e).__name__}") from None
-            return GenerateResponse(output=output, model=self.name)
-
-        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
-        async def _generate_batch(self, examples: list[dict]) -> list[str]:
-            # One batch at a time (max_concurrent_batches=1), off the event loop so /healthz stays live.
-            outputs = await asyncio.to_thread(self.predictor.generate, examples)
-            if len(outputs) != len(examples):
-                raise RuntimeError(f"predictor returned {len(outputs)} outputs for {len(examples)} examples")
-            return [str(o) for o in outputs]
-
-    return YingVLMServer
+    async def check_health(self) -> None:
+        """Serve calls this periodically: the default model must answer a one-token request."""
+        engine = await self._get_model(self.default)
+        result = (await asyncio.to_thread(engine.generate, [_health_request()]))[0]
+        if result.error:
+            raise RuntimeError(f"health check: {self.default} failed on a tiny input: {result.error}")
 
 
-def build_app(
-    checkpoint_dir: str,
-    name: str,
-    max_body_bytes: int,
-    predictor_factory: str = DEFAULT_PREDICTOR_FACTORY,
-    *,
-    max_image_pixels: int = 64_000_000,
-    max_batch_size: int = 8,
-    batch_wait_timeout_s: float = 0.02,
-    num_replicas: int = 1,
-    num_cpus: float = 1,
-    num_gpus: float = 0,
-    runtime_env: dict | None = None,
-):
-    """A bound Serve application for ``serve.run`` / ``deploy``.
-
-    ``predictor_factory`` names a callable ``(checkpoint_dir) -> Predictor``, imported in the
-    replica: its module must be importable there (installed, in the job's working_dir, or on a
-    ``PYTHONPATH`` given through ``runtime_env``, which goes to the replicas' actor options).
-    """
-    if max_body_bytes <= 0:
-        raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    if ":" not in predictor_factory:
-        raise ValueError(f"predictor_factory must look like 'package.module:Class.method', got {predictor_factory!r}")
-
-    ray_actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
-    runtime_env = dict(runtime_env or {})
-    token = os.environ.get(TOKEN_ENV)
-    if token:
-        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), TOKEN_ENV: token}
-    if runtime_env:
-        ray_actor_options["runtime_env"] = runtime_env
-
-    deployment = _make_deployment(
-        max_body_bytes=max_body_bytes,
-        max_batch_size=max_batch_size,
-        batch_wait_timeout_s=batch_wait_timeout_s,
-        num_replicas=num_replicas,
-        ray_actor_options=ray_actor_options,
-    )
-    return deployment.bind(checkpoint_dir, name, predictor_factory, max_image_pixels)
+@serve.deployment(name="EvaluationRegistry")
+class EvaluationDeployment(EvaluationRegistry):
+    def __init__(self, cfg: YingConfig, served: Optional[ServedModels]):
+        served = _require_served(served)
+        super().__init__(cfg, served.data_dir, served.data_fingerprint, served.sources)
+        import ying.eval.predictors  # noqa: F401  (imported now, not on the first request)
 
 
-def deploy(app, host: str = "127.0.0.1", port: int = 8000, *, app_name: str = "ying", route_prefix: str = "/") -> str:
-    """Start Serve's HTTP proxy on host:port, run ``app`` and return its base URL once it is healthy.
+# ---- the HTTP ingress ------------------------------------------------------------------------
 
-    Serve's HTTP options are cluster-wide and fixed by the first start: if Serve already runs on
-    another host/port, stop it with ``shutdown()`` first.
-    """
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name=app_name, route_prefix=route_prefix)
-    url_host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
-    prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
-    return f"http://{url_host}:{port}{prefix}"
+fastapi_app = FastAPI(title="Ying-VLM", version="1", docs_url=None, redoc_url=None,
+                      description="OpenAI-compatible vision chat and evaluations for Ying-VLM checkpoints.")
+fastapi_app.add_middleware(GuardMiddleware)
 
 
-def shutdown() -> None:
-    """Delete every Serve app and stop Serve's actors (Ray itself keeps running)."""
-    serve.shutdown()
+def _error_response(e: RequestError) -> JSONResponse:
+    return JSONResponse(error_body(e.message, e.param, e.kind), status_code=e.status, headers=e.headers)
+
+
+@fastapi_app.exception_handler(RequestError)
+async def _on_request_error(request: Request, e: RequestError):
+    return _error_response(e)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _on_validation_error(request: Request, e: RequestValidationError):
+    errors = e.errors()
+    if errors and errors[0].get("type") == "json_invalid":
+        return JSONResponse(error_body(f"the body is not valid JSON: {errors[0].get('ctx', {}).get('error', '')}"),
+                            status_code=400)
+    messages = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        # Pydantic names the union branch it tried (e.g. "str", "list[...]"): keep field names only.
+        loc = [p for p in loc if not p.startswith(("list[", "str", "function-", "tagged-union[")) and "[" not in p]
+        messages.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+    first = [str(p) for p in errors[0].get("loc", ()) if p != "body"] if errors else []
+    first = [p for p in first if "[" not in p and not p.startswith(("str", "function-"))]
+    return JSONResponse(error_body("; ".join(messages[:5]), ".".join(first) or None), status_code=400)
+
+
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _on_http_error(request: Request, e: StarletteHTTPException):
+    return JSONResponse(error_body(str(e.detail)), status_code=e.status_code, headers=getattr(e, "headers", None))
+
+
+def _backpressure(e: BackPressureError) -> RequestError:
+    retry = e.retry_after_s if e.retry_after_s is not None else 1
+    return RequestError(f"the server is at capacity ({e.message}); retry after {retry:g}s", None, status=503,
+                        kind="server_overloaded", headers={"Retry-After": str(max(1, int(-(-retry // 1))))})
+
+
+def _refuse_open_host_without_token(token: Optional[TokenDigest]) -> None:
+    """A config file's http_options.host defaults to 0.0.0.0: without a token, refuse to come up."""
+    if token is not None:
+        return
+    try:
+        from ray.serve.context import _get_global_client
+
+        host = _get_global_client().http_config.host
+    except Exception:  # no controller to ask (not under Serve): nothing to check
+        return
+    if host and not is_loopback(host):
+        raise RuntimeError(f"Serve's HTTP proxy listens on {host}, which is not loopback, and no bearer token is "
+                           "set: set YING_SERVE_TOKEN (or serve.token_file) where the app is built, or bind 127.0.0.1")
+
+
+@serve.deployment(name="YingIngress")
+@serve.ingress(fastapi_app)
+class YingIngress:
+    def __init__(self, model_handle, registry_handle, cfg: YingConfig, served: Optional[ServedModels],
+                 token: Optional[TokenDigest]):
+        served = _require_served(served)
+        s = cfg.serve
+        _refuse_open_host_without_token(token)
+        fastapi_app.state.guard = Guard(token, s.max_body_bytes)
+        self.model_handle = model_handle
+        self.registry = registry_handle
+        self.cfg = cfg
+        self.served = served
+        self.created = int(time.time())
+        self.limits = RequestLimits(max_images=s.max_images, max_image_pixels=s.max_image_pixels,
+                                    max_tokens=s.max_tokens, default_max_tokens=s.default_max_tokens,
+                                    image_url_allowlist=s.image_url_allowlist)
+        self.model_limits = {name: read_model_limits(path) for name, path in served.checkpoints.items()}
+        import ying.eval.suites  # noqa: F401  (imported now, not on the first evaluation request)
+
+    def _model(self, name: Optional[str]) -> str:
+        name = name or self.served.default
+        if name not in self.served.checkpoints:
+            raise RequestError(f"model: unknown model {name!r}; served models: {sorted(self.served.checkpoints)}",
+                               "model", status=404, kind="model_not_found")
+        return name
+
+    def _model_card(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "ying"}
+
+    @fastapi_app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "models": list(self.served.checkpoints), "default_model": self.served.default}
+
+    @fastapi_app.get("/v1/models")
+    async def list_models(self) -> dict:
+        return {"object": "list", "data": [self._model_card(n) for n in self.served.checkpoints]}
+
+    @fastapi_app.get("/v1/models/{model_id}")
+    async def get_model(self, model_id: str) -> dict:
+        return self._model_card(self._model(model_id))
+
+    @fastapi_app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest):
+        model = self._model(body.model)
+        gen, refs = parse_chat(body, self.limits, self.model_limits[model])
+        raws = [ref.data if ref.data is not None else await self._fetch(ref.url, ref.param) for ref in refs]
+        # Full decodes (CPU-bound) run off the event loop.
+        await asyncio.to_thread(lambda: [decode_image(raw, ref.param, self.limits.max_image_pixels)
+                                         for raw, ref in zip(raws, refs)])
+        gen.images = raws
+        handle = self.model_handle.options(multiplexed_model_id=model)
+        if body.stream:
+            return await self._stream(handle, gen, model, bool(body.stream_options and body.stream_options.include_usage))
+        try:
+            result: GenerationResult = await handle.generate.remote(gen)
+        except BackPressureError as e:
+            raise _backpressure(e) from None
+        if result.error:
+            logger.error("generation failed for one request: %s", result.error)
+            return JSONResponse(error_body("generation failed on the server", None, "server_error"), status_code=500)
+        return chat_completion(model, result)
+
+    async def _stream(self, handle, gen: GenerationRequest, model: str, include_usage: bool):
+        events = handle.options(stream=True).generate_stream.remote(gen)
+        try:
+            first = await events.__anext__()  # a full queue fails here, before any byte is sent
+        except BackPressureError as e:
+            raise _backpressure(e) from None
+        chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def sse(body: dict) -> str:
+            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+        async def body():
+            yield sse(chat_chunk(chunk_id, created, model, delta={"role": "assistant", "content": ""}))
+            event = first
+            while True:
+                if "delta" in event:
+                    yield sse(chat_chunk(chunk_id, created, model, delta={"content": event["delta"]}))
+                else:
+                    result: GenerationResult = event["finish"]
+                    if result.error:
+                        logger.error("generation failed for one streamed request: %s", result.error)
+                        yield sse(error_body("generation failed on the server", None, "server_error"))
+                    else:
+                        yield sse(chat_chunk(chunk_id, created, model, finish_reason=result.finish_reason))
+                        if include_usage:
+                            yield sse(chat_chunk(chunk_id, created, model, usage=result))
+                    break
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _fetch(self, url: str, param: str) -> bytes:
+        """An allow-listed image URL: no redirects (they could leave the allow-list), at most max_body_bytes."""
+        import httpx
+
+        limit = self.cfg.serve.max_body_bytes
+        try:
+            async with httpx.AsyncClient(follow_redirects=False, timeout=self.cfg.serve.image_fetch_timeout_s) as c:
+                async with c.stream("GET", url) as r:
+                    if r.status_code != 200:
+                        raise RequestError(f"{param}: fetching the image answered HTTP {r.status_code}", param)
+                    data = bytearray()
+                    async for chunk in r.aiter_bytes():
+                        data += chunk
+                        if len(data) > limit:
+                            raise RequestError(f"{param}: the image is over {limit} bytes (serve.max_body_bytes)", param)
+        except httpx.HTTPError as e:
+            raise RequestError(f"{param}: fetching the image failed: {type(e).__name__}", param) from None
+        if not data:
+            raise RequestError(f"{param}: the image is empty", param)
+        return bytes(data)
+
+    @fastapi_app.post("/v1/evaluations", status_code=202)
+    async def start_evaluation(self, body: EvaluationRequest) -> dict:
+        model = self._model(body.model)
+        try:
+            suite, tasks = resolve_suite(body.suite, list(self.cfg.data.tasks))
+        except ValueError as e:
+            raise RequestError(str(e), "suite") from None
+        limit = body.limit or self.cfg.eval.max_per_task
+        try:
+            return await self.registry.submit.remote(model, self.served.checkpoints[model], suite, tasks, limit)
+        except ValueError as e:
+            raise RequestError(str(e), None, status=409) from None
+
+    @fastapi_app.get("/v1/evaluations/{eval_id}")
+    async def get_evaluation(self, eval_id: str) -> dict:
+        state = await self.registry.get.remote(eval_id)
+        if state is None:
+            raise RequestError(f"eval_id: no evaluation {eval_id!r} (ids come from POST /v1/evaluations)",
+                               "eval_id", status=404, kind="not_found")
+        return state

@@ -1,56 +1,81 @@
-"""The DAG's serve stage: deploy the Stage II model on Ray Serve and prove it answers over HTTP.
+"""The DAG's serve stage: deploy the run's models on Ray Serve and prove they answer over HTTP.
 
-Without ``serve.keep_running`` the stage sends one real request (an evaluation record's image and
-instruction), records the answer, and shuts the app down. With it (``--serve``), the app stays up
-and the stage returns its URL.
+The check is one real OpenAI-style chat request (an evaluation record's images and instruction) to
+the Stage II model, with the bearer token when one is set (read here, in the stage's worker, from
+``YING_SERVE_TOKEN`` or ``serve.token_file``). Without ``serve.keep_running`` the stage then deletes
+its own app; with it (``--serve``) the app stays up and the stage returns its URL.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import time
 
 import httpx
 
 from ying.config import YingConfig
 from ying.data.build import read_records
-from ying.serve.app import build_app, deploy, shutdown
 
-__all__ = ["serve_and_check", "request_body"]
+__all__ = ["serve_and_check", "chat_body"]
 
 
-def request_body(record: dict) -> dict:
-    """A /v1/generate body for a record: its images as base64, its instruction and inputs."""
-    return {
-        "images": [base64.b64encode(b).decode("ascii") for b in record["images"]],
-        "instruction": record["instruction"],
-        "inputs": record["inputs"],
-    }
+def _data_url(image: bytes) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as img:
+        mime = Image.MIME.get(img.format or "", "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
+
+
+def chat_body(record: dict, model: str, max_tokens: int) -> dict:
+    """A /v1/chat/completions body for a record: instruction, then inputs, then its images."""
+    content = [{"type": "text", "text": record["instruction"]}]
+    if record.get("inputs"):
+        content.append({"type": "text", "text": record["inputs"]})
+    content += [{"type": "image_url", "image_url": {"url": _data_url(b)}} for b in record["images"]]
+    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "chinese_dialogue": record.get("lang") == "zh"}
 
 
 def serve_and_check(cfg: YingConfig, checkpoint: str, data_dir: str) -> dict:
-    app = build_app(checkpoint, name=f"ying-vlm-{cfg.preset}", max_body_bytes=cfg.serve.max_body_bytes)
+    from ying.serve.app import application
+    from ying.serve.auth import read_token, token_digest
+    from ying.serve.models import resolve_models
+    from ying.serve.runner import delete_app, deploy
+
+    s = cfg.serve
+    token = read_token(s.token_file)
+    served = resolve_models(cfg, run_dir=cfg.run.run_dir, data_dir=data_dir)
+    served = dataclasses.replace(served, checkpoints={**served.checkpoints, "stage2": checkpoint})
+    sample = next(iter(sorted(read_records(data_dir, "validation"), key=lambda r: r["id"])), None)
+    if sample is None:
+        raise ValueError(f"no validation record under {data_dir} to check the endpoint with")
     started = time.time()
-    base_url = deploy(app, host=cfg.serve.host, port=cfg.serve.port)
+    base_url = deploy(application(cfg, served, token_digest(token)), host=s.host, port=s.port,
+                      app_name=s.app_name, route_prefix=s.route_prefix, has_token=token is not None)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        sample = next(iter(sorted(read_records(data_dir, "validation"), key=lambda r: r["id"])), None)
-        if sample is None:
-            raise ValueError(f"no validation record under {data_dir} to check the endpoint with")
         health = httpx.get(f"{base_url}/healthz", timeout=30).json()
-        resp = httpx.post(f"{base_url}/v1/generate", json=request_body(sample), timeout=120)
-        resp.raise_for_status()
-        answer = resp.json()
-        print(f"[serve] {base_url}/v1/generate answered {answer['output']!r} for {sample['id']}", flush=True)
+        resp = httpx.post(f"{base_url}/v1/chat/completions", json=chat_body(sample, "stage2", cfg.eval.max_new_tokens),
+                          headers=headers, timeout=120)
+        if resp.status_code != 200:
+            raise RuntimeError(f"{base_url}/v1/chat/completions answered {resp.status_code}: {resp.text[:500]}")
+        answer = resp.json()["choices"][0]["message"]["content"]
+        print(f"[serve] {base_url}/v1/chat/completions answered {answer!r} for {sample['id']}", flush=True)
     except BaseException:
-        shutdown()
+        delete_app(s.app_name)
         raise
-    if not cfg.serve.keep_running:
-        shutdown()
+    if not s.keep_running:
+        delete_app(s.app_name)
     return {
         "url": base_url,
-        "kept_running": cfg.serve.keep_running,
+        "app_name": s.app_name,
+        "models": sorted(served.checkpoints),
+        "kept_running": s.keep_running,
         "health": health,
         "check": {"id": sample["id"], "instruction": sample["instruction"], "inputs": sample["inputs"],
-                  "output": answer["output"], "reference": sample["outputs"]},
+                  "output": answer, "reference": sample["outputs"]},
         "startup_seconds": round(time.time() - started, 1),
     }

@@ -1,0 +1,281 @@
+"""Evaluations over HTTP: a paper suite (or a list of tasks) for one served model, run on the cluster.
+
+``POST /v1/evaluations`` hands the request to ``EvaluationRegistry`` (a one-replica Serve deployment
+of the app, so it lives and dies with the app). The registry answers at once with an id and starts a
+Ray task, ``run_evaluation``, which goes through ``ying.eval``'s public entry points: the suite's
+examples (``build_examples``), answers from the Ray Data model actors with the prediction cache
+(``cached_predictions``, shared with the DAG's eval stage), the suite's scorer and its report
+table. Nothing runs inside the model replicas.
+
+The id is the hash of what decides the result: the model's weights fingerprint, the suite, the
+data's fingerprint, the limit and the decoding settings. A finished result is stored under
+``<eval cache dir>/serve-evaluations/<id>.json``, so asking again (even after a restart) answers
+from the store, and an identical request in flight gets the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+from typing import Any, Iterator
+
+import ray
+
+from ying import storage
+from ying.config import YingConfig
+
+__all__ = ["paper_suite_names", "resolve_suite", "evaluation_id", "data_fingerprint", "run_evaluation",
+           "EvaluationRegistry", "results_dir"]
+
+logger = logging.getLogger(__name__)
+
+TASKS_SUITE = "tasks"  # a list of tasks, each with its own instruction (the eval stage's metrics.json)
+
+
+def paper_suite_names() -> dict[str, str]:
+    """``{"table4": "kvqa", ...}``: each suite under the name of the paper table or figure it fills."""
+    from ying.eval.suites import SUITES
+
+    return {s.paper.lower().replace(" ", ""): name for name, s in SUITES.items()}
+
+
+def resolve_suite(suite: str | list[str], built_tasks: list[str]) -> tuple[str, list[str]]:
+    """(suite name, tasks) for a request's ``suite``; ValueError naming the valid choices."""
+    from ying.eval.suites import SUITES
+
+    if isinstance(suite, list):
+        if not suite:
+            raise ValueError(f"suite: an empty task list; tasks with data here: {sorted(built_tasks)}")
+        unknown = [t for t in suite if t not in built_tasks]
+        if unknown:
+            raise ValueError(f"suite: unknown task(s) {unknown}; tasks with data here: {sorted(built_tasks)}")
+        return TASKS_SUITE, sorted(set(suite))
+    tables = paper_suite_names()
+    key = suite.strip().lower().replace(" ", "")
+    name = tables.get(key, key if key in SUITES else None)
+    if name is None:
+        valid = [f"{t} ({n})" for t, n in tables.items()]
+        raise ValueError(f"suite: unknown suite {suite!r}; valid: {', '.join(valid)}, or a list of task names")
+    return name, list(SUITES[name].tasks)
+
+
+def results_dir(cfg: YingConfig) -> str:
+    return storage.join(_cache_dir(cfg), "serve-evaluations")
+
+
+def _cache_dir(cfg: YingConfig) -> str:
+    return cfg.eval.cache_dir or storage.join(cfg.run.run_dir, "cache", "eval")
+
+
+def data_fingerprint(data_dir: str) -> str:
+    """Names and sizes of the data dir's record files (the qc stage's fingerprint is used when known)."""
+    fs, root = storage.filesystem(storage.join(data_dir, "records"))
+    if not fs.exists(root):
+        raise FileNotFoundError(f"{data_dir} has no records/ folder")
+    listing = sorted((info["name"][len(root):], info.get("size")) for info in fs.find(root, detail=True).values())
+    return storage.fingerprint(listing)
+
+
+def evaluation_id(model_fingerprint: str, suite: str, tasks: list[str], data_fp: str, limit: int,
+                  cfg: YingConfig) -> str:
+    e = cfg.eval
+    return "eval-" + storage.fingerprint({
+        "model": model_fingerprint, "suite": suite, "tasks": tasks, "data": data_fp, "limit": limit,
+        "decoding": [e.max_new_tokens, e.caption_max_new_tokens], "chair": [e.chair_vocabulary, e.chair_instances],
+    })
+
+
+def _train_instructions(data_dir: str, tasks: list[str]) -> list[dict]:
+    """(task, instruction) of the training records: two columns, never the images."""
+    import pyarrow.parquet as pq
+
+    from ying.data.build import records_dir
+
+    fs, root = storage.filesystem(records_dir(data_dir, "train"))
+    if not fs.exists(root):
+        return []
+    wanted, rows = set(tasks), []
+    for f in sorted(p for p in fs.find(root) if p.endswith(".parquet")):
+        with fs.open(f, "rb") as fh:
+            rows.extend(r for r in pq.read_table(fh, columns=["task", "instruction"]).to_pylist() if r["task"] in wanted)
+    return rows
+
+
+def _evaluate(cfg: YingConfig, spec: dict) -> Iterator[dict]:
+    """Yields ``{"progress": ...}`` items, then ``{"result": ...}``."""
+    from ying.eval.evaluate import evaluation_records
+    from ying.eval.predictors import ModelSpec, cached_predictions
+    from ying.eval.report import render_report, render_suite_table, score_predictions
+    from ying.eval.suites import SUITES, build_examples, chair_ground_truth, make_example, score_suite
+
+    model, suite, tasks, limit = spec["model"], spec["suite"], spec["tasks"], spec["limit"]
+    ecfg = cfg.eval
+    yield {"progress": {"phase": "reading records", "fraction": 0.05}}
+    built = [t for t in cfg.data.tasks if t in set(tasks)] if tasks else []
+    narrowed = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tasks": built}),
+                                      "eval": ecfg.model_copy(update={"max_per_task": limit})})
+    by_task: dict[str, list[dict]] = {}
+    for r in evaluation_records(narrowed, spec["data_dir"]):
+        by_task.setdefault(r["task"], []).append(r)
+
+    if suite == TASKS_SUITE:
+        examples = [make_example(r, ecfg.max_new_tokens) for t in tasks for r in by_task.get(t, [])]
+        plan = None
+    else:
+        trained = [t for t in cfg.data.tasks if t not in set(cfg.data.held_out) | set(cfg.data.eval_only)]
+        if suite == "unseen_instructions":
+            narrowed = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tasks": trained}),
+                                              "eval": ecfg.model_copy(update={"max_per_task": limit})})
+            by_task = {}
+            for r in evaluation_records(narrowed, spec["data_dir"]):
+                by_task.setdefault(r["task"], []).append(r)
+        plan = build_examples(SUITES[suite], by_task, max_per_task=limit, max_new_tokens=ecfg.max_new_tokens,
+                              caption_max_new_tokens=ecfg.caption_max_new_tokens, trained_tasks=trained,
+                              train_records=_train_instructions(spec["data_dir"], trained)
+                              if suite == "unseen_instructions" else ())
+        examples = plan.examples
+    yield {"progress": {"phase": "generating answers", "fraction": 0.1, "examples": len(examples)}}
+    answers: dict[str, str] = {}
+    cache = {"generated": 0, "cached": 0}
+    if examples:
+        per_suite, cache = cached_predictions(
+            ModelSpec(model, "ying", spec["checkpoint"]), {suite: examples}, spec["cache_dir"],
+            batch_size=ecfg.batch_size, num_actors=ecfg.num_actors, max_new_tokens=ecfg.max_new_tokens,
+            fingerprint=spec["model_fingerprint"], use_gpu=ecfg.use_gpu)
+        answers = per_suite[suite]
+    yield {"progress": {"phase": "scoring", "fraction": 0.9, "examples": len(examples), **cache}}
+
+    if plan is None:
+        records = [{"id": e["record_id"], "task": e["task"], "lang": e["lang"], "outputs": e["outputs"],
+                    "meta": e["meta"]} for e in examples]
+        metrics = score_predictions(records, {e["record_id"]: answers.get(e["key"], "") for e in examples})
+        not_run = {t: f"no {t} data" for t in tasks if t not in by_task}
+        report = render_report({model: metrics}, title=f"{model}: {', '.join(tasks)}")
+        if not_run:
+            report += "\n" + "\n".join(f"- {t}: not run: {why}" for t, why in not_run.items()) + "\n"
+        result = {"metrics": metrics, "not_run": not_run}
+    else:
+        truth = None
+        if suite == "hallucination" and plan.examples:
+            truth = chair_ground_truth(by_task.get("coco", []), ecfg.chair_vocabulary,
+                                       spec["sources"].get("coco"), ecfg.chair_instances)
+        row = score_suite(plan, answers, truth) if plan.examples else {"scores": {}, "n": {}}
+        definition = SUITES[suite]
+        order = list(definition.columns) or list(row["scores"])
+        table = {
+            "paper": definition.paper, "title": definition.title,
+            "status": "ok" if plan.examples else "not run: " + "; ".join(plan.not_run.values()),
+            "not_run": plan.not_run, "notes": plan.notes, "rows": {model: row},
+            "columns": [c for c in order if c in row["scores"]], "n_examples": len(plan.examples),
+            **({"chair": {"vocabulary": truth.vocabulary.name, "ground_truth": truth.sources}} if truth else {}),
+        }
+        report = render_suite_table(table)
+        result = {"metrics": row, "not_run": plan.not_run, "paper": definition.paper, "title": definition.title}
+    result.update({"report": report, "examples": len(examples), "prediction_cache": cache})
+    yield {"result": result}
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def run_evaluation(cfg: YingConfig, spec: dict):
+    """A Ray task (zero CPUs: the Ray Data model actors it starts ask for their own): progress items,
+    then the result, which is also stored for the next identical request."""
+    started = time.time()
+    for item in _evaluate(cfg, spec):
+        if "result" in item:
+            item["result"]["seconds"] = round(time.time() - started, 1)
+            storage.write_json_atomic(storage.join(spec["results_dir"], f"{spec['id']}.json"),
+                                      {**item["result"], "request": {k: spec[k] for k in ("model", "suite", "tasks", "limit")}})
+        yield item
+
+
+class EvaluationRegistry:
+    """State of every evaluation this app started: ``queued`` -> ``running`` -> ``done`` | ``failed``."""
+
+    def __init__(self, cfg: YingConfig, data_dir: str | None, data_fp: str | None, sources: dict[str, str]):
+        self.cfg = cfg
+        self.data_dir = data_dir
+        self.data_fp = data_fp
+        self.sources = sources
+        self.results_dir = results_dir(cfg)
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, model: str, checkpoint: str, suite: str, tasks: list[str], limit: int) -> dict:
+        from ying.eval.predictors import ModelSpec, model_fingerprint
+
+        if self.data_dir is None:
+            raise ValueError("this server has no evaluation data: start it from a run (`ying serve --run-dir`) "
+                             "or give data_dir")
+        model_fp, data_fp = await asyncio.gather(
+            asyncio.to_thread(model_fingerprint, ModelSpec(model, "ying", checkpoint)),
+            asyncio.to_thread(lambda: self.data_fp or data_fingerprint(self.data_dir)))
+        eval_id = evaluation_id(model_fp, suite, tasks, data_fp, limit, self.cfg)
+        job = self.jobs.get(eval_id)
+        if job is not None and job["state"] != "failed":
+            return self._public(job)
+        stored = await asyncio.to_thread(self._stored, eval_id)
+        request = {"model": model, "suite": suite, "tasks": tasks, "limit": limit}
+        if stored is not None:
+            self.jobs[eval_id] = {"id": eval_id, "state": "done", "progress": {"phase": "done", "fraction": 1.0},
+                                  "cached": True, **request, **stored}
+            return self._public(self.jobs[eval_id])
+        job = {"id": eval_id, "state": "queued", "progress": {"phase": "queued", "fraction": 0.0},
+               "created": time.time(), "cached": False, **request}
+        self.jobs[eval_id] = job
+        spec = {**request, "id": eval_id, "checkpoint": checkpoint, "model_fingerprint": model_fp,
+                "data_dir": self.data_dir, "sources": self.sources, "cache_dir": _cache_dir(self.cfg),
+                "results_dir": self.results_dir}
+        task = asyncio.get_running_loop().create_task(self._follow(job, spec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return self._public(job)
+
+    async def _follow(self, job: dict, spec: dict) -> None:
+        try:
+            stream = run_evaluation.options(num_returns="streaming", name=f"ying:{job['id']}").remote(self.cfg, spec)
+            async for ref in stream:
+                item = await ref
+                if "progress" in item:
+                    job.update(state="running", progress=item["progress"])
+                else:
+                    job.update(state="done", progress={"phase": "done", "fraction": 1.0}, **item["result"])
+            if job["state"] != "done":
+                raise RuntimeError("the evaluation task ended without a result")
+        except Exception as e:  # the evaluation's failure is reported, not raised into the replica
+            logger.warning("evaluation %s failed: %s", job["id"], "".join(traceback.format_exception_only(e)).strip())
+            job.update(state="failed", error=f"{type(e).__name__}: {_short(e)}")
+
+    def _stored(self, eval_id: str) -> dict | None:
+        path = storage.join(self.results_dir, f"{eval_id}.json")
+        if not storage.exists(path):
+            return None
+        try:
+            stored = storage.read_json(path)
+        except (json.JSONDecodeError, OSError):
+            return None
+        return {**stored.pop("request", {}), **stored}
+
+    async def get(self, eval_id: str) -> dict | None:
+        job = self.jobs.get(eval_id)
+        if job is not None:
+            return self._public(job)
+        if not eval_id.startswith("eval-") or not eval_id[5:].isalnum():
+            return None
+        stored = await asyncio.to_thread(self._stored, eval_id)
+        if stored is None:
+            return None
+        return self._public({"id": eval_id, "state": "done", "progress": {"phase": "done", "fraction": 1.0},
+                             "cached": True, **stored})
+
+    @staticmethod
+    def _public(job: dict) -> dict:
+        return {k: v for k, v in job.items() if k != "created"}
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    # A RayTaskError's text starts with its traceback; its last line says what went wrong.
+    return (text[-1] if text else "")[:500]
