@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -121,6 +122,7 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
     plan = stage_plan(cfg, "stage1", data_dir, None, max_steps=steps, log_every=log_every,
                       checkpoint_every=checkpoint_every, val_examples=0, context=name)
     storage = workdir / "ray" / name
+    shutil.rmtree(storage, ignore_errors=True)  # a run of an earlier bench must not be resumed
     trainer = trainer_for(cfg, plan, str(storage), name, callbacks=callbacks,
                           datasets=train_datasets(cfg, plan, filesystem=filesystem))
     killer = None
