@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ying.config import load_config
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The tiny preset, shrunk so the whole DAG runs in a couple of minutes on 2 CPUs.
@@ -81,9 +83,12 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     serve = json.loads(Path(run_dir, "serve", "_manifest.json").read_text())["outputs"]
     assert serve["health"]["status"] == "ok" and isinstance(serve["check"]["output"], str)
     tune = json.loads(Path(run_dir, "tune", "_manifest.json").read_text())["outputs"]
-    assert [t["lr"] for t in tune["trials"]] == [1e-4, 5e-4] and tune["best_lr"] in (1e-4, 5e-4)
-    # Stage II starts from Stage I and never trains on held-out tasks.
+    cfg = load_config("tiny")
+    assert [t["lr"] for t in tune["trials"]] == sorted(cfg.tune.lrs) and tune["best_lr"] in cfg.tune.lrs
+    assert tune["lr_source"] == "tune"
+    # Stage II starts from Stage I, trains at the searched lr and never trains on held-out tasks.
     s2 = json.loads(Path(run_dir, "stage2", "_manifest.json").read_text())["outputs"]
+    assert s2["lr"] == tune["best_lr"] and s2["lr_source"] == "tune"
     assert s2["plan"]["init_checkpoint"].endswith(os.path.join("stage1", "hf"))
     assert set(s2["plan"]["tasks"]) == {"coco", "vqa-v2", "coco-goi", "okvqa", "clevr", "visual-dialog"}
     # The contamination guard took out the one VisDial training dialog on an OK-VQA val image.

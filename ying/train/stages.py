@@ -73,6 +73,10 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
         n_train = count_records(data_dir, "train", tasks)
         max_steps = max(spec.warmup_steps + 1, math.ceil(spec.epochs * n_train / spec.batch_size))
     workers = max(cfg.train.num_workers, 1)
+    batch_size = overrides.pop("batch_size", None) or spec.batch_size
+    # The configured micro-batch belongs to the configured batch; another batch divides by the workers.
+    micro = (overrides.pop("micro_batch_size", None)
+             or (spec.micro_batch_size if batch_size == spec.batch_size else None) or batch_size // workers)
     plan = StagePlan(
         stage=stage,
         config=cfg.to_dict(),
@@ -82,8 +86,8 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
         lr=lr,
         warmup_steps=spec.warmup_steps,
         max_steps=max_steps,
-        batch_size=spec.batch_size,
-        micro_batch_size=spec.micro_batch_size or spec.batch_size // workers,
+        batch_size=batch_size,
+        micro_batch_size=micro,
         out_dir=out_dir,
         init_checkpoint=init_checkpoint,
         val_examples=spec.val_examples,
