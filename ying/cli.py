@@ -8,6 +8,7 @@
     ying run --retry-failed           # re-send only the rephrase fallbacks (the rest comes from the cache)
     ying config --preset tiny         # print the resolved config
     ying stages                       # list the stages in order
+    ying status --run-dir DIR         # each stage: done, stale (and why) or missing
     ying stats --data-dir DIR         # paper Tables 2, 3 and 9 -> DIR/stats.json, DIR/stats.md
     ying review --data-dir DIR        # QC review page: 20 random records per task and split -> review.html
     ying m3it import SRC --out DIR    # the released M3IT layout -> our Parquet records
@@ -24,7 +25,7 @@ import os
 import sys
 import time
 
-__all__ = ["main", "run_parser", "run_pipeline_from_args"]
+__all__ = ["main", "run_parser", "run_pipeline_from_args", "print_status"]
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -66,36 +67,74 @@ def _load(args):
     return load_config(args.preset, args.config, overrides)
 
 
+def _worker_env(cfg) -> dict[str, str]:
+    """Environment for every Ray worker of the run, less what the user's job runtime_env already sets
+    (Ray refuses to merge two runtime_envs that set the same variable)."""
+    from ying.console import worker_env
+    from ying.preflight import in_ray_job
+
+    env = {"DS_ACCELERATOR": "cuda" if cfg.train.use_gpu else "cpu", **worker_env()}
+    if in_ray_job():
+        job_env = (json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in job_env}
+    return env
+
+
 def _init_ray(cfg, address: str | None) -> None:
     import ray
 
+    from ying.console import filter_forwarded_logs
+
     # Workers inherit these on a local cluster; on a real cluster the runtime_env carries them.
-    env = {"DS_ACCELERATOR": "cuda" if cfg.train.use_gpu else "cpu"}
+    env = _worker_env(cfg)
     os.environ.update(env)
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    filter_forwarded_logs()
+
+
+def _fail(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
     from ying.config import ConfigError
     from ying.pipeline import STAGES, stage_names
+    from ying.preflight import config_problems, format_problems, in_ray_job, run_dir_problem
     from ying.workflow import run_pipeline
 
     args = run_parser().parse_args(argv)
     try:
         cfg = _load(args)
     except ConfigError as e:
-        print(f"ying: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(f"ying: {e}")
     unknown = [s for s in args.force + ([args.until] if args.until else []) if s not in stage_names()]
     if unknown:
-        print(f"ying: unknown stage(s) {unknown}; stages are {stage_names()}", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(f"ying: unknown stage(s) {unknown}; stages are {stage_names()}")
+    # Everything a config can be checked for without Ray, before Ray starts.
+    problems = config_problems(cfg, STAGES, until=args.until)
+    problem = run_dir_problem(cfg, in_job=in_ray_job(), nodes=None)
+    if problems or problem:
+        _fail(format_problems(problems + ([problem] if problem else [])))
     force = set(args.force) | ({"serve"} if args.serve else set()) | ({"rephrase"} if args.retry_failed else set())
 
     started = time.time()
     _init_ray(cfg, args.address)
-    print(f"[ying] run dir {cfg.run.run_dir} (preset {cfg.preset}, seed {cfg.run.seed})", flush=True)
-    manifests = run_pipeline(STAGES, cfg, force=force, until=args.until)
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    problem = run_dir_problem(cfg, in_job=in_ray_job(), nodes=nodes)
+    if problem:
+        ray.shutdown()
+        _fail(format_problems([problem]))
+    print(f"[ying] run dir {cfg.run.run_dir} (preset {cfg.preset}, seed {cfg.run.seed}, {nodes} node(s))", flush=True)
+    try:
+        manifests = run_pipeline(STAGES, cfg, force=force, until=args.until)
+    except ray.exceptions.RayTaskError as e:
+        # The stage's own traceback (inside the message) is what matters; the driver's frames are not.
+        print(f"\n[ying] a stage failed; finished stages keep their outputs and a re-run resumes after them.\n{e}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
     print("\n[ying] summary", flush=True)
     for name, m in manifests.items():
@@ -120,6 +159,21 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
 
             shutdown()
     return manifests
+
+
+def print_status(cfg) -> None:
+    """``ying status``: each stage done, stale (and why) or missing, from the run dir's manifests."""
+    from ying.pipeline import STAGES
+    from ying.workflow import pipeline_status
+
+    print(f"run dir {cfg.run.run_dir} (preset {cfg.preset})")
+    for row in pipeline_status(STAGES, cfg):
+        line = f"  {row['stage']:9s} {row['state']}"
+        if row["state"] == "done" and row.get("always_run"):
+            line += " (re-runs on every run: nothing to reuse)"
+        if row["reasons"]:
+            line += ": " + "; ".join(row["reasons"])
+        print(line)
 
 
 def _add_data_commands(sub) -> None:
@@ -202,6 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     show = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(show)
     sub.add_parser("stages", help="list the DAG's stages in order")
+    status = sub.add_parser("status", help="each stage of a run dir: done, stale (and why) or missing",
+                            description="Reads the run dir's manifests and says, for each stage, whether a run "
+                            "with this config would skip it (done), re-run it (stale: which config key, code module "
+                            "or input changed) or run it for the first time (missing). Starts nothing.")
+    _add_config_args(status)
     _add_data_commands(sub)
 
     if argv and argv[0] == "run":
@@ -210,6 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "config":
         print(json.dumps(_load(args).to_dict(), indent=2, ensure_ascii=False))
+    elif args.command == "status":
+        from ying.config import ConfigError
+
+        try:
+            cfg = _load(args)
+        except ConfigError as e:
+            _fail(f"ying: {e}")
+        print_status(cfg)
     elif args.command == "stages":
         from ying.pipeline import STAGES
 

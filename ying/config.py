@@ -69,6 +69,10 @@ def _absolute_if_local(path: str) -> str:
 class RunConfig(_Strict):
     seed: int = 0  # drives instruction choice, mini-world content, model init and data order
     run_dir: str = "runs/default"  # local path (relative to where you start the run) or s3://bucket/prefix
+    # A local run_dir is refused on a cluster of several nodes and under a Ray job (each node would
+    # write to its own disk). Set true when run_dir is on a filesystem every node mounts at the same
+    # path (NFS, Lustre, EFS): then a local path is fine.
+    shared_fs: bool = execution_only(False)
 
     @field_validator("run_dir")
     @classmethod

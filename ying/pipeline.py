@@ -9,9 +9,30 @@ them as Ray tasks and skips those already done.
 
 from __future__ import annotations
 
-from ying.workflow import Stage, StageContext
+import os
 
-__all__ = ["STAGES", "stage_names"]
+from ying import storage
+from ying.config import YingConfig
+from ying.workflow import Stage, StageContext, run_on_cpus
+
+__all__ = ["STAGES", "stage_names", "missing_sources"]
+
+
+def missing_sources(cfg: YingConfig) -> list[str]:
+    """Before Ray starts: tasks with no source data, and local source dirs that are not there."""
+    problems = []
+    missing = [t for t in cfg.data.tasks if t not in cfg.data.sources]
+    if missing and not cfg.miniworld.enabled:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        problems.append(
+            f"no source data for {len(missing)} of the {len(cfg.data.tasks)} tasks in data.tasks ({shown}). "
+            f"Give each task the directory of its release: --set data.sources.{missing[0]}=/data/{missing[0]} "
+            "(local or s3://, one --set per task, or a data.sources mapping in a --config YAML); "
+            "or drop those tasks from data.tasks; or --set miniworld.enabled=true to generate synthetic ones")
+    for task, path in sorted(cfg.data.sources.items()):
+        if task in cfg.data.tasks and storage.is_local(path) and not os.path.isdir(path):
+            problems.append(f"data.sources.{task}={path}: no such directory")
+    return problems
 
 
 def run_sources(ctx: StageContext) -> dict:
@@ -19,15 +40,13 @@ def run_sources(ctx: StageContext) -> dict:
     from ying.data.miniworld import generate_miniworld
 
     cfg = ctx.cfg
+    problems = missing_sources(cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
     sources = {t: p for t, p in cfg.data.sources.items() if t in cfg.data.tasks}
     missing = [t for t in cfg.data.tasks if t not in sources]
-    if missing and not cfg.miniworld.enabled:
-        raise ValueError(
-            f"no source path for tasks {missing}: set data.sources.<task>=<dir of the release>, "
-            "or miniworld.enabled=true to generate synthetic ones"
-        )
-    if missing:
-        sources.update(generate_miniworld(ctx.stage_dir, cfg.miniworld, cfg.run.seed, missing))
+    if missing:  # drawing scenes and encoding images and videos: CPU work, scheduled as such
+        sources.update(run_on_cpus(generate_miniworld, ctx.stage_dir, cfg.miniworld, cfg.run.seed, missing))
     return {"sources": sources, "miniworld_tasks": missing}
 
 
@@ -53,7 +72,6 @@ def run_rephrase(ctx: StageContext) -> dict:
 
 
 def run_qc(ctx: StageContext) -> dict:
-    from ying import storage
     from ying.data.qc import check_records
     from ying.data.review import write_review_page
     from ying.data.stats import write_stats
@@ -63,8 +81,10 @@ def run_qc(ctx: StageContext) -> dict:
                            eval_only=ctx.cfg.data.eval_only)
     # The paper's Stage III: statistics (Tables 2, 3, 9) and the review page, of the data training reads.
     # (The seed is already in this stage's fingerprint through unify's.)
-    stats = write_stats(ctx.stage_dir, ctx.stage_dir)
-    review = write_review_page(ctx.stage_dir, storage.join(ctx.stage_dir, "review.html"), seed=ctx.cfg.run.seed)
+    # CPU work (tokenizing every instruction, decoding and resizing images): Ray tasks with a CPU each.
+    stats = run_on_cpus(write_stats, ctx.stage_dir, ctx.stage_dir)
+    review = run_on_cpus(write_review_page, ctx.stage_dir, storage.join(ctx.stage_dir, "review.html"),
+                         seed=ctx.cfg.run.seed)
     return {"data_dir": ctx.stage_dir, "counts": counts, "stats_json": stats["stats_json"],
             "stats_md": stats["stats_md"], "review_html": review["path"]}
 
@@ -95,7 +115,7 @@ def run_eval(ctx: StageContext) -> dict:
     checkpoints = {"stage1": ctx.output_of("stage1", "checkpoint"), "stage2": ctx.output_of("stage2", "checkpoint")}
     result = evaluate_models(ctx.cfg, ctx.output_of("qc", "data_dir"), checkpoints, ctx.stage_dir,
                              sources=ctx.output_of("sources", "sources"))
-    report_path = write_run_report(ctx.cfg, ctx.inputs, result["metrics"], ctx.stage_dir)
+    report_path = run_on_cpus(write_run_report, ctx.cfg, ctx.inputs, result["metrics"], ctx.stage_dir)  # plots: CPU work
     return {**result, "report": report_path}
 
 
@@ -109,7 +129,7 @@ _TRAIN_COMMON = ["run.seed", "model", "train.num_workers", "train.use_gpu", "tra
                  "train.weight_decay", "train.grad_clip", "train.shuffle_buffer"]
 
 STAGES: list[Stage] = [
-    Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources"]),
+    Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources"], check=missing_sources),
     Stage("unify", run_unify, ["sources"], ["run.seed", "data"]),
     Stage("rephrase", run_rephrase, ["unify"], ["rephrase"]),
     Stage("qc", run_qc, ["rephrase"], ["data.max_image_pixels", "data.eval_only"]),

@@ -25,6 +25,8 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "fingerprint",
+    "is_local",
+    "ray_run_storage",
     "MANIFEST_NAME",
 ]
 
@@ -42,6 +44,31 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path without protocol) for a local path or URL."""
     fs, _, paths = fsspec.get_fs_token_paths(str(path))
     return fs, paths[0]
+
+
+def is_local(path: str) -> bool:
+    """True for a path on this machine's filesystem (no ``scheme://``, or ``file://``)."""
+    path = str(path)
+    return "://" not in path or path.startswith("file://")
+
+
+def ray_run_storage(path: str) -> dict[str, Any]:
+    """``storage_path`` and ``storage_filesystem`` for Ray Train's / Tune's ``RunConfig`` at ``path``.
+
+    Ray wants a pyarrow filesystem and a path without its scheme. For ``s3://`` (and any other
+    fsspec URL) the fsspec filesystem Ying uses everywhere is wrapped, so Train and Tune reach the
+    bucket with the same credentials and endpoint as the rest of the run (s3fs reads the usual AWS
+    chain: environment, config files, instance profile). A local path is made absolute.
+
+        ray.train.RunConfig(name=..., **storage.ray_run_storage(storage.join(stage_dir, "ray_train")))
+    """
+    if is_local(path):
+        local = str(path)[len("file://"):] if str(path).startswith("file://") else str(path)
+        return {"storage_path": os.path.abspath(local), "storage_filesystem": None}
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, bare = filesystem(path)
+    return {"storage_path": bare, "storage_filesystem": PyFileSystem(FSSpecHandler(fs))}
 
 
 def exists(path: str) -> bool:

@@ -7,11 +7,11 @@ that is not held out (paper §3.1.1, Figure 8). Both run ``train_loop_per_worker
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict
 
 from ying import storage
 from ying.config import YingConfig
+from ying.console import TRAIN_LOG_LEVEL
 from ying.data.build import count_records
 from ying.train.loop import StagePlan, train_loop_per_worker
 
@@ -54,17 +54,14 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
     return plan
 
 
-def _local_path(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
 def trainer_for(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str, callbacks=None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_config = ray.train.RunConfig(
         name=name,  # no timestamp: re-running the same name resumes the same run
-        storage_path=_local_path(storage_path),
+        **storage.ray_run_storage(storage_path),  # s3:// through s3fs, like the rest of the run dir
+        logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),  # Train's notices stay in its logs
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         failure_config=ray.train.FailureConfig(max_failures=1, controller_failure_limit=3),
         callbacks=callbacks or [],

@@ -11,7 +11,7 @@ import math
 
 from ying import storage
 from ying.config import YingConfig
-from ying.train.stages import _local_path, stage_plan, trainer_for
+from ying.train.stages import stage_plan, trainer_for
 
 __all__ = ["lr_search"]
 
@@ -45,7 +45,7 @@ def lr_search(cfg: YingConfig, data_dir: str, init_checkpoint: str, tune_dir: st
         "cfg": cfg.to_dict(),
         "data_dir": data_dir,
         "init_checkpoint": init_checkpoint,
-        "storage_path": _local_path(storage.join(tune_dir, "trials")),
+        "storage_path": storage.join(tune_dir, "trials"),  # trainer_for resolves it on the trial's node
     }
     tuner = ray.tune.Tuner(
         # The trial driver only waits on its TorchTrainer: it must not hold a CPU the workers need.
@@ -53,7 +53,7 @@ def lr_search(cfg: YingConfig, data_dir: str, init_checkpoint: str, tune_dir: st
         ray.tune.with_resources(_trial_driver, {"cpu": 0, "memory": 1 << 20}),
         param_space=space,
         tune_config=ray.tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, max_concurrent_trials=1),
-        run_config=ray.tune.RunConfig(name="lr_search", storage_path=_local_path(tune_dir)),
+        run_config=ray.tune.RunConfig(name="lr_search", **storage.ray_run_storage(tune_dir), verbose=0),
     )
     results = tuner.fit()
     trials = []

@@ -1,0 +1,64 @@
+"""Checks before a run: a config that cannot work is reported at once, as one message naming the fix,
+before Ray starts (no task traceback, no minutes lost building data first).
+
+- ``config_problems``: each stage's own check (``Stage.check``) for the stages that will run;
+- ``run_dir_problem``: a local run dir where the run spans nodes, or runs as a Ray job, and so
+  would be written to several disks (or to a job's working directory, which Ray deletes).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ying import storage
+from ying.config import YingConfig
+
+__all__ = ["in_ray_job", "config_problems", "run_dir_problem", "format_problems"]
+
+# Set by Ray's job supervisor for the entrypoint of `ray job submit` (and JobSubmissionClient).
+_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def in_ray_job() -> bool:
+    return _JOB_ENV in os.environ
+
+
+def config_problems(cfg: YingConfig, stages: list, until: str | None = None) -> list[str]:
+    problems: list[str] = []
+    for stage in stages:
+        if stage.check is not None:
+            problems.extend(stage.check(cfg))
+        if stage.name == until:
+            break
+    return problems
+
+
+def run_dir_problem(cfg: YingConfig, in_job: bool, nodes: int | None, cwd: str | None = None) -> str | None:
+    """Why this run dir can't hold a run of this shape, or None.
+
+    ``nodes``: alive nodes in the cluster (None before Ray starts). Under a job the driver's working
+    directory is the job's unpacked copy of the code, on the head only, deleted by Ray afterwards.
+    """
+    run_dir = cfg.run.run_dir
+    if not storage.is_local(run_dir):
+        return None
+    cwd = os.path.realpath(cwd or os.getcwd())
+    if not in_job and (nodes or 0) <= 1:
+        return None
+    where = "is a Ray job" if in_job else f"spans {nodes} nodes"
+    if not cfg.run.shared_fs:
+        return (f"run.run_dir={run_dir} is a local path, but this run {where}: Ray Data, Train and Tune workers "
+                "on other nodes would write their parts to their own disks. Use --run-dir s3://<bucket>/<prefix>, "
+                "or, if that path is on a filesystem every node mounts at the same place (NFS, Lustre, EFS), "
+                "--set run.shared_fs=true")
+    if in_job and os.path.commonpath([cwd, os.path.realpath(run_dir)]) == cwd:
+        return (f"run.run_dir={run_dir} is inside the Ray job's working directory ({cwd}), the job's own copy "
+                "of the code, which Ray deletes later. Give an absolute path on the shared filesystem, "
+                "or --run-dir s3://<bucket>/<prefix>")
+    return None
+
+
+def format_problems(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"ying: {problems[0]}"
+    return "ying: this config can't run:\n" + "\n".join(f"  - {p}" for p in problems)
