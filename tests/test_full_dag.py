@@ -1,5 +1,14 @@
-"""The whole DAG, submitted as a Ray Job (as `ray job submit -- python workflows/full.py` does),
-twice: the first run builds, trains, evaluates and serves a tiny model; the second skips it all."""
+"""The whole DAG, submitted as a Ray Job (as `ray job submit -- python workflows/full.py` does).
+
+The first run builds the data only, rephrasing through an OpenAI-compatible server on loopback
+(some answers refused, some requests failing); the second runs everything, re-sending only the
+refused rephrasings (the rest are cache hits), then trains, evaluates and serves a tiny model;
+the third skips it all. While they run, Ray's Prometheus endpoint is scraped: every series that
+dashboards/*.json queries must show up.
+
+The run dir is a local path: the test cluster is one machine, so it is honestly a filesystem every
+node shares (`run.shared_fs=true`; without it a Ray job refuses a local run dir).
+"""
 
 import json
 import os
@@ -8,6 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from metrics_scrape import Scraper, dashboard_series, ray_metrics_endpoints
+from openai_stub_server import OpenAIStubServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,12 +42,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _submit(client, run_dir: str, port: int) -> tuple[str, str]:
+def _submit(client, run_dir: str, overrides: list[str], flags: str = "") -> tuple[str, str]:
     from ray.job_submission import JobStatus
 
-    args = " ".join(f"--set '{o}'" for o in SMALL + [f"serve.port={port}"])
+    args = " ".join(f"--set '{o}'" for o in SMALL + ["run.shared_fs=true"] + overrides)
     job = client.submit_job(
-        entrypoint=f"python workflows/full.py --run-dir {run_dir} {args}",
+        entrypoint=f"python workflows/full.py --run-dir {run_dir} {args} {flags}",
         runtime_env={"working_dir": str(REPO), "excludes": ["runs/", ".git/"]},
     )
     deadline = time.time() + 900
@@ -48,21 +60,38 @@ def _submit(client, run_dir: str, port: int) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(ray_cluster, tmp_path_factory):
+def llm():
+    # "no" is a common mini-world answer: its rephrasings are refused (kept as fallbacks, re-sent by the
+    # second run); one request in ten fails with a 500 and is retried.
+    with OpenAIStubServer(refuse_answers={"no"}, faults={"500": 0.1}) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, tmp_path_factory, llm):
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(ray_cluster.dashboard_url)
     run_dir = str(tmp_path_factory.mktemp("dag") / "run")
-    port = _free_port()
-    _, logs = _submit(client, run_dir, port)
-    return client, run_dir, port, logs
+    # retry_failed=true in every run, so that only --retry-failed (a force) tells the runs apart.
+    overrides = [f"serve.port={_free_port()}", f"rephrase.base_url={llm.base_url}", "rephrase.backoff_s=0.05",
+                 "rephrase.retry_failed=true"]
+    expected = set(dashboard_series())
+    with Scraper(lambda: ray_metrics_endpoints(ray_cluster)) as scraper:
+        _, data_logs = _submit(client, run_dir, overrides, flags="--until rephrase")
+        requests_first = llm.count()
+        _, logs = _submit(client, run_dir, overrides, flags="--retry-failed")  # forces rephrase and what follows
+        missing = scraper.wait_for(expected, timeout_s=60)
+    return {"client": client, "run_dir": run_dir, "overrides": overrides, "data_logs": data_logs, "logs": logs,
+            "requests_first": requests_first, "missing_series": missing, "expected_series": expected,
+            "scrapes": scraper.scrapes}
 
 
 STAGES = ["sources", "unify", "rephrase", "qc", "stage1", "stage2", "tune", "eval", "serve"]
 
 
 def test_first_run_executes_every_stage_and_reports(first_run):
-    _, run_dir, _, logs = first_run
+    run_dir, logs = first_run["run_dir"], first_run["data_logs"] + first_run["logs"]
     for stage in STAGES:
         manifest = json.loads(Path(run_dir, stage, "_manifest.json").read_text())
         assert manifest["stage"] == stage and manifest["fingerprint"]
@@ -91,10 +120,26 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     assert qc["contamination_blocked"] == {"visual-dialog": 2}
 
 
+def test_rephrasing_went_through_the_llm_and_its_cache(first_run, llm):
+    counts = json.loads(Path(first_run["run_dir"], "rephrase", "_manifest.json").read_text())["outputs"]["counts"]
+    # The second run re-sent only the refused ("no") rephrasings; the rest came from the cache.
+    assert counts["cache_hits"] > 0 and 0 < counts["requests"] < first_run["requests_first"]
+    assert llm.count() > first_run["requests_first"]
+
+
+def test_every_series_the_dashboards_query_was_exported(first_run):
+    """Scraped from Ray's Prometheus endpoint while the runs went on: each series a panel or a
+    variable of dashboards/*.json selects (records, rephrasing, training, Ray Serve, Ray's nodes)."""
+    assert first_run["scrapes"] > 0
+    assert {"ray_ying_records_built_total", "ray_ying_train_loss", "ray_serve_num_http_requests_total"} <= \
+        first_run["expected_series"]
+    assert not first_run["missing_series"], f"queried by dashboards but never exported: {sorted(first_run['missing_series'])}"
+
+
 def test_second_run_skips_every_stage(first_run):
-    client, run_dir, port, _ = first_run
+    run_dir = first_run["run_dir"]
     before = {s: Path(run_dir, s, "_manifest.json").read_text() for s in STAGES}
-    _, logs = _submit(client, run_dir, port)
+    _, logs = _submit(first_run["client"], run_dir, first_run["overrides"])
     for stage in STAGES:
         assert f"[ying] {stage}: up to date" in logs, stage
         assert Path(run_dir, stage, "_manifest.json").read_text() == before[stage]
