@@ -46,10 +46,17 @@ def _submit(client, run_dir: str, overrides: list[str], flags: str = "") -> tupl
     from ray.job_submission import JobStatus
 
     args = " ".join(f"--set '{o}'" for o in SMALL + ["run.shared_fs=true"] + overrides)
-    job = client.submit_job(
-        entrypoint=f"python workflows/full.py --run-dir {run_dir} {args} {flags}",
-        runtime_env={"working_dir": str(REPO), "excludes": ["runs/", ".git/"]},
-    )
+    for attempt in range(60):
+        try:
+            job = client.submit_job(
+                entrypoint=f"python workflows/full.py --run-dir {run_dir} {args} {flags}",
+                runtime_env={"working_dir": str(REPO), "excludes": ["runs/", ".git/"]},
+            )
+            break
+        except RuntimeError as e:  # a loaded machine: the job agent registers a little after the dashboard
+            if "No available agent" not in str(e) or attempt == 59:
+                raise
+            time.sleep(5)
     deadline = time.time() + 900
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline, "the DAG job did not finish in 15 minutes"

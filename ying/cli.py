@@ -100,7 +100,7 @@ def _fail(message: str) -> None:
 def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
     from ying.config import ConfigError
     from ying.pipeline import STAGES, stage_names
-    from ying.preflight import config_problems, format_problems, in_ray_job, run_dir_problem
+    from ying.preflight import config_problems, format_problems, in_ray_job, installed_package_problem, run_dir_problem
     from ying.workflow import run_pipeline
 
     args = run_parser().parse_args(argv)
@@ -113,9 +113,10 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
         _fail(f"ying: unknown stage(s) {unknown}; stages are {stage_names()}")
     # Everything a config can be checked for without Ray, before Ray starts.
     problems = config_problems(cfg, STAGES, until=args.until)
-    problem = run_dir_problem(cfg, in_job=in_ray_job(), nodes=None)
-    if problems or problem:
-        _fail(format_problems(problems + ([problem] if problem else [])))
+    problems += [p for p in [run_dir_problem(cfg, in_job=in_ray_job(), nodes=None),
+                             installed_package_problem() if in_ray_job() else None] if p]
+    if problems:
+        _fail(format_problems(problems))
     force = set(args.force) | ({"serve"} if args.serve else set()) | ({"rephrase"} if args.retry_failed else set())
 
     started = time.time()

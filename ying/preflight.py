@@ -3,17 +3,22 @@ before Ray starts (no task traceback, no minutes lost building data first).
 
 - ``config_problems``: each stage's own check (``Stage.check``) for the stages that will run;
 - ``run_dir_problem``: a local run dir where the run spans nodes, or runs as a Ray job, and so
-  would be written to several disks (or to a job's working directory, which Ray deletes).
+  would be written to several disks (or to a job's working directory, which Ray deletes);
+- ``installed_package_problem``: under a job, the code comes from the uploaded working dir while
+  its dependencies are what cluster.yaml's setup commands installed on the nodes (`ray up`); the two
+  must be the same version of Ying.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+from pathlib import Path
 
-from ying import storage
+from ying import __version__, storage
 from ying.config import YingConfig
 
-__all__ = ["in_ray_job", "config_problems", "run_dir_problem", "format_problems"]
+__all__ = ["in_ray_job", "config_problems", "run_dir_problem", "installed_package_problem", "format_problems"]
 
 # Set by Ray's job supervisor for the entrypoint of `ray job submit` (and JobSubmissionClient).
 _JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -55,6 +60,55 @@ def run_dir_problem(cfg: YingConfig, in_job: bool, nodes: int | None, cwd: str |
         return (f"run.run_dir={run_dir} is inside the Ray job's working directory ({cwd}), the job's own copy "
                 "of the code, which Ray deletes later. Give an absolute path on the shared filesystem, "
                 "or --run-dir s3://<bucket>/<prefix>")
+    return None
+
+
+def _requirements(specs) -> dict[str, tuple[set[str], str]]:
+    """``{name: (extras, specifier)}`` of the run-time requirements (optional extras left out)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    out = {}
+    for spec in specs or []:
+        req = Requirement(spec)
+        if req.marker is None or "extra" not in str(req.marker):
+            out[canonicalize_name(req.name)] = (set(req.extras), str(req.specifier))
+    return out
+
+
+def _unmet(declared: dict, installed: dict) -> list[str]:
+    unmet = []
+    for name, (extras, specifier) in sorted(declared.items()):
+        have = installed.get(name)
+        if have is None or have[1] != specifier or not extras <= have[0]:
+            unmet.append(f"{name}{'[' + ','.join(sorted(extras)) + ']' if extras else ''}{specifier}")
+    return unmet
+
+
+def installed_package_problem(code_root: Path | None = None) -> str | None:
+    """Whether the node's installed ``ying`` (and so its dependencies) matches the code that runs.
+
+    ``code_root``: the folder holding the running ``ying`` package and, under a job, the uploaded
+    pyproject.toml. Nothing to compare (no pyproject, Python < 3.11) means no problem found.
+    """
+    fix = "run `ray up cluster.yaml` from this checkout: it syncs the repo to ~/ying and reinstalls it on every node"
+    try:
+        dist = importlib.metadata.distribution("ying")
+    except importlib.metadata.PackageNotFoundError:
+        return f"this node has no `ying` installed, so none of its dependencies: {fix}"
+    pyproject = Path(code_root or Path(__file__).resolve().parent.parent) / "pyproject.toml"
+    try:
+        import tomllib
+
+        project = tomllib.loads(pyproject.read_text())["project"]
+    except (ImportError, OSError, KeyError, ValueError):
+        project = {"version": __version__}
+    if dist.version != project["version"]:
+        return f"the job runs ying {project['version']} but the node has ying {dist.version} installed: {fix}"
+    if "dependencies" in project:
+        missing = _unmet(_requirements(project["dependencies"]), _requirements(dist.requires))
+        if missing:
+            return f"the job's code needs {', '.join(missing)}, which the node's installed ying does not: {fix}"
     return None
 
 

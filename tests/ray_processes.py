@@ -1,0 +1,108 @@
+"""A Ray cluster of `ray start` processes on this machine, for tests that need one of their own
+(several nodes, token auth) beside the session's shared cluster.
+
+Each `ray start --block` runs in its own process group and is stopped by signalling that group
+(never `ray stop`, which would stop every Ray on the machine). RAY_TMPDIR points at a private
+folder, so the address file `ray start` writes does not lead another `ray.init()` on this machine
+to this cluster, and everything the cluster writes to disk stays where the test can look at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayProcessCluster:
+    def __init__(self, root: Path, env: dict[str, str], head_cpus: int = 0, worker_cpus: tuple[int, ...] = (),
+                 object_store_bytes: int = 150 * 1024 * 1024) -> None:
+        self.root = Path(root)
+        self.env = {**env, "RAY_TMPDIR": str(self.root), "TMPDIR": str(self.root), "RAY_USAGE_STATS_ENABLED": "0",
+                    # A loaded CI machine can take over Ray's default minute to start the dashboard.
+                    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600"}
+        self.head_cpus, self.worker_cpus = head_cpus, worker_cpus
+        self.object_store_bytes = object_store_bytes
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, args: list[str], name: str) -> None:
+        log = open(self.root / f"{name}.log", "wb")
+        self.procs.append(subprocess.Popen(
+            ["ray", "start", "--block", "--disable-usage-stats", f"--object-store-memory={self.object_store_bytes}",
+             f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def start(self, timeout_s: float = 600) -> "RayProcessCluster":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._start(["--head", f"--port={self.gcs_port}", f"--num-cpus={self.head_cpus}",
+                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                     f"--ray-client-server-port={free_port()}"], "head")
+        self._wait_nodes(1, timeout_s)
+        for k, cpus in enumerate(self.worker_cpus):
+            self._start([f"--address={self.address}", f"--num-cpus={cpus}"], f"worker{k}")
+        self._wait_nodes(1 + len(self.worker_cpus), timeout_s)
+        return self
+
+    def alive_nodes(self) -> int:
+        request = urllib.request.Request(f"{self.dashboard_url}/nodes?view=summary")
+        token_path = self.env.get("RAY_AUTH_TOKEN_PATH")
+        if token_path:
+            request.add_header("Authorization", f"Bearer {Path(token_path).read_text().strip()}")
+        body = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        return sum(1 for n in body["data"]["summary"] if n.get("raylet", {}).get("state") == "ALIVE")
+
+    def _wait_nodes(self, n: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            dead = [p.args for p in self.procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"ray start exited: {dead}; see {self.root}/*.log")
+            try:
+                if self.alive_nodes() >= n:
+                    return
+            except (OSError, KeyError, ValueError):
+                pass  # the dashboard is still starting
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{n} Ray nodes did not come up in {timeout_s:.0f}s; see {self.root}/*.log")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):  # workers first, then the head
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+    def __enter__(self) -> "RayProcessCluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
