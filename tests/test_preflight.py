@@ -59,3 +59,10 @@ def test_the_node_install_must_be_the_jobs_version(tmp_path):
         f'[project]\nversion = "{ying.__version__}"\ndependencies = ["ray[data]==2.60.*", "a-new-library>=1"]\n')
     problem = installed_package_problem(tmp_path)
     assert "a-new-library>=1" in problem and "ray" not in problem.split("needs")[1].split("which")[0]
+
+
+def test_a_cache_moved_out_of_an_s3_run_dir_to_a_local_path_is_refused_too(tmp_path):
+    cfg = _cfg("s3://bucket/run", f"rephrase.cache_dir={tmp_path / 'cache'}")
+    problem = run_dir_problem(cfg, in_job=True, nodes=3)
+    assert problem.startswith(f"rephrase.cache_dir={tmp_path / 'cache'} is a local path") and "s3://" in problem
+    assert run_dir_problem(_cfg("s3://bucket/run", "rephrase.cache_dir=s3://bucket/cache"), in_job=True, nodes=3) is None

@@ -44,18 +44,27 @@ def run_dir_problem(cfg: YingConfig, in_job: bool, nodes: int | None, cwd: str |
     ``nodes``: alive nodes in the cluster (None before Ray starts). Under a job the driver's working
     directory is the job's unpacked copy of the code, on the head only, deleted by Ray afterwards.
     """
+    if not in_job and (nodes or 0) <= 1:
+        return None
+    where = "is a Ray job" if in_job else f"spans {nodes} nodes"
+    # The run dir, and the caches a user may have moved out of it.
+    paths = {"run.run_dir": cfg.run.run_dir, "rephrase.cache_dir": cfg.rephrase.cache_dir,
+             "eval.cache_dir": cfg.eval.cache_dir}
+    local = {key: path for key, path in paths.items() if path and storage.is_local(path)}
+    if not local:
+        return None
+    if not cfg.run.shared_fs:
+        key, path = next(iter(local.items()))
+        fix = ("Use --run-dir s3://<bucket>/<prefix>" if key == "run.run_dir"
+               else f"Set {key} to an s3:// path, or leave it unset (it then lives under the run dir)")
+        return (f"{key}={path} is a local path, but this run {where}: Ray Data, Train and Tune workers "
+                f"on other nodes would write their parts to their own disks. {fix}, "
+                "or, if that path is on a filesystem every node mounts at the same place (NFS, Lustre, EFS), "
+                "--set run.shared_fs=true")
     run_dir = cfg.run.run_dir
     if not storage.is_local(run_dir):
         return None
     cwd = os.path.realpath(cwd or os.getcwd())
-    if not in_job and (nodes or 0) <= 1:
-        return None
-    where = "is a Ray job" if in_job else f"spans {nodes} nodes"
-    if not cfg.run.shared_fs:
-        return (f"run.run_dir={run_dir} is a local path, but this run {where}: Ray Data, Train and Tune workers "
-                "on other nodes would write their parts to their own disks. Use --run-dir s3://<bucket>/<prefix>, "
-                "or, if that path is on a filesystem every node mounts at the same place (NFS, Lustre, EFS), "
-                "--set run.shared_fs=true")
     if in_job and os.path.commonpath([cwd, os.path.realpath(run_dir)]) == cwd:
         return (f"run.run_dir={run_dir} is inside the Ray job's working directory ({cwd}), the job's own copy "
                 "of the code, which Ray deletes later. Give an absolute path on the shared filesystem, "
