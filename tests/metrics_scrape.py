@@ -113,8 +113,3 @@ class Scraper:
         self._stop.set()
         self._thread.join(timeout=30)
 
-
-def ray_metrics_endpoints(ray_module) -> list[str]:
-    """Every alive node's metrics endpoint, from the cluster this process is connected to."""
-    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
-            for n in ray_module.nodes() if n.get("Alive") and n.get("MetricsExportPort")]

@@ -35,6 +35,7 @@ class RayProcessCluster:
         self.head_cpus, self.worker_cpus = head_cpus, worker_cpus
         self.object_store_bytes = object_store_bytes
         self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.metrics_ports: list[int] = []  # each node's Prometheus endpoint
         self.procs: list[subprocess.Popen] = []
 
     @property
@@ -45,11 +46,19 @@ class RayProcessCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    @property
+    def metrics_endpoints(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
+
     def _start(self, args: list[str], name: str) -> None:
         log = open(self.root / f"{name}.log", "wb")
+        self.metrics_ports.append(free_port())
+        # Every port chosen here: Ray's fixed defaults (e.g. the dashboard agent's 52365) may be
+        # held by another Ray on this machine.
         self.procs.append(subprocess.Popen(
-            ["ray", "start", "--block", "--disable-usage-stats", f"--object-store-memory={self.object_store_bytes}",
-             f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}", *args],
+            ["ray", "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+             f"--object-store-memory={self.object_store_bytes}", f"--metrics-export-port={self.metrics_ports[-1]}",
+             f"--dashboard-agent-listen-port={free_port()}", *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def start(self, timeout_s: float = 600) -> "RayProcessCluster":

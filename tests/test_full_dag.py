@@ -7,19 +7,24 @@ the third skips it all. While they run, Ray's Prometheus endpoint is scraped: ev
 dashboards/*.json queries must show up.
 
 The run dir is a local path: the test cluster is one machine, so it is honestly a filesystem every
-node shares (`run.shared_fs=true`; without it a Ray job refuses a local run dir).
+node shares (`run.shared_fs=true`; without it a Ray job refuses a local run dir). The cluster is
+a `ray start --head` of this module's own, with every port picked free, so another Ray on the
+machine (holding the dashboard agent's default port, say) can't take its job agent away.
 """
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from metrics_scrape import Scraper, dashboard_series, ray_metrics_endpoints
+from metrics_scrape import Scraper, dashboard_series
 from openai_stub_server import OpenAIStubServer
+from ray_processes import RayProcessCluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,16 +80,28 @@ def llm():
 
 
 @pytest.fixture(scope="module")
-def first_run(ray_cluster, tmp_path_factory, llm):
+def dag_cluster():
+    root = Path(tempfile.mkdtemp(prefix="ydag", dir="/tmp"))  # short: Ray's socket paths
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
+           or str(Path.home() / ".cache" / "torch_extensions")}
+    try:
+        with RayProcessCluster(root, env, head_cpus=2) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def first_run(dag_cluster, tmp_path_factory, llm):
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(ray_cluster.dashboard_url)
+    client = JobSubmissionClient(dag_cluster.dashboard_url)
     run_dir = str(tmp_path_factory.mktemp("dag") / "run")
     # retry_failed=true in every run, so that only --retry-failed (a force) tells the runs apart.
     overrides = [f"serve.port={_free_port()}", f"rephrase.base_url={llm.base_url}", "rephrase.backoff_s=0.05",
                  "rephrase.retry_failed=true"]
     expected = set(dashboard_series())
-    with Scraper(lambda: ray_metrics_endpoints(ray_cluster)) as scraper:
+    with Scraper(lambda: dag_cluster.metrics_endpoints) as scraper:
         _, data_logs = _submit(client, run_dir, overrides, flags="--until rephrase")
         requests_first = llm.count()
         _, logs = _submit(client, run_dir, overrides, flags="--retry-failed")  # forces rephrase and what follows

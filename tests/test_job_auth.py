@@ -92,7 +92,7 @@ def test_job_submit_with_token_builds_the_dataset_in_the_bucket(token_cluster, s
     bucket = s3_endpoint("ying-job")
     out = _submit(cluster, token_path, f"{bucket}/run", _aws_runtime_env())
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "succeeded" in out.stdout
+    assert "succeeded" in out.stdout + out.stderr
     fs = s3fs.S3FileSystem()
     for stage in ("sources", "unify", "rephrase", "qc"):
         assert fs.exists(f"ying-job/run/{stage}/_manifest.json"), stage
