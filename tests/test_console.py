@@ -13,6 +13,7 @@ def test_known_noise_is_dropped_and_everything_else_kept():
         "Task ServeController.graceful_shutdown failed. There are infinite retries remaining, so the task will "
         "be retried. Error: The actor is dead because it was killed by `ray.kill`.",
         "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
+        "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
     ]
     kept = ["[ying] unify: 1,200/8,072 records (14.9%), 412/s, ETA 17s",
             "RuntimeError: disk full", "Traceback (most recent call last):",

@@ -41,6 +41,8 @@ FORWARDED_NOISE: list[tuple[re.Pattern, str]] = [
      "serve.shutdown() kills the controller while its own graceful_shutdown call is in flight"),
     (re.compile(r"DeepSpeed deepspeed\.ops\.comm\.\w+ built successfully"),
      "DeepSpeed prints it in every CPU training worker"),
+    (re.compile(r"Progress bars (for operators )?disabled\. To enable, set"),
+     "Ray Data's note that its bars are off: Ying turns them off on purpose"),
 ]
 
 
