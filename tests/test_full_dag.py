@@ -62,9 +62,9 @@ def _submit(client, run_dir: str, overrides: list[str], flags: str = "") -> tupl
             if "No available agent" not in str(e) or attempt == 59:
                 raise
             time.sleep(5)
-    deadline = time.time() + 900
+    deadline = time.time() + 2400  # a guard against a hung job, not a speed check (a shared CI box is slow)
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, "the DAG job did not finish in 15 minutes"
+        assert time.time() < deadline, "the DAG job did not finish in 40 minutes"
         time.sleep(2)
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
