@@ -51,6 +51,8 @@ class StageContext:
     cfg: YingConfig
     stage_dir: str  # <run_dir>/<stage>
     inputs: dict[str, dict]  # dependency name -> its manifest (outputs under "outputs")
+    fingerprint: str = ""  # this stage's fingerprint: ties the stage's Ray Train/Tune runs to what it computes
+    force: bool = False  # --force: start over, never resume an earlier attempt
 
     def output_of(self, dep: str, key: str) -> Any:
         return self.inputs[dep]["outputs"][key]
@@ -220,7 +222,7 @@ def run_stage_cached(stage: Stage, cfg: YingConfig, inputs: dict[str, dict], for
     why = "forced" if force and previous and not reasons else "; ".join(reasons)
     print(f"[ying] {stage.name}: running" + (f" ({why})" if previous and why else ""), flush=True)
     started = time.time()
-    outputs = stage.run(StageContext(cfg=cfg, stage_dir=stage_dir, inputs=inputs))
+    outputs = stage.run(StageContext(cfg=cfg, stage_dir=stage_dir, inputs=inputs, fingerprint=fp, force=force))
     manifest = {
         "stage": stage.name,
         "fingerprint": fp,
