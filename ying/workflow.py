@@ -51,7 +51,9 @@ class StageContext:
     cfg: YingConfig
     stage_dir: str  # <run_dir>/<stage>
     inputs: dict[str, dict]  # dependency name -> its manifest (outputs under "outputs")
-    fingerprint: str = ""  # this stage's fingerprint: ties the stage's Ray Train/Tune runs to what it computes
+    # Ties the stage's Ray Train/Tune runs to what it computes: its fingerprint and the very runs of its
+    # inputs (an input that re-ran gives a new key, so an old run's checkpoint is never resumed).
+    fingerprint: str = ""
     force: bool = False  # --force: start over, never resume an earlier attempt
 
     def output_of(self, dep: str, key: str) -> Any:
@@ -222,7 +224,8 @@ def run_stage_cached(stage: Stage, cfg: YingConfig, inputs: dict[str, dict], for
     why = "forced" if force and previous and not reasons else "; ".join(reasons)
     print(f"[ying] {stage.name}: running" + (f" ({why})" if previous and why else ""), flush=True)
     started = time.time()
-    outputs = stage.run(StageContext(cfg=cfg, stage_dir=stage_dir, inputs=inputs, fingerprint=fp, force=force))
+    run_key = storage.fingerprint({"fingerprint": fp, "input_runs": {n: m.get("run_id") for n, m in inputs.items()}})
+    outputs = stage.run(StageContext(cfg=cfg, stage_dir=stage_dir, inputs=inputs, fingerprint=run_key, force=force))
     manifest = {
         "stage": stage.name,
         "fingerprint": fp,
