@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -27,8 +30,12 @@ def free_port() -> int:
 
 class RayProcessCluster:
     def __init__(self, root: Path, env: dict[str, str], head_cpus: int = 0, worker_cpus: tuple[int, ...] = (),
-                 object_store_bytes: int = 150 * 1024 * 1024) -> None:
+                 object_store_bytes: int = 150 * 1024 * 1024, home: bool = False) -> None:
+        """``home``: give the cluster's processes (and drivers run with ``env``) a HOME inside ``root``."""
         self.root = Path(root)
+        if home:
+            (self.root / "home").mkdir(parents=True, exist_ok=True)
+            env = {**env, "HOME": str(self.root / "home")}
         self.env = {**env, "RAY_TMPDIR": str(self.root), "TMPDIR": str(self.root), "RAY_USAGE_STATS_ENABLED": "0",
                     # A loaded CI machine can take over Ray's default minute to start the dashboard.
                     "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600"}
@@ -106,6 +113,16 @@ class RayProcessCluster:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
 
+    def save_logs(self, dest: Path) -> None:
+        """Copy the `ray start` outputs and the session's logs to ``dest`` (pytest keeps its tmp dirs),
+        so a failure can be read after the cluster's folder is gone."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in self.root.glob("*.log"):
+            shutil.copy(log, dest / log.name)
+        session = self.root / "ray" / "session_latest" / "logs"
+        if session.is_dir():
+            shutil.copytree(session, dest / "session_logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+
     def __enter__(self) -> "RayProcessCluster":
         try:
             return self.start()
@@ -115,3 +132,17 @@ class RayProcessCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def temporary_cluster(prefix: str, env: dict[str, str], logs_dir: Path, **kwargs):
+    """A RayProcessCluster in a fresh folder under /tmp (short: Ray's socket paths must fit in 107
+    bytes), its logs copied to ``logs_dir`` and the folder removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    cluster = RayProcessCluster(root, env, **kwargs)
+    try:
+        with cluster:
+            yield cluster
+    finally:
+        cluster.save_logs(logs_dir)
+        shutil.rmtree(root, ignore_errors=True)

@@ -14,9 +14,7 @@ machine (holding the dashboard agent's default port, say) can't take its job age
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 
 from metrics_scrape import Scraper, dashboard_series
 from openai_stub_server import OpenAIStubServer
-from ray_processes import RayProcessCluster
+from ray_processes import temporary_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,15 +78,11 @@ def llm():
 
 
 @pytest.fixture(scope="module")
-def dag_cluster():
-    root = Path(tempfile.mkdtemp(prefix="ydag", dir="/tmp"))  # short: Ray's socket paths
+def dag_cluster(tmp_path_factory):
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
            or str(Path.home() / ".cache" / "torch_extensions")}
-    try:
-        with RayProcessCluster(root, env, head_cpus=2) as cluster:
-            yield cluster
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with temporary_cluster("ydag", env, tmp_path_factory.mktemp("ray-logs"), head_cpus=2) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

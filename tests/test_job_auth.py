@@ -10,14 +10,12 @@ profiles give every node S3 access and nothing travels with the job).
 import json
 import os
 import secrets
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from ray_processes import RayProcessCluster
+from ray_processes import RayProcessCluster, temporary_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +27,8 @@ DATA_ONLY = [
 
 
 @pytest.fixture(scope="module")
-def token_cluster():
-    root = Path(tempfile.mkdtemp(prefix="yja", dir="/tmp"))
-    token_path = root / "auth_token"
+def token_cluster(tmp_path_factory):
+    token_path = tmp_path_factory.mktemp("token") / "auth_token"
     token_path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` makes
     token_path.chmod(0o600)
     # Nothing S3 on the node: credentials come with the job. Nor Ying on PYTHONPATH: the job's
@@ -39,11 +36,8 @@ def token_cluster():
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "PYTHONPATH"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path),
                TORCH_EXTENSIONS_DIR=str(Path.home() / ".cache" / "torch_extensions"))
-    try:
-        with RayProcessCluster(root, env, head_cpus=2) as cluster:
-            yield cluster, token_path
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with temporary_cluster("yja", env, tmp_path_factory.mktemp("ray-logs"), head_cpus=2) as cluster:
+        yield cluster, token_path
 
 
 def _client_env(cluster: RayProcessCluster, token_path: Path | None) -> dict:

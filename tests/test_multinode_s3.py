@@ -8,15 +8,13 @@ every tempfile), the HOME of its processes (~/ray_results) and the driver's work
 """
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from ray_processes import RayProcessCluster
+from ray_processes import RayProcessCluster, temporary_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,23 +41,17 @@ def _stage_outputs_under(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_endpoint):
-    # Under /tmp with a short name: Ray's socket paths must fit in 107 bytes.
-    root = Path(tempfile.mkdtemp(prefix="ymn", dir="/tmp"))
-    home = root / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home),
+def cluster(s3_endpoint, tmp_path_factory):
+    env = {**os.environ,
            # DeepSpeed's compiled CPU ops: a build cache, not a stage output; reuse it.
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
            or str(Path.home() / ".cache" / "torch_extensions"),
            "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)}
     # The nodes reach the bucket with the credentials in their environment (an instance profile
     # plays that part on AWS; see cluster.yaml).
-    try:
-        with RayProcessCluster(root, env, head_cpus=0, worker_cpus=(1, 1)) as c:
-            yield c, root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with temporary_cluster("ymn", env, tmp_path_factory.mktemp("ray-logs"), head_cpus=0,
+                           worker_cpus=(1, 1), home=True) as c:
+        yield c, c.root
 
 
 def _run(c: RayProcessCluster, cwd: Path, *args: str) -> subprocess.CompletedProcess:
