@@ -22,6 +22,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def torch_extensions_dir() -> str:
+    """Where torch keeps the C++ extensions it compiled (DeepSpeed's CPU ops) for this Python: a
+    cluster given another HOME is pointed here, so nothing is rebuilt. (TORCH_EXTENSIONS_DIR is
+    used as is, without torch's per-version subfolder, hence the full path.)"""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    import sys
+
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+
+    if torch.version.hip is not None:
+        accelerator = "rocm" + torch.version.hip.replace(".", "")
+    elif torch.version.cuda is not None:
+        accelerator = "cu" + torch.version.cuda.replace(".", "")
+    else:
+        accelerator = "cpu"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return os.path.join(get_default_build_root(), f"{python}_{accelerator}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,7 +56,7 @@ class RayProcessCluster:
         self.root = Path(root)
         if home:
             (self.root / "home").mkdir(parents=True, exist_ok=True)
-            env = {**env, "HOME": str(self.root / "home")}
+            env = {**env, "HOME": str(self.root / "home"), "TORCH_EXTENSIONS_DIR": torch_extensions_dir()}
         self.env = {**env, "RAY_TMPDIR": str(self.root), "TMPDIR": str(self.root), "RAY_USAGE_STATS_ENABLED": "0",
                     # A loaded CI machine can take over Ray's default minute to start the dashboard.
                     "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600"}

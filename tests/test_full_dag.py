@@ -79,9 +79,7 @@ def llm():
 
 @pytest.fixture(scope="module")
 def dag_cluster(tmp_path_factory):
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
-           or str(Path.home() / ".cache" / "torch_extensions")}
-    with temporary_cluster("ydag", env, tmp_path_factory.mktemp("ray-logs"), head_cpus=2) as cluster:
+    with temporary_cluster("ydag", dict(os.environ), tmp_path_factory.mktemp("ray-logs"), head_cpus=2) as cluster:
         yield cluster
 
 

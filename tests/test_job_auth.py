@@ -34,8 +34,7 @@ def token_cluster(tmp_path_factory):
     # Nothing S3 on the node: credentials come with the job. Nor Ying on PYTHONPATH: the job's
     # working dir brings the code (the node has the package's dependencies installed).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "PYTHONPATH"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path),
-               TORCH_EXTENSIONS_DIR=str(Path.home() / ".cache" / "torch_extensions"))
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     with temporary_cluster("yja", env, tmp_path_factory.mktemp("ray-logs"), head_cpus=2) as cluster:
         yield cluster, token_path
 

@@ -43,9 +43,6 @@ def _stage_outputs_under(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint, tmp_path_factory):
     env = {**os.environ,
-           # DeepSpeed's compiled CPU ops: a build cache, not a stage output; reuse it.
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
-           or str(Path.home() / ".cache" / "torch_extensions"),
            "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)}
     # The nodes reach the bucket with the credentials in their environment (an instance profile
     # plays that part on AWS; see cluster.yaml).
