@@ -89,15 +89,27 @@ class RayProcessCluster:
              f"--dashboard-agent-listen-port={free_port()}", *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
-    def start(self, timeout_s: float = 600) -> "RayProcessCluster":
+    def start(self, timeout_s: float = 600, attempts: int = 3) -> "RayProcessCluster":
+        """Start the head, then the workers. On a loaded machine a node can miss Ray's own 30 s
+        start-up window and exit; the cluster is then started again, afresh, a few times."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._start(["--head", f"--port={self.gcs_port}", f"--num-cpus={self.head_cpus}",
-                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                     f"--ray-client-server-port={free_port()}"], "head")
-        self._wait_nodes(1, timeout_s)
-        for k, cpus in enumerate(self.worker_cpus):
-            self._start([f"--address={self.address}", f"--num-cpus={cpus}"], f"worker{k}")
-        self._wait_nodes(1 + len(self.worker_cpus), timeout_s)
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start(["--head", f"--port={self.gcs_port}", f"--num-cpus={self.head_cpus}",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"],
+                            f"head-{attempt}")
+                self._wait_nodes(1, timeout_s)
+                for k, cpus in enumerate(self.worker_cpus):
+                    self._start([f"--address={self.address}", f"--num-cpus={cpus}"], f"worker{k}-{attempt}")
+                self._wait_nodes(1 + len(self.worker_cpus), timeout_s)
+                return self
+            except RuntimeError:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                self.procs, self.metrics_ports = [], []
+                self.gcs_port, self.dashboard_port = free_port(), free_port()
         return self
 
     def alive_nodes(self) -> int:

@@ -79,6 +79,7 @@ def run_qc(ctx: StageContext) -> dict:
     # Also the held-out policy and the contamination guard: eval-only tasks and evaluation images never reach training.
     counts = check_records(ctx.output_of("rephrase", "data_dir"), ctx.stage_dir, ctx.cfg.data.max_image_pixels,
                            eval_only=ctx.cfg.data.eval_only)
+    _count_qc_rejects(counts)
     # The paper's Stage III: statistics (Tables 2, 3, 9) and the review page, of the data training reads.
     # (The seed is already in this stage's fingerprint through unify's.)
     # CPU work (tokenizing every instruction, decoding and resizing images): Ray tasks with a CPU each.
@@ -87,6 +88,17 @@ def run_qc(ctx: StageContext) -> dict:
                          seed=ctx.cfg.run.seed)
     return {"data_dir": ctx.stage_dir, "counts": counts, "stats_json": stats["stats_json"],
             "stats_md": stats["stats_md"], "review_html": review["path"]}
+
+
+def _count_qc_rejects(counts: dict) -> None:
+    """QC's set-asides as ``ying_records_rejected`` (reason ``qc:<kind>``), beside unify's rejects."""
+    from ying import telemetry
+
+    for task, splits in counts.get("tasks", {}).items():
+        for kind in ("invalid", "eval_only", "contamination"):
+            n = sum(c.get(kind, 0) for c in splits.values())
+            if n:
+                telemetry.records_rejected_counter().inc(n, tags={"task": task, "reason": f"qc:{kind}"})
 
 
 def run_stage1(ctx: StageContext) -> dict:
