@@ -10,7 +10,6 @@ profiles give every node S3 access and nothing travels with the job).
 import json
 import os
 import secrets
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -54,8 +53,7 @@ def _submit(cluster, token_path, run_dir: str, runtime_env: dict | None) -> subp
         command += ["--runtime-env-json", json.dumps(runtime_env)]
     command += ["--", "python", "workflows/full.py", "--run-dir", run_dir, "--until", "qc"]
     for o in DATA_ONLY:
-        # The entrypoint is one shell line on the cluster: quote what has spaces and braces.
-        command += ["--set", shlex.quote(o)]
+        command += ["--set", o]  # `ray job submit` quotes the entrypoint's words itself (shlex.join)
     return subprocess.run(command, cwd=REPO, env=_client_env(cluster, token_path),
                           capture_output=True, text=True, timeout=1800)
 
