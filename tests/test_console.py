@@ -14,6 +14,7 @@ def test_known_noise_is_dropped_and_everything_else_kept():
         "be retried. Error: The actor is dead because it was killed by `ray.kill`.",
         "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
         "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
+        "Reporting training result 1: TrainingReport(checkpoint=Checkpoint(filesystem=local, path=/x), metrics={})",
     ]
     kept = ["[ying] unify: 1,200/8,072 records (14.9%), 412/s, ETA 17s",
             "RuntimeError: disk full", "Traceback (most recent call last):",
@@ -23,6 +24,22 @@ def test_known_noise_is_dropped_and_everything_else_kept():
     assert seen == [{"pid": 1, "lines": kept, "is_err": True}]
     handle({"pid": 1, "lines": noise, "is_err": True})  # nothing left: nothing printed, not even a prefix
     assert len(seen) == 1
+
+
+def test_the_drivers_printing_of_forwarded_lines_is_filtered(monkeypatch, capsys):
+    """Raylet error messages go straight to ray._private.worker.print_to_stdstream; so does every
+    worker line, through the handler ray.init binds to it."""
+    import ray._private.worker as worker
+
+    from ying.console import filter_forwarded_logs
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored afterwards
+    assert filter_forwarded_logs() and filter_forwarded_logs()  # twice: wrapped once
+    worker.print_to_stdstream({"lines": ["Task ServeController.graceful_shutdown failed. There are infinite "
+                                         "retries remaining", "a real error"], "pid": "raylet", "is_err": False},
+                              ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert "a real error" in out and "graceful_shutdown" not in out
 
 
 def test_stage_processes_turn_ray_data_bars_off():

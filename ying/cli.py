@@ -88,8 +88,8 @@ def _init_ray(cfg, address: str | None) -> None:
     # Workers inherit these on a local cluster; on a real cluster the runtime_env carries them.
     env = _worker_env(cfg)
     os.environ.update(env)
+    filter_forwarded_logs()  # before ray.init, which binds the printing function it filters
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    filter_forwarded_logs()
 
 
 def _fail(message: str) -> None:

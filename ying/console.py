@@ -18,6 +18,7 @@ about Ying's own code still show.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from typing import Callable
@@ -43,6 +44,8 @@ FORWARDED_NOISE: list[tuple[re.Pattern, str]] = [
      "DeepSpeed prints it in every CPU training worker"),
     (re.compile(r"Progress bars (for operators )?disabled\. To enable, set"),
      "Ray Data's note that its bars are off: Ying turns them off on purpose"),
+    (re.compile(r"Reporting training result \d+: TrainingReport\("),
+     "Ray Train's notice for every report, on a logger its LoggingConfig does not reach"),
 ]
 
 
@@ -73,35 +76,45 @@ def quiet_stage_process() -> None:
     # "Registered dataset logger", "Starting execution of Dataset", "Dataset ... execution finished"
     # stay in Ray Data's log file in the session folder; warnings and errors still reach the console.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Tune (the LR search runs in its stage's process): with RunConfig(verbose=0), the classic
+    # output prints nothing, where the new one still prints its experiment table and TensorBoard
+    # hints; "Wrote the latest version of all result files" is an INFO of ray.tune.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
 def is_noise(line: str) -> bool:
     return any(pattern.search(line) for pattern, _ in FORWARDED_NOISE)
 
 
-def _filtered(handler: Callable[[dict], None]) -> Callable[[dict], None]:
-    def handle(data: dict) -> None:
+def _filtered(handler: Callable[..., None]) -> Callable[..., None]:
+    def handle(data: dict, *args, **kwargs) -> None:
         lines = [line for line in data.get("lines", []) if not is_noise(line)]
         if lines:
-            handler({**data, "lines": lines})
+            handler({**data, "lines": lines}, *args, **kwargs)
 
+    handle._ying_filtered = True  # type: ignore[attr-defined]
     return handle
 
 
 def filter_forwarded_logs() -> bool:
-    """Drop ``FORWARDED_NOISE`` lines from what Ray forwards to this driver; call after ``ray.init``.
+    """Drop ``FORWARDED_NOISE`` lines from what Ray prints in this driver for its workers and raylets.
 
-    Ray has no public hook for this, so the driver's own log handler is wrapped; if Ray's internals
-    moved, nothing is filtered (and False is returned) rather than anything failing.
+    Ray has no public hook for this. Worker output reaches ``ray._private.worker.print_to_stdstream``
+    through a log dispatcher (whose handler ``ray.init`` binds), and raylet error messages are passed
+    to it directly; both are wrapped (call this before ``ray.init``, or after: both cases are
+    covered). If Ray's internals moved, nothing is filtered and False is returned; nothing fails.
     """
     try:
+        import ray._private.worker as worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
+        if not getattr(worker.print_to_stdstream, "_ying_filtered", False):
+            worker.print_to_stdstream = _filtered(worker.print_to_stdstream)
         with dispatcher._lock:
-            handlers = list(dispatcher.handlers)
-            if not any(name == "ray_print_logs" for name, _ in handlers):
-                return False
-            dispatcher.handlers = [(name, _filtered(h) if name == "ray_print_logs" else h) for name, h in handlers]
+            dispatcher.handlers = [
+                (name, _filtered(h) if name == "ray_print_logs" and not getattr(h, "_ying_filtered", False) else h)
+                for name, h in dispatcher.handlers]
         return True
     except (ImportError, AttributeError, TypeError):
         return False
