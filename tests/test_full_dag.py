@@ -1,5 +1,16 @@
-"""The whole DAG, submitted as a Ray Job (as `ray job submit -- python workflows/full.py` does),
-twice: the first run builds, trains, evaluates and serves a tiny model; the second skips it all."""
+"""The whole DAG, submitted as a Ray Job (as `ray job submit -- python workflows/full.py` does).
+
+The first run builds the data only, rephrasing through an OpenAI-compatible server on loopback
+(some answers refused, some requests failing); the second runs everything, re-sending only the
+refused rephrasings (the rest are cache hits), then trains, evaluates and serves a tiny model;
+the third skips it all. While they run, Ray's Prometheus endpoint is scraped: every series that
+dashboards/*.json queries must show up.
+
+The run dir is a local path: the test cluster is one machine, so it is honestly a filesystem every
+node shares (`run.shared_fs=true`; without it a Ray job refuses a local run dir). The cluster is
+a `ray start --head` of this module's own, with every port picked free, so another Ray on the
+machine (holding the dashboard agent's default port, say) can't take its job agent away.
+"""
 
 import json
 import os
@@ -8,6 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from metrics_scrape import Scraper, dashboard_series
+from openai_stub_server import OpenAIStubServer
+from ray_processes import temporary_cluster
 
 from ying.config import load_config
 
@@ -23,6 +38,8 @@ SMALL = [
     "train.stage1.max_steps=6", "train.stage1.warmup_steps=2", "train.stage1.batch_size=8",
     "train.stage2.max_steps=6", "train.stage2.warmup_steps=2", "train.stage2.batch_size=8",
     "tune.trial_steps=3", "eval.max_per_task=4", "eval.max_new_tokens=8",
+    "ablations.trial_steps=3", "ablations.eval_max_per_task=2",
+    "ablations.grid={instructions_per_task: [1, 10], task_counts: [0, all], answers: false, seeds: [0]}",
 ]
 
 
@@ -32,17 +49,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _submit(client, run_dir: str, port: int) -> tuple[str, str]:
+def _submit(client, run_dir: str, overrides: list[str], flags: str = "") -> tuple[str, str]:
     from ray.job_submission import JobStatus
 
-    args = " ".join(f"--set '{o}'" for o in SMALL + [f"serve.port={port}"])
-    job = client.submit_job(
-        entrypoint=f"python workflows/full.py --run-dir {run_dir} {args}",
-        runtime_env={"working_dir": str(REPO), "excludes": ["runs/", ".git/"]},
-    )
-    deadline = time.time() + 900
+    args = " ".join(f"--set '{o}'" for o in SMALL + ["run.shared_fs=true"] + overrides)
+    for attempt in range(60):
+        try:
+            job = client.submit_job(
+                entrypoint=f"python workflows/full.py --run-dir {run_dir} {args} {flags}",
+                runtime_env={"working_dir": str(REPO), "excludes": ["runs/", ".git/"]},
+            )
+            break
+        except RuntimeError as e:  # a loaded machine: the job agent registers a little after the dashboard
+            if "No available agent" not in str(e) or attempt == 59:
+                raise
+            time.sleep(5)
+    deadline = time.time() + 2400  # a guard against a hung job, not a speed check (a shared CI box is slow)
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, "the DAG job did not finish in 15 minutes"
+        assert time.time() < deadline, "the DAG job did not finish in 40 minutes"
         time.sleep(2)
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
@@ -50,21 +74,44 @@ def _submit(client, run_dir: str, port: int) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(ray_cluster, tmp_path_factory):
+def llm():
+    # "no" is a common mini-world answer: its rephrasings are refused (kept as fallbacks, re-sent by the
+    # second run); one request in ten fails with a 500 and is retried.
+    with OpenAIStubServer(refuse_answers={"no"}, faults={"500": 0.1}) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def dag_cluster(tmp_path_factory):
+    with temporary_cluster("ydag", dict(os.environ), tmp_path_factory.mktemp("ray-logs"), head_cpus=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def first_run(dag_cluster, tmp_path_factory, llm):
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(ray_cluster.dashboard_url)
+    client = JobSubmissionClient(dag_cluster.dashboard_url)
     run_dir = str(tmp_path_factory.mktemp("dag") / "run")
-    port = _free_port()
-    _, logs = _submit(client, run_dir, port)
-    return client, run_dir, port, logs
+    # retry_failed=true in every run, so that only --retry-failed (a force) tells the runs apart.
+    overrides = [f"serve.port={_free_port()}", f"rephrase.base_url={llm.base_url}", "rephrase.backoff_s=0.05",
+                 "rephrase.retry_failed=true"]
+    expected = set(dashboard_series())
+    with Scraper(lambda: dag_cluster.metrics_endpoints) as scraper:
+        _, data_logs = _submit(client, run_dir, overrides, flags="--until rephrase")
+        requests_first = llm.count()
+        _, logs = _submit(client, run_dir, overrides, flags="--retry-failed")  # forces rephrase and what follows
+        missing = scraper.wait_for(expected, timeout_s=60)
+    return {"client": client, "run_dir": run_dir, "overrides": overrides, "data_logs": data_logs, "logs": logs,
+            "requests_first": requests_first, "missing_series": missing, "expected_series": expected,
+            "scrapes": scraper.scrapes}
 
 
-STAGES = ["sources", "unify", "rephrase", "qc", "stage1", "stage2", "tune", "eval", "serve"]
+STAGES = ["sources", "unify", "rephrase", "qc", "stage1", "tune", "stage2", "eval", "ablations", "report", "serve"]
 
 
 def test_first_run_executes_every_stage_and_reports(first_run):
-    _, run_dir, _, logs = first_run
+    run_dir, logs = first_run["run_dir"], first_run["data_logs"] + first_run["logs"]
     for stage in STAGES:
         manifest = json.loads(Path(run_dir, stage, "_manifest.json").read_text())
         assert manifest["stage"] == stage and manifest["fingerprint"]
@@ -76,8 +123,23 @@ def test_first_run_executes_every_stage_and_reports(first_run):
                               "visual-dialog"}
         assert all(set(s) == {"exact_match", "rouge_l", "n"} and 0 <= s["exact_match"] <= 1 for s in model.values())
     report = Path(run_dir, "report.md").read_text()
-    assert "Exact match" in report and "stage2" in report and "eval/loss.png" in report
-    assert Path(run_dir, "eval", "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Exact match" in report and "stage2" in report and "(report/loss.png)" in report
+    assert Path(run_dir, "report", "loss.png").read_bytes()[:4] == b"\x89PNG"
+    # The ablations ran after Stage II (2 CPUs hold one training) and their tables and verdicts are in the report.
+    ablations = json.loads(Path(run_dir, "ablations", "results.json").read_text())
+    assert [p["value"] for p in ablations["figure9"]["points"]] == [1, 10]
+    assert [p["value"] for p in ablations["figure10"]["points"]] == [0, "all"]
+    assert all(isinstance(p["score"], float) and p["n"] > 0 for e in ("figure9", "figure10")
+               for p in ablations[e]["points"])
+    assert Path(run_dir, "ablations", "figure9.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Ablations" in report and "(ablations/figure10.png)" in report and "## Reproduction" in report
+    rows = json.loads(Path(run_dir, "report", "_manifest.json").read_text())["outputs"]["reproduction"]
+    assert {r["claim"] for r in rows} >= {"Stage II beats Stage I on held-out tasks", "more training tasks help",
+                                          "unseen instructions cost little"}
+    assert all(r["verdict"] in ("holds", "does not hold", "not measured") for r in rows)
+    s2_manifest = json.loads(Path(run_dir, "stage2", "_manifest.json").read_text())
+    assert json.loads(Path(run_dir, "ablations", "_manifest.json").read_text())["started"] >= (
+        s2_manifest["started"] + s2_manifest["seconds"])
     for stage in ("stage1", "stage2"):
         assert Path(run_dir, stage, "hf", "model.safetensors").exists()
     serve = json.loads(Path(run_dir, "serve", "_manifest.json").read_text())["outputs"]
@@ -96,10 +158,26 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     assert qc["contamination_blocked"] == {"visual-dialog": 2}
 
 
+def test_rephrasing_went_through_the_llm_and_its_cache(first_run, llm):
+    counts = json.loads(Path(first_run["run_dir"], "rephrase", "_manifest.json").read_text())["outputs"]["counts"]
+    # The second run re-sent only the refused ("no") rephrasings; the rest came from the cache.
+    assert counts["cache_hits"] > 0 and 0 < counts["requests"] < first_run["requests_first"]
+    assert llm.count() > first_run["requests_first"]
+
+
+def test_every_series_the_dashboards_query_was_exported(first_run):
+    """Scraped from Ray's Prometheus endpoint while the runs went on: each series a panel or a
+    variable of dashboards/*.json selects (records, rephrasing, training, Ray Serve, Ray's nodes)."""
+    assert first_run["scrapes"] > 0
+    assert {"ray_ying_records_built_total", "ray_ying_train_loss", "ray_serve_num_http_requests_total"} <= \
+        first_run["expected_series"]
+    assert not first_run["missing_series"], f"queried by dashboards but never exported: {sorted(first_run['missing_series'])}"
+
+
 def test_second_run_skips_every_stage(first_run):
-    client, run_dir, port, _ = first_run
+    run_dir = first_run["run_dir"]
     before = {s: Path(run_dir, s, "_manifest.json").read_text() for s in STAGES}
-    _, logs = _submit(client, run_dir, port)
+    _, logs = _submit(first_run["client"], run_dir, first_run["overrides"])
     for stage in STAGES:
         assert f"[ying] {stage}: up to date" in logs, stage
         assert Path(run_dir, stage, "_manifest.json").read_text() == before[stage]

@@ -59,3 +59,21 @@ def test_checkpoint_saves_and_loads_from_s3(s3_bucket):
     assert meta["stage"] == "stage1" and tok2.get_vocab() == tok.get_vocab()
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_ray_train_storage_reaches_the_bucket_through_s3fs(s3_bucket, tmp_path):
+    """What RunConfig gets for an s3:// run dir: a pyarrow filesystem over the same s3fs (so the
+    same credentials and endpoint) and a path without its scheme; a local path made absolute."""
+    import pyarrow.fs as pafs
+
+    spec = storage.ray_run_storage(f"{s3_bucket}/run/stage1/ray_train")
+    assert spec["storage_path"] == "ying-test/run/stage1/ray_train"
+    fs = spec["storage_filesystem"]
+    assert isinstance(fs, pafs.FileSystem)
+    fs.create_dir(f"{spec['storage_path']}/stage1/checkpoint_0")
+    with fs.open_output_stream(f"{spec['storage_path']}/stage1/checkpoint_0/state.bin") as f:
+        f.write(b"weights")
+    assert storage.filesystem(f"{s3_bucket}/run/stage1/ray_train/stage1/checkpoint_0/state.bin")[0].cat(
+        "ying-test/run/stage1/ray_train/stage1/checkpoint_0/state.bin") == b"weights"
+    local = storage.ray_run_storage("relative/ray_train")
+    assert local == {"storage_path": str(tmp_path.cwd() / "relative" / "ray_train"), "storage_filesystem": None}

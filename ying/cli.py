@@ -9,6 +9,7 @@
     ying config --preset tiny         # print the resolved config
     ying plan-memory --preset paper   # per-GPU and per-node memory for ZeRO-2/3 on 40 and 80 GB GPUs
     ying stages                       # list the stages in order
+    ying status --run-dir DIR         # each stage: done, stale (and why) or missing
     ying stats --data-dir DIR         # paper Tables 2, 3 and 9 -> DIR/stats.json, DIR/stats.md
     ying review --data-dir DIR        # QC review page: 20 random records per task and split -> review.html
     ying serve --run-dir DIR          # the run's models behind an OpenAI-compatible API, until Ctrl-C
@@ -26,7 +27,8 @@ import os
 import sys
 import time
 
-__all__ = ["main", "run_parser", "run_pipeline_from_args"]
+__all__ = ["main", "run_parser", "run_pipeline_from_args", "ablations_parser", "run_ablations_from_args",
+           "print_status"]
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -41,8 +43,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ying run",
-        description="Run Ying's DAG: sources -> unify -> rephrase -> qc -> stage1 -> stage2 -> tune -> eval -> serve. "
-        "Finished stages whose config and inputs are unchanged are skipped.",
+        description="Run Ying's DAG: sources -> unify -> rephrase -> qc -> stage1 -> tune -> stage2 -> eval -> "
+        "report -> serve, with the ablations branching after tune. Finished stages whose config, code and inputs "
+        "are unchanged are skipped.",
     )
     _add_config_args(p)
     p.add_argument("--until", default=None, help="stop after this stage")
@@ -68,36 +71,87 @@ def _load(args):
     return load_config(args.preset, args.config, overrides)
 
 
+def _worker_env(cfg) -> dict[str, str]:
+    """Environment for every Ray worker of the run, less what the user's job runtime_env already sets
+    (Ray refuses to merge two runtime_envs that set the same variable)."""
+    from ying.console import worker_env
+    from ying.preflight import in_ray_job
+
+    env = {"DS_ACCELERATOR": "cuda" if cfg.train.use_gpu else "cpu", **worker_env()}
+    if in_ray_job():
+        job_env = (json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in job_env}
+    return env
+
+
 def _init_ray(cfg, address: str | None) -> None:
     import ray
 
+    from ying.console import filter_forwarded_logs
+
     # Workers inherit these on a local cluster; on a real cluster the runtime_env carries them.
-    env = {"DS_ACCELERATOR": "cuda" if cfg.train.use_gpu else "cpu"}
+    env = _worker_env(cfg)
     os.environ.update(env)
+    filter_forwarded_logs()  # before ray.init, which binds the printing function it filters
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+
+
+def _fail(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _start(cfg, address: str | None, stages: list, until: str | None = None) -> None:
+    """Preflight (everything checkable without Ray), then Ray, then the checks that need the cluster."""
+    from ying.preflight import config_problems, format_problems, in_ray_job, installed_package_problem, run_dir_problem
+
+    problems = config_problems(cfg, stages, until=until)
+    problems += [p for p in [run_dir_problem(cfg, in_job=in_ray_job(), nodes=None),
+                             installed_package_problem() if in_ray_job() else None] if p]
+    if problems:
+        _fail(format_problems(problems))
+    _init_ray(cfg, address)
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    problem = run_dir_problem(cfg, in_job=in_ray_job(), nodes=nodes)
+    if problem:
+        ray.shutdown()
+        _fail(format_problems([problem]))
+    print(f"[ying] run dir {cfg.run.run_dir} (preset {cfg.preset}, seed {cfg.run.seed}, {nodes} node(s))", flush=True)
+
+
+def _run(stages: list, cfg, **kwargs) -> dict:
+    import ray
+
+    from ying.workflow import run_pipeline
+
+    try:
+        return run_pipeline(stages, cfg, **kwargs)
+    except ray.exceptions.RayTaskError as e:
+        # The stage's own traceback (inside the message) is what matters; the driver's frames are not.
+        print(f"\n[ying] a stage failed; finished stages keep their outputs and a re-run resumes after them.\n{e}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
     from ying.config import ConfigError
     from ying.pipeline import STAGES, stage_names
-    from ying.workflow import run_pipeline
 
     args = run_parser().parse_args(argv)
     try:
         cfg = _load(args)
     except ConfigError as e:
-        print(f"ying: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(f"ying: {e}")
     unknown = [s for s in args.force + ([args.until] if args.until else []) if s not in stage_names()]
     if unknown:
-        print(f"ying: unknown stage(s) {unknown}; stages are {stage_names()}", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(f"ying: unknown stage(s) {unknown}; stages are {stage_names()}")
     force = set(args.force) | ({"serve"} if args.serve else set()) | ({"rephrase"} if args.retry_failed else set())
 
     started = time.time()
-    _init_ray(cfg, args.address)
-    print(f"[ying] run dir {cfg.run.run_dir} (preset {cfg.preset}, seed {cfg.run.seed})", flush=True)
-    manifests = run_pipeline(STAGES, cfg, force=force, until=args.until)
+    _start(cfg, args.address, STAGES, until=args.until)
+    manifests = _run(STAGES, cfg, force=force, until=args.until)
 
     print("\n[ying] summary", flush=True)
     for name, m in manifests.items():
@@ -108,7 +162,10 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
         for model, tasks in metrics.items():
             line = ", ".join(f"{t} EM {100 * s['exact_match']:.1f}" for t, s in tasks.items())
             print(f"  {model:16s} {line}", flush=True)
-        print(f"  report: {manifests['eval']['outputs']['report']}", flush=True)
+    if "report" in manifests:
+        for row in manifests["report"]["outputs"]["reproduction"]:
+            print(f"  {row['verdict']:14s} {row['claim']} ({row['paper']})", flush=True)
+        print(f"  report: {manifests['report']['outputs']['report']}", flush=True)
     print(f"[ying] finished in {time.time() - started:.0f}s", flush=True)
 
     if args.serve and "serve" in manifests:
@@ -118,6 +175,63 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
         serve_until_stopped(out.get("app_name", cfg.serve.app_name),
                             f"[ying] serving {', '.join(out.get('models', []))} on {out['url']} "
                             "(POST /v1/chat/completions, GET /v1/models); Ctrl-C to stop")
+    return manifests
+
+
+def ablations_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="workflows/ablations.py",
+        description="The paper's ablations alone on an existing run: Figure 9 (instructions per task), Figure 10 "
+        "(number of training tasks) and Table 5's raw vs rephrased answers, each a Ray Tune experiment of Stage II "
+        "runs from the run's Stage I checkpoint at its Stage II learning rate, on its data. Needs the run's qc, "
+        "stage1 and tune stages (python workflows/full.py --run-dir DIR --until tune). Writes DIR/ablations/"
+        "results.json and the plots; when the run's eval is done, report.md gains the Ablations and Reproduction "
+        "sections. An interrupted run resumes its unfinished trials and never re-runs a finished one.",
+    )
+    _add_config_args(p)
+    p.add_argument("--grid", choices=["full", "reduced"], default="full",
+                   help="full: ablations.full_grid (the paper's values); reduced: ablations.grid (what the DAG runs)")
+    p.add_argument("--force", action="store_true", help="start the experiments over (finished trials too)")
+    p.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local cluster")
+    return p
+
+
+def run_ablations_from_args(argv: list[str] | None = None) -> dict:
+    from ying.config import ConfigError
+    from ying.pipeline import STAGES
+    from ying.workflow import pipeline_status
+
+    args = ablations_parser().parse_args(argv)
+    # Ablations on, beside nothing else (the stages they need are done): no waiting for Stage II.
+    args.overrides += ["ablations.enabled=true", "ablations.parallel=true"]
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        _fail(f"ying: {e}")
+    if args.grid == "full":
+        cfg = cfg.model_copy(update={"ablations": cfg.ablations.model_copy(update={"grid": cfg.ablations.full_grid})})
+    state = {row["stage"]: row for row in pipeline_status(STAGES, cfg)}
+    missing = [f"{s} ({state[s]['state']}{': ' + '; '.join(state[s]['reasons']) if state[s]['reasons'] else ''})"
+               for s in ("qc", "stage1", "tune") if state[s]["state"] != "done"]
+    if missing:
+        _fail(f"ying: the ablations reuse the run's data, Stage I and Stage II learning rate, but in "
+              f"{cfg.run.run_dir} these are not done with this config: {', '.join(missing)}. Run "
+              f"`python workflows/full.py --run-dir {cfg.run.run_dir} --until tune` (with the same --preset, "
+              "--config and --set) first.")
+    targets = {"ablations"}
+    if state["eval"]["state"] == "done" and state["stage2"]["state"] == "done":
+        targets.add("report")
+    else:
+        print("[ying] the run's eval is not done: results.json and the plots only; the report's Ablations and "
+              "Reproduction sections come with the DAG's report stage", flush=True)
+    started = time.time()
+    _start(cfg, args.address, STAGES, until="ablations")
+    manifests = _run(STAGES, cfg, force={"ablations"} if args.force else set(), targets=targets)
+    out = manifests["ablations"]["outputs"]
+    print(f"[ying] ablations: {out['results']} ({', '.join(f'{e}: {n} trials' for e, n in out['trials'].items())})"
+          f" in {time.time() - started:.0f}s", flush=True)
+    if "report" in manifests:
+        print(f"[ying] report: {manifests['report']['outputs']['report']}", flush=True)
     return manifests
 
 
@@ -163,6 +277,21 @@ def _run_serve_command(args) -> None:
         raise SystemExit(2)
     serve_until_stopped(cfg.serve.app_name, f"[ying] serving on {url} (POST /v1/chat/completions, GET /v1/models, "
                         "POST /v1/evaluations); Ctrl-C or SIGTERM to stop")
+
+
+def print_status(cfg) -> None:
+    """``ying status``: each stage done, stale (and why) or missing, from the run dir's manifests."""
+    from ying.pipeline import STAGES
+    from ying.workflow import pipeline_status
+
+    print(f"run dir {cfg.run.run_dir} (preset {cfg.preset})")
+    for row in pipeline_status(STAGES, cfg):
+        line = f"  {row['stage']:9s} {row['state']}"
+        if row["state"] == "done" and row.get("always_run"):
+            line += " (re-runs on every run: nothing to reuse)"
+        if row["reasons"]:
+            line += ": " + "; ".join(row["reasons"])
+        print(line)
 
 
 def _add_data_commands(sub) -> None:
@@ -251,6 +380,11 @@ def main(argv: list[str] | None = None) -> None:
         "estimates, per stage, the peak memory per GPU for ZeRO-2 and ZeRO-3 on 40 GB and 80 GB GPUs, and the "
         "host memory per 8-GPU node. The estimate's terms are in ying/train/memory.py.")
     _add_config_args(memory)
+    status = sub.add_parser("status", help="each stage of a run dir: done, stale (and why) or missing",
+                            description="Reads the run dir's manifests and says, for each stage, whether a run "
+                            "with this config would skip it (done), re-run it (stale: which config key, code module "
+                            "or input changed) or run it for the first time (missing). Starts nothing.")
+    _add_config_args(status)
     _add_data_commands(sub)
     _add_serve_command(sub)
 
@@ -264,6 +398,14 @@ def main(argv: list[str] | None = None) -> None:
         from ying.train.memory import format_plan, plan_memory
 
         print(format_plan(plan_memory(_load(args)), args.preset))
+    elif args.command == "status":
+        from ying.config import ConfigError
+
+        try:
+            cfg = _load(args)
+        except ConfigError as e:
+            _fail(f"ying: {e}")
+        print_status(cfg)
     elif args.command == "stages":
         from ying.pipeline import STAGES
 

@@ -69,6 +69,10 @@ def _absolute_if_local(path: str) -> str:
 class RunConfig(_Strict):
     seed: int = 0  # drives instruction choice, mini-world content, model init and data order
     run_dir: str = "runs/default"  # local path (relative to where you start the run) or s3://bucket/prefix
+    # A local run_dir is refused on a cluster of several nodes and under a Ray job (each node would
+    # write to its own disk). Set true when run_dir is on a filesystem every node mounts at the same
+    # path (NFS, Lustre, EFS): then a local path is fine.
+    shared_fs: bool = execution_only(False)
 
     @field_validator("run_dir")
     @classmethod
@@ -332,6 +336,9 @@ class AblationsConfig(_Strict):
     num_workers: int | None = None  # Ray Train workers per trial; None: train.num_workers
     eval_max_per_task: int = 40  # evaluation records per task and trial
     max_concurrent_trials: int = execution_only(1)  # trials at once, as far as the cluster's resources allow
+    # Run beside Stage II (and the eval) where the cluster has room for both; False waits for them
+    # (a 2-CPU machine cannot hold two trainings: their workers and ingest actors would deadlock).
+    parallel: bool = execution_only(True)
     keep_checkpoints: bool = execution_only(False)  # keep each trial's checkpoints (deleted once evaluated)
 
 

@@ -1,6 +1,10 @@
-"""Ying's stage table: the paper's pipeline, stage by stage, in dependency order.
+r"""Ying's stage table: the paper's pipeline, stage by stage, in dependency order.
 
-    sources -> unify -> rephrase -> qc -> stage1 -> tune -> stage2 -> eval -> serve
+    sources -> unify -> rephrase -> qc -> stage1 -> tune -> stage2 -> eval -> report -> serve
+                                                   \-> ablations --------/
+
+The ablations branch after Stage I (and the LR search, whose lr they train at) and run beside
+Stage II where the cluster has room (``ablations.parallel``); the report waits for both.
 
 Each stage is a plain function of a ``StageContext`` that calls one module's entry point and
 returns what later stages and the report need (paths, counts, metrics). ``ying.workflow`` runs
@@ -9,9 +13,30 @@ them as Ray tasks and skips those already done.
 
 from __future__ import annotations
 
-from ying.workflow import Stage, StageContext
+import os
 
-__all__ = ["STAGES", "stage_names"]
+from ying import storage
+from ying.config import YingConfig
+from ying.workflow import Stage, StageContext, run_on_cpus
+
+__all__ = ["STAGES", "stage_names", "missing_sources"]
+
+
+def missing_sources(cfg: YingConfig) -> list[str]:
+    """Before Ray starts: tasks with no source data, and local source dirs that are not there."""
+    problems = []
+    missing = [t for t in cfg.data.tasks if t not in cfg.data.sources]
+    if missing and not cfg.miniworld.enabled:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        problems.append(
+            f"no source data for {len(missing)} of the {len(cfg.data.tasks)} tasks in data.tasks ({shown}). "
+            f"Give each task the directory of its release: --set data.sources.{missing[0]}=/data/{missing[0]} "
+            "(local or s3://, one --set per task, or a data.sources mapping in a --config YAML); "
+            "or drop those tasks from data.tasks; or --set miniworld.enabled=true to generate synthetic ones")
+    for task, path in sorted(cfg.data.sources.items()):
+        if task in cfg.data.tasks and storage.is_local(path) and not os.path.isdir(path):
+            problems.append(f"data.sources.{task}={path}: no such directory")
+    return problems
 
 
 def run_sources(ctx: StageContext) -> dict:
@@ -19,15 +44,13 @@ def run_sources(ctx: StageContext) -> dict:
     from ying.data.miniworld import generate_miniworld
 
     cfg = ctx.cfg
+    problems = missing_sources(cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
     sources = {t: p for t, p in cfg.data.sources.items() if t in cfg.data.tasks}
     missing = [t for t in cfg.data.tasks if t not in sources]
-    if missing and not cfg.miniworld.enabled:
-        raise ValueError(
-            f"no source path for tasks {missing}: set data.sources.<task>=<dir of the release>, "
-            "or miniworld.enabled=true to generate synthetic ones"
-        )
-    if missing:
-        sources.update(generate_miniworld(ctx.stage_dir, cfg.miniworld, cfg.run.seed, missing))
+    if missing:  # drawing scenes and encoding images and videos: CPU work, scheduled as such
+        sources.update(run_on_cpus(generate_miniworld, ctx.stage_dir, cfg.miniworld, cfg.run.seed, missing))
     return {"sources": sources, "miniworld_tasks": missing}
 
 
@@ -56,12 +79,25 @@ def run_qc(ctx: StageContext) -> dict:
     counts = check_records(ctx.output_of("rephrase", "data_dir"), ctx.stage_dir, d.max_image_pixels,
                            eval_only=d.eval_only, guard_mode=d.contamination_guard, allow=d.contamination_allow,
                            use_ray=True, workers=d.workers, progress_interval_s=d.progress_interval_s)
+    _count_qc_rejects(counts)
     # The paper's Stage III: statistics (Tables 2, 3, 9; Table 9 beside the paper's counts for tasks
     # built from real releases) and the review pages, of the data training reads.
     # (The seed and data.sources are already in this stage's fingerprint through unify's.)
-    reports = write_qc_reports(ctx.stage_dir, storage.join(ctx.stage_dir, "review.html"), seed=ctx.cfg.run.seed,
+    # CPU work (tokenizing every instruction, decoding and resizing images): a Ray task with a CPU.
+    reports = run_on_cpus(write_qc_reports, ctx.stage_dir, storage.join(ctx.stage_dir, "review.html"), seed=ctx.cfg.run.seed,
                                real_release_tasks=[t for t in d.tasks if t in d.sources])
     return {"data_dir": ctx.stage_dir, "counts": counts, **reports}
+
+
+def _count_qc_rejects(counts: dict) -> None:
+    """QC's set-asides as ``ying_records_rejected`` (reason ``qc:<kind>``), beside unify's rejects."""
+    from ying import telemetry
+
+    for task, splits in counts.get("tasks", {}).items():
+        for kind in ("invalid", "eval_only", "contamination"):
+            n = sum(c.get(kind, 0) for c in splits.values())
+            if n:
+                telemetry.records_rejected_counter().inc(n, tags={"task": task, "reason": f"qc:{kind}"})
 
 
 def run_stage1(ctx: StageContext) -> dict:
@@ -91,13 +127,42 @@ def run_stage2(ctx: StageContext) -> dict:
 
 def run_eval(ctx: StageContext) -> dict:
     from ying.eval.evaluate import evaluate_models
-    from ying.eval.run_report import write_run_report
 
     checkpoints = {"stage1": ctx.output_of("stage1", "checkpoint"), "stage2": ctx.output_of("stage2", "checkpoint")}
-    result = evaluate_models(ctx.cfg, ctx.output_of("qc", "data_dir"), checkpoints, ctx.stage_dir,
-                             sources=ctx.output_of("sources", "sources"))
-    report_path = write_run_report(ctx.cfg, ctx.inputs, result["metrics"], ctx.stage_dir)
-    return {**result, "report": report_path}
+    return evaluate_models(ctx.cfg, ctx.output_of("qc", "data_dir"), checkpoints, ctx.stage_dir,
+                           sources=ctx.output_of("sources", "sources"))
+
+
+def run_ablations(ctx: StageContext) -> dict:
+    """The paper's Figures 9 and 10 and Table 5's raw-vs-rephrased answers, as Ray Tune experiments."""
+    from ying.tune.ablations import run_ablations as run_experiments
+
+    if not ctx.cfg.ablations.enabled:
+        print("[ying] ablations: off (ablations.enabled=false); workflows/ablations.py runs them alone", flush=True)
+        return {"enabled": False}
+    results = run_experiments(ctx.cfg, ctx.output_of("qc", "data_dir"), ctx.output_of("stage1", "checkpoint"),
+                              lr=ctx.output_of("tune", "best_lr"), out_dir=ctx.stage_dir,
+                              fingerprint=ctx.fingerprint, fresh=ctx.force)
+    return {"enabled": True, "results": storage.join(ctx.stage_dir, "results.json"),
+            "trials": {e: len(v["points"]) for e, v in results.items() if isinstance(v, dict) and "points" in v}}
+
+
+def run_report(ctx: StageContext) -> dict:
+    """``<run_dir>/report.md``: the run, the paper's tables, the ablations and the Reproduction section."""
+    from ying.eval.run_report import reproduction, write_run_report
+
+    ablations = ctx.inputs["ablations"]["outputs"]
+    results = storage.read_json(ablations["results"]) if ablations.get("enabled") else None
+    metrics = ctx.output_of("eval", "metrics")
+    eval_dir = storage.join(ctx.cfg.run.run_dir, "eval")
+    # Plots (matplotlib) and reading the eval's tables: CPU work, scheduled as such.
+    path = run_on_cpus(write_run_report, ctx.cfg, ctx.inputs, metrics, eval_dir, plot_dir=ctx.stage_dir,
+                       ablations=results)
+    paper = storage.join(eval_dir, "paper_results.json")
+    rows = reproduction(ctx.cfg, metrics, storage.read_json(paper) if storage.exists(paper) else None, results)
+    for row in rows:
+        print(f"[report] {row['claim']}: {row['verdict']} ({row['ours']})", flush=True)
+    return {"report": path, "reproduction": rows}
 
 
 def run_serve(ctx: StageContext) -> dict:
@@ -110,7 +175,7 @@ _TRAIN_COMMON = ["run.seed", "model", "train.num_workers", "train.use_gpu", "tra
                  "train.weight_decay", "train.grad_clip", "train.shuffle_buffer"]
 
 STAGES: list[Stage] = [
-    Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources"]),
+    Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources"], check=missing_sources),
     Stage("unify", run_unify, ["sources"], ["run.seed", "data"]),
     Stage("rephrase", run_rephrase, ["unify"], ["rephrase"]),
     Stage("qc", run_qc, ["rephrase"], ["data.max_image_pixels", "data.eval_only", "data.contamination_guard",
@@ -118,9 +183,14 @@ STAGES: list[Stage] = [
     Stage("stage1", run_stage1, ["qc"], _TRAIN_COMMON + ["train.stage1"]),
     Stage("tune", run_tune, ["qc", "stage1"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only", "tune"]),
     Stage("stage2", run_stage2, ["qc", "stage1", "tune"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only"]),
-    Stage("eval", run_eval, ["qc", "stage1", "stage2", "tune", "unify", "rephrase", "sources"],
-          ["eval", "data.tasks", "data.held_out", "data.eval_only"]),
-    Stage("serve", run_serve, ["qc", "stage2", "eval"], ["serve"]),
+    Stage("eval", run_eval, ["qc", "stage1", "stage2", "sources"], ["eval", "data.tasks", "data.held_out", "data.eval_only"]),
+    Stage("ablations", run_ablations, ["qc", "stage1", "tune"],
+          _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only", "eval", "ablations"],
+          # On a machine that cannot hold two trainings at once, after Stage II and the eval.
+          after=lambda cfg: [] if cfg.ablations.parallel else ["stage2", "eval"]),
+    Stage("report", run_report, ["sources", "unify", "rephrase", "qc", "stage1", "tune", "stage2", "eval", "ablations"],
+          ["run.seed", "data.tasks", "data.held_out", "rephrase.provider", "rephrase.model"]),
+    Stage("serve", run_serve, ["qc", "stage2", "report"], ["serve"]),
 ]
 
 

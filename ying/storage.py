@@ -25,7 +25,8 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "fingerprint",
-    "ray_storage",
+    "is_local",
+    "ray_run_storage",
     "MANIFEST_NAME",
 ]
 
@@ -43,6 +44,31 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path without protocol) for a local path or URL."""
     fs, _, paths = fsspec.get_fs_token_paths(str(path))
     return fs, paths[0]
+
+
+def is_local(path: str) -> bool:
+    """True for a path on this machine's filesystem (no ``scheme://``, or ``file://``)."""
+    path = str(path)
+    return "://" not in path or path.startswith("file://")
+
+
+def ray_run_storage(path: str) -> dict[str, Any]:
+    """``storage_path`` and ``storage_filesystem`` for Ray Train's / Tune's ``RunConfig`` at ``path``.
+
+    Ray wants a pyarrow filesystem and a path without its scheme. For ``s3://`` (and any other
+    fsspec URL) the fsspec filesystem Ying uses everywhere is wrapped, so Train and Tune reach the
+    bucket with the same credentials and endpoint as the rest of the run (s3fs reads the usual AWS
+    chain: environment, config files, instance profile). A local path is made absolute.
+
+        ray.train.RunConfig(name=..., **storage.ray_run_storage(storage.join(stage_dir, "ray_train")))
+    """
+    if is_local(path):
+        local = str(path)[len("file://"):] if str(path).startswith("file://") else str(path)
+        return {"storage_path": os.path.abspath(local), "storage_filesystem": None}
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, bare = filesystem(path)
+    return {"storage_path": bare, "storage_filesystem": PyFileSystem(FSSpecHandler(fs))}
 
 
 def exists(path: str) -> bool:
@@ -106,16 +132,3 @@ def write_manifest(stage_dir: str, manifest: dict) -> None:
     write_json_atomic(join(stage_dir, MANIFEST_NAME), manifest)
 
 
-def ray_storage(path: str) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Ray Train/Tune's ``RunConfig``.
-
-    Local paths go as they are. For ``s3://`` Ray wants a pyarrow filesystem and a path without the
-    scheme; wrapping fsspec's s3fs keeps one S3 client configuration (credentials, endpoint) for
-    the whole project, the one every other read and write uses.
-    """
-    if "://" not in str(path):
-        return os.path.abspath(path), None
-    import pyarrow.fs
-
-    fs, stripped = filesystem(path)
-    return stripped, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))

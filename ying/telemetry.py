@@ -1,10 +1,21 @@
 """Metric definitions shared by the pipeline and ``dashboards/ying.json``.
 
 Every metric is a ``ray.util.metrics`` Counter or Gauge, created lazily on first use in the
-process that records it (a Ray Data actor, a Train worker, the driver). Ray exports them to
-Prometheus with a ``ray_`` prefix, and counters get a ``_total`` suffix as well:
-``ying_records_built`` is charted as ``ray_ying_records_built_total``. ``exported_name`` does
-that mapping, and a test checks that every series the dashboard queries is defined here.
+process that records it (a Ray Data actor, a Train worker, a stage task). Each process pushes its
+values to its node's metrics agent every few seconds (and when it exits), and Ray exposes them to
+Prometheus on the node's metrics export port (``ray start --metrics-export-port``; 8080 in
+cluster.yaml), with a ``ray_`` prefix, plus a ``_total`` suffix for counters:
+``ying_records_built`` is charted as ``ray_ying_records_built_total``. ``exported_name`` does that
+mapping. Every series also carries Ray's ``SessionName`` label, which the dashboard filters on.
+
+Record while the work runs (per chunk, per request, per logging step), not once at the end, so a
+rate panel shows progress rather than one spike; and keep tag values few (a task key, a short
+reason), since each distinct tag set is a series of its own.
+
+Adding a metric: append a ``MetricSpec`` below and an accessor, chart it in ``dashboards/ying.json``
+(tests/test_packaging.py fails on a metric nobody charts), and make sure a run of
+tests/test_full_dag.py records it: that test scrapes Ray's endpoint during the run and fails on
+any series a dashboard queries that never shows up.
 
 Ray drops a metric with an invalid name with only a warning, so names are checked at import.
 

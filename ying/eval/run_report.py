@@ -1,18 +1,20 @@
 """``<run_dir>/report.md``: what the run built, how training went, and how the models score.
 
 The scores come from ``ying.eval.report.render_report``; this module adds the run around them:
-data counts per task and split, the training summaries with a loss curve, and the LR search.
+data counts per task and split, the training summaries with a loss curve, the LR search, the
+ablations (Figures 9, 10; Table 5's Len) and the Reproduction section: one row per claim of the paper.
 """
 
 from __future__ import annotations
 
 import io
+import os
 
 from ying import storage
 from ying.config import YingConfig
 from ying.eval.report import figure4_plot, figure5_plot, render_paper_tables, render_report
 
-__all__ = ["write_run_report"]
+__all__ = ["write_run_report", "reproduction"]
 
 
 def _data_table(stats: dict) -> str:
@@ -92,7 +94,48 @@ def _tune_table(tune: dict) -> str:
     return "\n".join(lines)
 
 
-def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, eval_dir: str) -> str:
+def _link(run_dir: str, path: str) -> str:
+    """``path`` as report.md (at the run dir's root) links to it."""
+    prefix = str(run_dir).rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _zero_shot_groups(cfg: YingConfig) -> tuple[list[str], list[str], list[str]]:
+    """Held-out tasks of the run: all of them, the Chinese ones, the video ones (from the adapters' specs)."""
+    from ying.data.tasks import get_task
+
+    held_out = [t for t in cfg.data.held_out if t in cfg.data.tasks]
+    chinese = [t for t in held_out if get_task(t).SPEC.lang == "zh"]
+    video = [t for t in held_out if get_task(t).SPEC.category == "video"]
+    return held_out, chinese, video
+
+
+def reproduction(cfg: YingConfig, metrics: dict, paper_results: dict | None, ablations: dict | None) -> list[dict]:
+    """The Reproduction rows from this run's numbers (see ``ying.tune.results.reproduction_rows``)."""
+    from ying.tune.results import reproduction_rows
+
+    held_out, chinese, video = _zero_shot_groups(cfg)
+    seen_unseen: dict[str, dict[str, float]] = {}
+    suite = ((paper_results or {}).get("suites") or {}).get("unseen_instructions") or {}
+    scores = (suite.get("rows") or {}).get("stage2", {}).get("scores", {}) if str(suite.get("status", "")).startswith("ok") else {}
+    for key, value in scores.items():
+        task, _, kind = key.rpartition("/")
+        if kind in ("seen", "unseen") and value is not None:
+            seen_unseen.setdefault(task, {})[kind] = 100 * value
+    seen_unseen = {t: v for t, v in seen_unseen.items() if set(v) == {"seen", "unseen"}}
+    return reproduction_rows(metrics, held_out, chinese, video, seen_unseen, ablations)
+
+
+def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, eval_dir: str,
+                     plot_dir: str | None = None, ablations: dict | None = None) -> str:
+    """Write ``<run_dir>/report.md``; plots go to ``plot_dir`` (default ``eval_dir``).
+
+    ``inputs`` are the stage manifests the report draws on (any subset); ``ablations`` is
+    ``<run_dir>/ablations/results.json`` when the ablations ran.
+    """
+    from ying.tune.results import ablation_tables, reproduction_table
+
+    plot_dir = plot_dir or eval_dir
     outputs = {name: m["outputs"] for name, m in inputs.items()}
     stages = {name: outputs[name] for name in ("stage1", "stage2") if name in outputs}
     extras: dict[str, str] = {}
@@ -117,26 +160,34 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
             with fs.open(p, "r", encoding="utf-8") as f:
                 extras["Dataset statistics (paper Tables 2, 3, 9)"] = f.read()
     if stages:
-        plot_path = storage.join(eval_dir, "loss.png")
+        plot_path = storage.join(plot_dir, "loss.png")
         storage.write_bytes_atomic(plot_path, _loss_plot(stages))
-        extras["Training"] = _training_table(stages) + "\n\n![training loss](eval/loss.png)"
+        extras["Training"] = _training_table(stages) + f"\n\n![training loss]({_link(cfg.run.run_dir, plot_path)})"
     if "tune" in outputs:
         extras["Learning-rate search (Ray Tune)"] = _tune_table(outputs["tune"])
     results_path = storage.join(eval_dir, "paper_results.json")
-    if storage.exists(results_path):
-        results = storage.read_json(results_path)
+    results = storage.read_json(results_path) if storage.exists(results_path) else None
+    if results:
         body = render_paper_tables(results)
         fig5 = figure5_plot(results["suites"]["unseen_instructions"]) if "unseen_instructions" in results["suites"] else None
         if fig5:
-            storage.write_bytes_atomic(storage.join(eval_dir, "figure5.png"), fig5)
-            body += "\n![Figure 5: seen vs unseen instructions](eval/figure5.png)\n"
+            fig5_path = storage.join(plot_dir, "figure5.png")
+            storage.write_bytes_atomic(fig5_path, fig5)
+            body += f"\n![Figure 5: seen vs unseen instructions]({_link(cfg.run.run_dir, fig5_path)})\n"
         fig4 = figure4_plot(results.get("judge", {}).get("pairwise", {}))
         if fig4:
-            storage.write_bytes_atomic(storage.join(eval_dir, "figure4.png"), fig4)
+            storage.write_bytes_atomic(storage.join(plot_dir, "figure4.png"), fig4)
         cache = results.get("prediction_cache", {})
         body += f"\nPrediction cache `{cache.get('dir')}`: " + ", ".join(
             f"{m}: {c}" for m, c in cache.items() if m != "dir") + "\n"
         extras["The paper's tables"] = body
+    if ablations:
+        extras["Ablations (Ray Tune; paper Figures 9, 10 and Table 5's Len)"] = ablation_tables(ablations)
+    if metrics:
+        extras["Reproduction"] = (
+            "One row per claim of the paper, from this run's numbers. A difference counts when it exceeds "
+            "1 ROUGE-L point; \"little\" means under 10% of the seen score.\n\n"
+            + reproduction_table(reproduction(cfg, metrics, results, ablations)))
     text = render_report(metrics, extras, title=f"Ying run report ({cfg.preset})")
     path = storage.join(cfg.run.run_dir, "report.md")
     storage.write_bytes_atomic(path, text.encode("utf-8"))

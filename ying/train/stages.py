@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 from ying import storage
 from ying.config import YingConfig
+from ying.console import TRAIN_LOG_LEVEL
 from ying.data.build import count_records
 from ying.train.ingest import RecordPolicy, data_identity, stage_datasets
 from ying.train.loop import StagePlan, train_loop_per_worker
@@ -138,14 +139,11 @@ def trainer_for(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str, 
     from ray.train import DataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ying.storage import ray_storage
-
-    storage_path, storage_filesystem = ray_storage(storage_path)
     max_failures = cfg.train.max_failures
     run_config = ray.train.RunConfig(
-        name=name,
-        storage_path=storage_path,
-        storage_filesystem=storage_filesystem,
+        name=name,  # no timestamp: re-running the same name resumes the same run
+        **storage.ray_run_storage(storage_path),  # s3:// through s3fs, like the rest of the run dir
+        logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),  # Train's notices stay in its logs
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=3),
         callbacks=callbacks or [],

@@ -26,8 +26,6 @@ def run_experiment(name: str, fingerprint: str, trainable: Callable, param_space
     """Fit (or restore and finish) the experiment ``<name>-<fingerprint>`` under ``storage_dir``."""
     import ray.tune
 
-    from ying.storage import ray_storage
-
     experiment = f"{name}-{fingerprint}"
     fs, root = storage.filesystem(storage_dir)
     if fs.exists(root):
@@ -37,7 +35,8 @@ def run_experiment(name: str, fingerprint: str, trainable: Callable, param_space
                 print(f"[ying] {name}: removing Tune experiment {folder} (another configuration, or --force)",
                       flush=True)
                 fs.rm(entry, recursive=True)
-    storage_path, storage_filesystem = ray_storage(storage_dir)
+    ray_storage = storage.ray_run_storage(storage_dir)
+    storage_path, storage_filesystem = ray_storage["storage_path"], ray_storage["storage_filesystem"]
     path = f"{storage_path.rstrip('/')}/{experiment}"
     trainable = ray.tune.with_resources(trainable, trial_driver_resources)
     if ray.tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem):
