@@ -44,6 +44,8 @@ FORWARDED_NOISE: list[tuple[re.Pattern, str]] = [
      "DeepSpeed prints it in every CPU training worker"),
     (re.compile(r"Progress bars (for operators )?disabled\. To enable, set"),
      "Ray Data's note that its bars are off: Ying turns them off on purpose"),
+    (re.compile(r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group"),
+     "Ray Train's cleanup after every finished run (each LR-search and ablation trial is one)"),
     (re.compile(r"Reporting training result \d+: TrainingReport\("),
      "Ray Train's notice for every report, on a logger its LoggingConfig does not reach"),
 ]
@@ -55,6 +57,12 @@ def worker_env() -> dict[str, str]:
         # transformers' "Loading weights" bar (huggingface_hub's switch turns off both libraries' bars).
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "PYTHONWARNINGS": _PYTHONWARNINGS,
+        # Ray Train routes a worker's print() to its logger and also echoes it to a wrapped stdout,
+        # so each progress line of a training worker reached the console twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        # Ray Data's INFO lines ("Dataset ... execution finished") from the actors it starts itself,
+        # e.g. Train's SplitCoordinator, where quiet_stage_process never runs; warnings still show.
+        "RAY_DATA_LOG_LEVEL": "WARNING",
     }
 
 

@@ -23,7 +23,10 @@ def _trial(trial: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from ying.console import quiet_stage_process
     from ying.train.stages import fit, stage_plan
+
+    quiet_stage_process()  # a trial is its own process; its Ray Data runs here and in Train's coordinator
 
     cfg = YingConfig.model_validate(trial["cfg"])
     t = cfg.tune

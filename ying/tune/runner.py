@@ -49,7 +49,7 @@ def run_experiment(name: str, fingerprint: str, trainable: Callable, param_space
             param_space=param_space,
             tune_config=tune_config,
             run_config=ray.tune.RunConfig(name=experiment, storage_path=storage_path,
-                                          storage_filesystem=storage_filesystem,
+                                          storage_filesystem=storage_filesystem, verbose=0,
                                           failure_config=ray.tune.FailureConfig(max_failures=1)),
         )
     return tuner.fit()
