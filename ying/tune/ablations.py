@@ -18,7 +18,10 @@ evaluated as the paper does, ROUGE-L:
               words per answer
 and reports ``score`` to Tune. Trial checkpoints are deleted once evaluated unless
 ``ablations.keep_checkpoints``. An interrupted experiment is restored: finished trials are kept,
-unfinished ones resume from their last Ray Train checkpoint.
+unfinished ones resume from their last Ray Train checkpoint. A finished trial also leaves its
+result under ``<ablations>/trial_results/`` (keyed by the experiment's fingerprint and the trial's
+spec), so even a trial that Tune's state had not yet marked finished when the run died is answered
+from there, never trained again.
 """
 
 from __future__ import annotations
@@ -112,15 +115,32 @@ def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, 
     return out
 
 
+def _result_path(trial: dict) -> str:
+    spec = trial["spec"]
+    key = storage.fingerprint({"grid": trial["grid_fingerprint"], "spec": spec})
+    return storage.join(trial["ablations_dir"], "trial_results", f"{spec['experiment']}-{spec['value']}-"
+                        f"seed{spec['seed']}-{key}.json")
+
+
 def _trial(trial: dict) -> None:
     """One ablation trial: train (unless it trains on no task), evaluate, report, clean up."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from ying.console import quiet_stage_process
     from ying.train.stages import fit, stage_plan
+
+    quiet_stage_process()  # a trial is its own process; its Ray Data runs here and in Train's coordinator
 
     cfg = YingConfig.model_validate(trial["cfg"])
     spec = trial["spec"]
+    label = f"[ablations] {spec['experiment']} {spec['value']} (seed {spec['seed']})"
+    done_path = _result_path(trial)
+    if storage.exists(done_path):  # finished before an interruption: its result, not a second training
+        print(f"{label}: finished in an earlier run, result reused", flush=True)
+        ray.tune.report(storage.read_json(done_path))
+        return
+    print(f"{label}: trial started", flush=True)
     a = cfg.ablations
     name = ray.tune.get_context().get_trial_name()
     trial_dir = storage.join(trial["ablations_dir"], "trials", name)
@@ -140,12 +160,14 @@ def _trial(trial: dict) -> None:
         checkpoint = plan.out_dir
     result = evaluate_trial(cfg, trial["data_dir"], checkpoint, spec, trial["stage2_tasks"], name,
                             storage.join(trial["ablations_dir"], "eval_cache"))
+    result = {**result, "experiment": spec["experiment"], "value": spec["value"], "seed": spec["seed"], "done": True}
+    storage.write_json_atomic(done_path, result)
     if spec["tasks"] and not a.keep_checkpoints:
         fs, path = storage.filesystem(trial_dir)
         if fs.exists(path):
             fs.rm(path, recursive=True)
-    ray.tune.report({**result, "experiment": spec["experiment"], "value": spec["value"], "seed": spec["seed"],
-                     "done": True})
+    print(f"{label}: trial done, ROUGE-L {result['score']}", flush=True)
+    ray.tune.report(result)
 
 
 def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: float, out_dir: str,
@@ -166,6 +188,10 @@ def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: fl
         trial_cfg["train"]["num_workers"] = a.num_workers
     base = {"cfg": trial_cfg, "data_dir": data_dir, "stage1_checkpoint": stage1_checkpoint,
             "lr": a.lr or lr, "ablations_dir": out_dir, "fingerprint": fingerprint, "stage2_tasks": stage2_tasks}
+    if fresh:  # --force: start over, finished trials too
+        fs, done = storage.filesystem(storage.join(out_dir, "trial_results"))
+        if fs.exists(done):
+            fs.rm(done, recursive=True)
     results: dict[str, Any] = {}
     metrics = {
         "figure9": "ROUGE-L with unseen instructions (instructions 9-10 of each pool) and on held-out tasks, mean",
@@ -175,9 +201,9 @@ def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: fl
     for experiment, specs in trial_specs(cfg, grid, stage2_tasks).items():
         print(f"[ablations] {experiment}: {len(specs)} trial(s), values "
               f"{sorted({s['value'] for s in specs}, key=str)}, seeds {sorted({s['seed'] for s in specs})}", flush=True)
-        space = {**base, "spec": ray.tune.grid_search(specs)}
-        tune_config = ray.tune.TuneConfig(max_concurrent_trials=a.max_concurrent_trials)
         grid_fp = storage.fingerprint({"fingerprint": fingerprint, "specs": specs, "lr": base["lr"]})
+        space = {**base, "grid_fingerprint": grid_fp, "spec": ray.tune.grid_search(specs)}
+        tune_config = ray.tune.TuneConfig(max_concurrent_trials=a.max_concurrent_trials)
         outcome = run_experiment(experiment, grid_fp, _trial, space, tune_config,
                                  storage.join(out_dir, "experiments"), fresh=fresh)
         points = []
