@@ -116,6 +116,12 @@ def test_first_run_executes_every_stage_and_reports(first_run):
         manifest = json.loads(Path(run_dir, stage, "_manifest.json").read_text())
         assert manifest["stage"] == stage and manifest["fingerprint"]
         assert f"[ying] {stage}: running" in logs
+    # A training worker's progress line reaches the console once (Ray Train's print patch echoed it).
+    steps = [line for line in logs.splitlines() if "[stage1] step " in line]
+    assert steps and len(steps) == len(set(steps)), steps
+    assert "execution finished in" not in logs  # Ray Data's notices stay in its own log files
+    # No progress bar anywhere, Tune trials' Ray Data included: no redraws, no cursor-up codes, no trial table.
+    assert "Running Dataset" not in logs and "\x1b[A" not in logs and "| Trial name" not in logs
     metrics = json.loads(Path(run_dir, "eval", "metrics.json").read_text())
     assert set(metrics) == {"majority-answer", "stage1", "stage2"}
     for model in metrics.values():

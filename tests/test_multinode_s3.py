@@ -25,6 +25,9 @@ TINY = [
     "miniworld.n_videos={}",
     "train.stage1.max_steps=2", "train.stage1.warmup_steps=1", "train.stage1.batch_size=4",
     "train.stage2.max_steps=2", "train.stage2.warmup_steps=1", "train.stage2.batch_size=4",
+    # The LR search before Stage II: two 2-step trials, one at a time, Tune's storage in the bucket too.
+    "tune.lrs=[5e-4, 1e-3]", "tune.trial_steps=2", "tune.report_every=1", "tune.val_examples=4",
+    "tune.max_concurrent_trials=1",
 ]
 STAGE_OUTPUT_NAMES = {"_manifest.json", "rejects.jsonl", "qc_counts.json", "review.html", "stats.json",
                       "model.safetensors", "ying_model.json"}
@@ -81,12 +84,13 @@ def test_dag_through_stage2_on_three_nodes_writes_only_to_the_bucket(cluster, s3
 
     fs = s3fs.S3FileSystem()
     run = f"{bucket[len('s3://'):]}/run"
-    for stage in ("sources", "unify", "rephrase", "qc", "stage1", "stage2"):
+    for stage in ("sources", "unify", "rephrase", "qc", "stage1", "tune", "stage2"):
         assert fs.exists(f"{run}/{stage}/_manifest.json"), stage
     assert fs.glob(f"{run}/qc/records/train/*.parquet") and fs.exists(f"{run}/qc/review.html")
     assert fs.exists(f"{run}/stage2/hf/model.safetensors")
-    # Ray Train's own storage (checkpoints, run state) is under the run dir too.
-    assert fs.glob(f"{run}/stage1/ray_train/stage1/**")
+    # Ray Train's and Tune's own storage (checkpoints, run and experiment state) is under the run dir too.
+    assert fs.glob(f"{run}/stage1/ray_train/stage1-*/**")
+    assert fs.glob(f"{run}/tune/experiments/lr_search-*/**") and fs.glob(f"{run}/tune/train_runs/**")
 
     leaked = _stage_outputs_under(root)  # the nodes' temp folder, their HOME and the driver's cwd
     assert leaked == [], leaked

@@ -81,7 +81,7 @@ def test_changing_the_learning_rate_retrains_from_the_start(first_stage1, sessio
     before_manifest, before_weights = _stage1(run_dir)
     out = _run(run_dir, session_address, "train.stage1.lr=1e-4")
     manifest, weights = _stage1(run_dir)
-    assert "stage1: inputs or config changed" in out
+    assert "stage1: running (config changed: train.stage1.lr" in out
     assert "resumed at step" not in out  # a new plan never picks up the old run's checkpoint
     assert manifest["config"]["train.stage1"]["lr"] == 1e-4
     assert manifest["outputs"]["step"] == 20 and manifest["outputs"]["resumed_from_step"] is None

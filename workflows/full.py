@@ -11,8 +11,9 @@ with an SSH tunnel:
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python workflows/full.py --run-dir s3://bucket/ying/run1
 
-sources -> unify -> rephrase -> qc -> stage1 -> stage2 -> tune -> eval -> serve, each stage a Ray
-task passing ObjectRefs; finished stages with unchanged config, code and inputs are skipped.
+sources -> unify -> rephrase -> qc -> stage1 -> tune -> stage2 -> eval -> report -> serve, with the
+ablations branching after tune; each stage a Ray task passing ObjectRefs; finished stages with
+unchanged config, code and inputs are skipped.
 """
 
 import os
