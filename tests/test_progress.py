@@ -27,6 +27,19 @@ def test_progress_prints_done_total_rate_eta_at_most_once_per_interval():
     assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
 
 
+def test_the_eta_ignores_a_slow_start():
+    now = [0.0]
+    out = io.StringIO()
+    p = ProgressLine("eval stage2", 1000, "examples", interval_s=5, stream=out, clock=lambda: now[0])
+    now[0] = 30  # 30 s of start-up before the first example
+    p.update(1)
+    now[0] = 40
+    p.update(499)  # then 50 examples a second
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[ying] eval stage2: 1/1,000 examples (0.1%), 0.0/s"  # no promise from one example
+    assert lines[1] == "[ying] eval stage2: 500/1,000 examples (50.0%), 12.5/s, ETA 10s"
+
+
 def test_durations_read_short():
     assert [format_duration(s) for s in (0, 59.6, 75, 3725)] == ["0s", "1m00s", "1m15s", "1h02m"]
 

@@ -48,11 +48,16 @@ class ProgressLine:
         self.done = 0
         self._started = clock()
         self._last_print = self._started
+        # (time, done) at the first progress: the ETA uses the rate since then, so a slow start-up
+        # (actors starting, a model loading) does not promise hours for work that takes seconds.
+        self._first: tuple[float, int] | None = None
 
     def update(self, n: int = 1) -> None:
         with self._lock:
             self.done += n
             now = self._clock()
+            if self._first is None and self.done > 0:
+                self._first = (now, self.done)
             if now - self._last_print < self.interval_s:
                 return
             self._last_print = now
@@ -78,8 +83,9 @@ class ProgressLine:
         parts = [head, f"{rate:,.1f}/s" if rate < 100 else f"{rate:,.0f}/s"]
         if final:
             parts.append(f"in {format_duration(elapsed)}")
-        elif self.total and rate > 0:
-            parts.append(f"ETA {format_duration((self.total - self.done) / rate)}")
+        elif self.total and self._first is not None and now > self._first[0] and self.done > self._first[1]:
+            steady = (self.done - self._first[1]) / (now - self._first[0])
+            parts.append(f"ETA {format_duration((self.total - self.done) / steady)}")
         if self.extra is not None:
             try:
                 detail = self.extra()
