@@ -96,7 +96,8 @@ def ablation_tables(results: Mapping[str, Any]) -> str:
             for p in entry["points"]:
                 words.setdefault(p["value"], []).append(p.get("answer_words", math.nan))
         for s in summarize_points(entry["points"]):
-            cells = f"| {s['value']} | {s['mean']:.1f} ± {s['std']:.1f} | {s['seeds']} |"
+            spread = f" ± {s['std']:.1f}" if s["seeds"] > 1 else ""  # one seed has no spread to show
+            cells = f"| {s['value']} | {s['mean']:.1f}{spread} | {s['seeds']} |"
             if extra:
                 cells += f" {statistics.fmean(words[s['value']]):.1f} |"
             parts.append(cells)
