@@ -155,11 +155,11 @@ def run_report(ctx: StageContext) -> dict:
     results = storage.read_json(ablations["results"]) if ablations.get("enabled") else None
     metrics = ctx.output_of("eval", "metrics")
     eval_dir = storage.join(ctx.cfg.run.run_dir, "eval")
-    # Plots (matplotlib) and reading the eval's tables: CPU work, scheduled as such.
-    path = run_on_cpus(write_run_report, ctx.cfg, ctx.inputs, metrics, eval_dir, plot_dir=ctx.stage_dir,
-                       ablations=results)
     paper = storage.join(eval_dir, "paper_results.json")
     rows = reproduction(ctx.cfg, metrics, storage.read_json(paper) if storage.exists(paper) else None, results)
+    # Plots (matplotlib) and reading the eval's tables: CPU work, scheduled as such.
+    path = run_on_cpus(write_run_report, ctx.cfg, ctx.inputs, metrics, eval_dir, plot_dir=ctx.stage_dir,
+                       ablations=results, reproduction_rows=rows)
     for row in rows:
         print(f"[report] {row['claim']}: {row['verdict']} ({row['ours']})", flush=True)
     return {"report": path, "reproduction": rows}

@@ -127,11 +127,13 @@ def reproduction(cfg: YingConfig, metrics: dict, paper_results: dict | None, abl
 
 
 def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, eval_dir: str,
-                     plot_dir: str | None = None, ablations: dict | None = None) -> str:
+                     plot_dir: str | None = None, ablations: dict | None = None,
+                     reproduction_rows: list[dict] | None = None) -> str:
     """Write ``<run_dir>/report.md``; plots go to ``plot_dir`` (default ``eval_dir``).
 
     ``inputs`` are the stage manifests the report draws on (any subset); ``ablations`` is
-    ``<run_dir>/ablations/results.json`` when the ablations ran.
+    ``<run_dir>/ablations/results.json`` when the ablations ran; ``reproduction_rows`` the
+    Reproduction rows when the caller has them already (else computed here).
     """
     from ying.tune.results import ablation_tables, reproduction_table
 
@@ -187,7 +189,7 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
         extras["Reproduction"] = (
             "One row per claim of the paper, from this run's numbers. A difference counts when it exceeds "
             "1 ROUGE-L point; \"little\" means under 10% of the seen score.\n\n"
-            + reproduction_table(reproduction(cfg, metrics, results, ablations)))
+            + reproduction_table(reproduction_rows or reproduction(cfg, metrics, results, ablations)))
     text = render_report(metrics, extras, title=f"Ying run report ({cfg.preset})")
     path = storage.join(cfg.run.run_dir, "report.md")
     storage.write_bytes_atomic(path, text.encode("utf-8"))
