@@ -122,6 +122,8 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     assert "execution finished in" not in logs  # Ray Data's notices stay in its own log files
     # No progress bar anywhere, Tune trials' Ray Data included: no redraws, no cursor-up codes, no trial table.
     assert "Running Dataset" not in logs and "\x1b[A" not in logs and "| Trial name" not in logs
+    # The serve stage's check of the app: Serve's INFO lines and access log stay in Serve's log files.
+    assert "Deploying new version of Deployment" not in logs and "POST /v1/chat/completions 200" not in logs
     metrics = json.loads(Path(run_dir, "eval", "metrics.json").read_text())
     assert set(metrics) == {"majority-answer", "stage1", "stage2"}
     for model in metrics.values():

@@ -44,6 +44,9 @@ FORWARDED_NOISE: list[tuple[re.Pattern, str]] = [
      "DeepSpeed prints it in every CPU training worker"),
     (re.compile(r"Progress bars (for operators )?disabled\. To enable, set"),
      "Ray Data's note that its bars are off: Ying turns them off on purpose"),
+    (re.compile(r"PYTHON worker processes have been started on node: \w+ with address: \S+, which is \d+x the "
+                r"maximum expected startup concurrency"),
+     "stage tasks ask for 0 CPUs and training workers for fractions on purpose; the raylet counts the processes"),
     (re.compile(r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group"),
      "Ray Train's cleanup after every finished run (each LR-search and ablation trial is one)"),
     (re.compile(r"Reporting training result \d+: TrainingReport\("),
@@ -89,6 +92,8 @@ def quiet_stage_process() -> None:
     # hints; "Wrote the latest version of all result files" is an INFO of ray.tune.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    # Serve's client lines ("Started Serve", "Deleting app") in the stage that checks the app.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def is_noise(line: str) -> bool:

@@ -54,7 +54,7 @@ def serve_and_check(cfg: YingConfig, checkpoint: str, data_dir: str) -> dict:
         raise ValueError(f"no validation record under {data_dir} to check the endpoint with")
     started = time.time()
     base_url = deploy(application(cfg, served, token_digest(token)), host=s.host, port=s.port,
-                      app_name=s.app_name, route_prefix=s.route_prefix, has_token=token is not None)
+                      app_name=s.app_name, route_prefix=s.route_prefix, has_token=token is not None, quiet=True)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         health = httpx.get(f"{base_url}/healthz", timeout=30).json()

@@ -23,10 +23,18 @@ def base_url(host: str, port: int, route_prefix: str = "/") -> str:
     return f"http://{url_host}:{port}{prefix}"
 
 
-def deploy(app, *, host: str, port: int, app_name: str, route_prefix: str = "/", has_token: bool) -> str:
-    """Run ``app`` as ``app_name`` and return its base URL once it is healthy."""
+def deploy(app, *, host: str, port: int, app_name: str, route_prefix: str = "/", has_token: bool,
+           quiet: bool = False) -> str:
+    """Run ``app`` as ``app_name`` and return its base URL once it is healthy.
+
+    ``quiet``: Serve's INFO lines and access log stay in its log files (the DAG's own check of the
+    app); ``ying serve`` keeps them on the console, where an operator watches requests.
+    """
     from ray import serve
     from ray.serve.context import _get_global_client
+    from ray.serve.schema import LoggingConfig
+
+    logging_config = LoggingConfig(log_level="WARNING", enable_access_log=False) if quiet else None
 
     require_token_off_loopback(host, has_token)
     client = _get_global_client(raise_if_no_controller_running=False)
@@ -38,8 +46,8 @@ def deploy(app, *, host: str, port: int, app_name: str, route_prefix: str = "/",
                 f"at its first start); use serve.host={running.host} serve.port={running.port}, or stop Serve "
                 "(`serve shutdown`) if none of its apps are needed")
     else:
-        serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name=app_name, route_prefix=route_prefix)
+        serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+    serve.run(app, name=app_name, route_prefix=route_prefix, logging_config=logging_config)
     return base_url(host, port, route_prefix)
 
 
