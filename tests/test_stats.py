@@ -145,7 +145,8 @@ def test_qc_stage_writes_stats_and_review_and_the_run_report_includes_them(data_
     from ying.pipeline import run_qc
     from ying.workflow import StageContext
 
-    cfg = load_config("tiny", overrides=[f"run.run_dir={tmp_path / 'run'}", f"data.sources.coco={tmp_path / 'coco'}"])
+    cfg = load_config("tiny", overrides=[f"run.run_dir={tmp_path / 'run'}", f"data.sources.coco={tmp_path / 'coco'}",
+                                         f"eval.chair_instances={tmp_path / 'coco' / 'instances_val2014.json'}"])
     qc_dir = str(tmp_path / "run" / "qc")
     ctx = StageContext(cfg=cfg, stage_dir=qc_dir, inputs={"rephrase": {"outputs": {"data_dir": data_dir}}})
     out = run_qc(ctx)
