@@ -94,7 +94,7 @@ def test_a_cut_answer_gets_no_end_of_sequence_token():
 
 def test_ingest_reads_only_the_stage_tasks_and_applies_the_record_policy(ray_cluster, data_dir):
     cfg = load_config("tiny", overrides=["train.stage2.val_examples=4"])
-    plan = stage_plan(cfg, "stage2", data_dir, None, tasks=["vqa-v2"],
+    plan = stage_plan(cfg, "stage2", data_dir, None, tasks=["vqa-v2"], lr=1e-3,
                       policy={"instructions_per_task": 1, "answers": "original", "max_per_task": 5})
     datasets = train_datasets(cfg, plan)
     train = datasets["train"].take_all()
