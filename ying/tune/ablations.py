@@ -150,8 +150,7 @@ def _trial(trial: dict) -> None:
         plan = stage_plan(cfg, "stage2", trial["data_dir"], out_dir=storage.join(trial_dir, "hf"),
                           init_checkpoint=trial["stage1_checkpoint"], tasks=spec["tasks"], lr=trial["lr"],
                           max_steps=steps, warmup_steps=max(1, min(cfg.train.stage2.warmup_steps, steps // 10)),
-                          batch_size=a.batch_size or cfg.train.stage2.batch_size,
-                          micro_batch_size=(a.batch_size or cfg.train.stage2.batch_size) // max(cfg.train.num_workers, 1),
+                          batch_size=a.batch_size or cfg.train.stage2.batch_size,  # stage_plan picks its micro-batch
                           log_every=max(1, steps // 5), checkpoint_every=max(1, steps // 3), val_examples=0,
                           policy={**spec["policy"], "max_per_task": a.max_per_task},
                           context=f"ablation:{trial['fingerprint']}:{spec['experiment']}:{spec['value']}:{spec['seed']}")
