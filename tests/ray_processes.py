@@ -100,9 +100,12 @@ class RayProcessCluster:
                              f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"],
                             f"head-{attempt}")
                 self._wait_nodes(1, timeout_s)
+                # One worker at a time: nodes starting together in one session folder pick the
+                # same next free socket name ("plasma_store.1"), and the second raylet dies with
+                # "bind: Address already in use".
                 for k, cpus in enumerate(self.worker_cpus):
                     self._start([f"--address={self.address}", f"--num-cpus={cpus}"], f"worker{k}-{attempt}")
-                self._wait_nodes(1 + len(self.worker_cpus), timeout_s)
+                    self._wait_nodes(2 + k, timeout_s)
                 return self
             except RuntimeError:
                 self.stop()
@@ -123,9 +126,10 @@ class RayProcessCluster:
     def _wait_nodes(self, n: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
-            dead = [p.args for p in self.procs if p.poll() is not None]
+            dead = [p for p in self.procs if p.poll() is not None]
             if dead:
-                raise RuntimeError(f"ray start exited: {dead}; see {self.root}/*.log")
+                raise RuntimeError(f"ray start exited: {[p.args for p in dead]}\n{self._why_dead()}"
+                                   f"see {self.root}/*.log")
             try:
                 if self.alive_nodes() >= n:
                     return
@@ -134,6 +138,20 @@ class RayProcessCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{n} Ray nodes did not come up in {timeout_s:.0f}s; see {self.root}/*.log")
             time.sleep(1)
+
+    def _why_dead(self) -> str:
+        """The lines that say why a node went down: CI shows only the exception, and the folder
+        with the logs is gone by then."""
+        logs = sorted(self.root.glob("*.log"))
+        session = self.root / "ray" / "session_latest" / "logs"
+        if session.is_dir():
+            logs += sorted(session.glob("raylet*.out")) + sorted(session.glob("gcs_server*.out"))
+        lines = []
+        for log in logs:
+            for line in log.read_text(errors="replace").splitlines():
+                if any(mark in line for mark in ("Exception", "Error", "error:", " E ", "Unhandled")):
+                    lines.append(f"{log.name}: {line[:300]}")
+        return "".join(line + "\n" for line in lines[-20:])
 
     def stop(self) -> None:
         # SIGINT: `ray start --block` shuts its node down at once (SIGTERM takes it half a minute).
