@@ -131,8 +131,7 @@ def test_a_killed_training_worker_is_replaced_and_the_stage_finishes(ray_cluster
     from ying.model.vlm import build_model
     from ying.train.stages import run_stage
 
-    # 40 steps an epoch: each epoch restarts Ray Data's encode actor, so short epochs would dominate.
-    data_dir = write_records(tmp_path, {"coco": {"train": 160, "validation": 4}, "vqa-v2": {"train": 160, "validation": 4}})
+    data_dir = write_records(tmp_path, {"coco": {"train": 40, "validation": 4}, "vqa-v2": {"train": 40, "validation": 4}})
     cfg = load_config("tiny", overrides=["train.max_failures=2"])
     tok = build_tokenizer(cfg.model.tokenizer)
     init = str(tmp_path / "init")

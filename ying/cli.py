@@ -93,6 +93,10 @@ def _init_ray(cfg, address: str | None) -> None:
     env = _worker_env(cfg)
     os.environ.update(env)
     filter_forwarded_logs()  # before ray.init, which binds the printing function it filters
+    if not sys.stdout.isatty():
+        # Ray colours each forwarded line's "(pid=...)" prefix even in a file (a job's log, CI):
+        # escape codes nobody sees as colours. A terminal keeps them.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
 
 

@@ -285,8 +285,8 @@ class TrainConfig(_Strict):
     cpus_per_worker: float = execution_only(1.0)  # logical CPUs each training worker reserves
     torch_threads: int | None = execution_only(None)  # intra-op threads per worker; None: max(1, cpus_per_worker)
     data_cpus: float | None = execution_only(None)  # CPU cap for the ingest pipeline; None: what training leaves
-    data_actors: int = execution_only(2)  # most ingest actors (decode, resize, tokenize) per dataset
-    data_actor_cpus: float = execution_only(1.0)  # logical CPUs each ingest actor reserves
+    data_tasks: int = execution_only(2)  # most concurrent ingest tasks (read, decode, resize, tokenize) per dataset
+    data_task_cpus: float = execution_only(1.0)  # logical CPUs each ingest task reserves
     prefetch_batches: int = execution_only(4)  # micro-batches each worker keeps ready ahead of the step
     # Worker-group restarts from the last checkpoint after a worker or node dies; -1: without limit.
     max_failures: int = execution_only(3)

@@ -7,8 +7,9 @@ CPU worker type); each training worker only collates and trains:
                      the ``task`` column): Stage I never opens a VQA file
     select_ids       seeded choices from text columns only (no image bytes): the validation sample,
                      stratified across the stage's tasks, and per-task caps for the ablations
-    stage_datasets   the stage's files, one block each, in a seeded order -> map_batches(EncodeRecords)
-                     on an actor pool
+    stage_datasets   the stage's files, one block each, in a seeded order -> map_batches(encode_files)
+                     as Ray tasks (not an actor pool: each epoch is a new execution of the dataset,
+                     which would start its actors again, while tasks land on warm worker processes)
     EncodeRecords    reads a file's rows of the stage (row groups of other tasks skipped from their
                      statistics; image columns read only where a wanted row is), then decodes and
                      resizes images (uint8), tokenizes and masks labels; the record policy of an
@@ -40,6 +41,7 @@ __all__ = [
     "select_ids",
     "stage_datasets",
     "EncodeRecords",
+    "encode_files",
     "read_stage_rows",
     "epoch_batches",
     "data_identity",
@@ -163,7 +165,7 @@ def read_stage_rows(fs, path: str, columns: list[str], tasks: set[str], ids: set
 
 
 class EncodeRecords:
-    """Ray Data actor: Parquet files in, encoded training examples out (the CPU half of preprocessing).
+    """Parquet files in, encoded training examples out (the CPU half of preprocessing).
 
     Each call takes one file path, reads the stage's rows with ``read_stage_rows`` and yields
     batches of token ids, labels and uint8 pixels as it goes, so a large file never sits in memory
@@ -227,6 +229,21 @@ class EncodeRecords:
                 yield self.encode(table)
 
 
+# One encoder per worker process, for the dataset it last served: its instruction pools are loaded
+# once, and an epoch's tasks landing on the process reuse it.
+_ENCODERS: dict[str, EncodeRecords] = {}
+
+
+def encode_files(batch: dict[str, np.ndarray], *, key: str, processor, policy: RecordPolicy, seed: int,
+                 tasks: list[str], ids: list[str] | None, filesystem) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data task: ``EncodeRecords`` over a batch of file paths. ``key`` names the dataset."""
+    encoder = _ENCODERS.get(key)
+    if encoder is None:
+        _ENCODERS.clear()
+        encoder = _ENCODERS[key] = EncodeRecords(processor, policy, seed, tasks, ids, filesystem)
+    yield from encoder(batch)
+
+
 def _object_array(items: list[np.ndarray]) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = items
@@ -234,24 +251,27 @@ def _object_array(items: list[np.ndarray]) -> np.ndarray:
 
 
 def stage_datasets(data_dir: str, tasks: list[str], processor, policy: RecordPolicy, seed: int,
-                   val_examples: int, encode_actors: int = 1, encode_cpus: float = 1.0,
+                   val_examples: int, encode_tasks: int = 1, encode_cpus: float = 1.0,
                    filesystem=None) -> dict[str, Any]:
     """{"train": Dataset, "validation": materialized Dataset (absent when no stage task has
     validation records)}. ``filesystem`` overrides the one of ``data_dir`` (benchmarks count bytes with it).
 
     The datasets start from the list of the stage's files, one block per file, so an epoch is one
-    pass of the actor pool over those files; the file order is shuffled by seed.
+    pass of at most ``encode_tasks`` concurrent tasks over those files; the file order is shuffled
+    by seed.
     """
+    import uuid
+
     import ray.data
 
     def build(files: list[str], fs, ids: list[str] | None):
         ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
         return ds.map_batches(
-            EncodeRecords,
-            fn_constructor_kwargs={"processor": processor, "policy": policy, "seed": seed, "tasks": tasks,
-                                   "ids": ids, "filesystem": filesystem or fs},
-            batch_size=1,  # one file per call; the actor yields encoded batches as it reads
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, encode_actors)),
+            encode_files,
+            fn_kwargs={"key": uuid.uuid4().hex, "processor": processor, "policy": policy, "seed": seed,
+                       "tasks": tasks, "ids": ids, "filesystem": filesystem or fs},
+            batch_size=1,  # one file per call; the task yields encoded batches as it reads
+            compute=ray.data.TaskPoolStrategy(size=max(1, encode_tasks)),
             num_cpus=encode_cpus,
         )
 

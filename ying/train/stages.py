@@ -118,8 +118,8 @@ def train_datasets(cfg: YingConfig, plan: StagePlan, filesystem=None) -> dict:
     processor = YingProcessor(tokenizer, cfg.model.vision.image_size, cfg.model.num_query_tokens,
                               cfg.model.max_text_tokens)
     return stage_datasets(plan.data_dir, plan.tasks, processor, RecordPolicy(**plan.policy), cfg.run.seed,
-                          plan.val_examples, encode_actors=cfg.train.data_actors,
-                          encode_cpus=cfg.train.data_actor_cpus, filesystem=filesystem)
+                          plan.val_examples, encode_tasks=cfg.train.data_tasks,
+                          encode_cpus=cfg.train.data_task_cpus, filesystem=filesystem)
 
 
 def _stage_tokenizer(cfg: YingConfig, plan: StagePlan):

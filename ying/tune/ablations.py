@@ -165,7 +165,7 @@ def _trial(trial: dict) -> None:
         fs, path = storage.filesystem(trial_dir)
         if fs.exists(path):
             fs.rm(path, recursive=True)
-    print(f"{label}: trial done, ROUGE-L {result['score']}", flush=True)
+    print(f"{label}: trial done, ROUGE-L {result['score']:.1f}", flush=True)
     ray.tune.report(result)
 
 
