@@ -25,8 +25,8 @@ TINY = [
     "miniworld.n_videos={}",
     "train.stage1.max_steps=2", "train.stage1.warmup_steps=1", "train.stage1.batch_size=4",
     "train.stage2.max_steps=2", "train.stage2.warmup_steps=1", "train.stage2.batch_size=4",
-    # The LR search before Stage II: two 2-step trials, one at a time, Tune's storage in the bucket too.
-    "tune.lrs=[5e-4, 1e-3]", "tune.trial_steps=2", "tune.report_every=1", "tune.val_examples=4",
+    # The LR search before Stage II: one 2-step trial, Tune's storage in the bucket too.
+    "tune.lrs=[5e-4]", "tune.trial_steps=2", "tune.report_every=1", "tune.val_examples=4",
     "tune.max_concurrent_trials=1",
 ]
 STAGE_OUTPUT_NAMES = {"_manifest.json", "rejects.jsonl", "qc_counts.json", "review.html", "stats.json",
