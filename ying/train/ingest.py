@@ -229,19 +229,10 @@ class EncodeRecords:
                 yield self.encode(table)
 
 
-# One encoder per worker process, for the dataset it last served: its instruction pools are loaded
-# once, and an epoch's tasks landing on the process reuse it.
-_ENCODERS: dict[str, EncodeRecords] = {}
-
-
-def encode_files(batch: dict[str, np.ndarray], *, key: str, processor, policy: RecordPolicy, seed: int,
+def encode_files(batch: dict[str, np.ndarray], *, processor, policy: RecordPolicy, seed: int,
                  tasks: list[str], ids: list[str] | None, filesystem) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data task: ``EncodeRecords`` over a batch of file paths. ``key`` names the dataset."""
-    encoder = _ENCODERS.get(key)
-    if encoder is None:
-        _ENCODERS.clear()
-        encoder = _ENCODERS[key] = EncodeRecords(processor, policy, seed, tasks, ids, filesystem)
-    yield from encoder(batch)
+    """Ray Data task: ``EncodeRecords`` over a batch of file paths (one file: building it is cheap)."""
+    yield from EncodeRecords(processor, policy, seed, tasks, ids, filesystem)(batch)
 
 
 def _object_array(items: list[np.ndarray]) -> np.ndarray:
@@ -260,16 +251,14 @@ def stage_datasets(data_dir: str, tasks: list[str], processor, policy: RecordPol
     pass of at most ``encode_tasks`` concurrent tasks over those files; the file order is shuffled
     by seed.
     """
-    import uuid
-
     import ray.data
 
     def build(files: list[str], fs, ids: list[str] | None):
         ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
         return ds.map_batches(
             encode_files,
-            fn_kwargs={"key": uuid.uuid4().hex, "processor": processor, "policy": policy, "seed": seed,
-                       "tasks": tasks, "ids": ids, "filesystem": filesystem or fs},
+            fn_kwargs={"processor": processor, "policy": policy, "seed": seed, "tasks": tasks, "ids": ids,
+                       "filesystem": filesystem or fs},
             batch_size=1,  # one file per call; the task yields encoded batches as it reads
             compute=ray.data.TaskPoolStrategy(size=max(1, encode_tasks)),
             num_cpus=encode_cpus,
