@@ -73,7 +73,7 @@ def main() -> None:
     data_dir = build_data(workdir)
     cfg = load_config("tiny")
     tok = build_tokenizer(cfg.model.tokenizer)
-    processor = YingProcessor(tok, cfg.model.vision.image_size, cfg.model.num_query_tokens, cfg.model.max_text_tokens)
+    processor = YingProcessor.from_model_config(tok, cfg.model)
     policy = RecordPolicy()
     tasks = ["coco"]
 

@@ -72,7 +72,7 @@ def bare_loop(cfg, data_dir: str, steps: int, threads: int, log_every: int) -> f
     tok = build_tokenizer(cfg.model.tokenizer)
     model = build_model(cfg.model, tok, seed=cfg.run.seed).train()
     apply_freeze_policy(model, spec.trainable)
-    proc = YingProcessor(tok, cfg.model.vision.image_size, cfg.model.num_query_tokens, cfg.model.max_text_tokens)
+    proc = YingProcessor.from_model_config(tok, cfg.model)
     opt = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=spec.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, spec.warmup_steps, steps))
     fs, files = stage_files(data_dir, "train", ["coco"])

@@ -209,6 +209,10 @@ class VisionConfig(_Strict):
     num_layers: int
     num_heads: int
     intermediate_size: int
+    # Pixel normalisation (per RGB channel, after scaling to [0, 1]). BLIP-2 uses CLIP's; with
+    # model.blip2_path set, both come from the checkpoint's preprocessor_config.json.
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
 class QFormerConfig(_Strict):

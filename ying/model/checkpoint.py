@@ -69,8 +69,7 @@ def load_checkpoint(path: str, device: str | torch.device | None = "cpu", dtype:
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    processor = YingProcessor(tokenizer, model_cfg.vision.image_size, model_cfg.num_query_tokens,
-                              model_cfg.max_text_tokens)
+    processor = YingProcessor.from_model_config(tokenizer, model_cfg)
     return model, tokenizer, processor, meta
 
 

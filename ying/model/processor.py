@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from ying.model.prompt import format_prompt
 from ying.model.tokenizer import IMAGE_TOKEN
@@ -44,14 +43,23 @@ class YingProcessor:
     """Turns records into model inputs. Plain Python: testable without Ray or a model."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_size: int, num_query_tokens: int,
-                 max_text_tokens: int):
+                 max_text_tokens: int, image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073),
+                 image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)):
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.num_query_tokens = num_query_tokens
         self.max_text_tokens = max_text_tokens
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self._mean = np.array(OPENAI_CLIP_MEAN, dtype=np.float32).reshape(3, 1, 1)
-        self._std = np.array(OPENAI_CLIP_STD, dtype=np.float32).reshape(3, 1, 1)
+        self._mean = np.array(image_mean, dtype=np.float32).reshape(3, 1, 1)
+        self._std = np.array(image_std, dtype=np.float32).reshape(3, 1, 1)
+
+    @classmethod
+    def from_model_config(cls, tokenizer: PreTrainedTokenizerBase, model_cfg) -> "YingProcessor":
+        """The processor of a model built from ``model_cfg`` (a ``ModelConfig``): its image size and
+        normalisation (the BLIP-2 checkpoint's, once resolved), query tokens and text budget."""
+        v = model_cfg.vision
+        return cls(tokenizer, v.image_size, model_cfg.num_query_tokens, model_cfg.max_text_tokens,
+                   image_mean=v.image_mean, image_std=v.image_std)
 
     # --- images -------------------------------------------------------------------------------
     def pixels_uint8(self, images: list[bytes]) -> np.ndarray:
@@ -64,7 +72,7 @@ class YingProcessor:
         return np.stack(arrays)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, 3, H, W) -> float32 scaled to [0, 1] and normalised by CLIP's mean and std."""
+        """uint8 (n, 3, H, W) -> float32 scaled to [0, 1] and normalised by the model's mean and std."""
         mean = torch.from_numpy(self._mean).to(pixels.device)
         std = torch.from_numpy(self._std).to(pixels.device)
         return (pixels.to(torch.float32) / 255.0 - mean) / std

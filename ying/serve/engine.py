@@ -125,8 +125,7 @@ def load_engine(checkpoint: str, name: str, device: str | None = None,
     tokenizer = AutoTokenizer.from_pretrained(local)
     # Loaded in the serving dtype directly: a 13B model never exists in float32 on the host.
     model = Blip2ForConditionalGeneration.from_pretrained(local, dtype=dtype).to(device).eval()
-    processor = YingProcessor(tokenizer, model_cfg.vision.image_size, model_cfg.num_query_tokens,
-                              model_cfg.max_text_tokens)
+    processor = YingProcessor.from_model_config(tokenizer, model_cfg)
     logger.info("loaded %s from %s on %s as %s", name, checkpoint, device, dtype)
     return GenerationEngine(model, tokenizer, processor, name)
 

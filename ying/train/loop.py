@@ -172,8 +172,7 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
     trainable = apply_freeze_policy(model, plan.trainable)
     if cfg.train.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    processor = YingProcessor(tokenizer, cfg.model.vision.image_size, cfg.model.num_query_tokens,
-                              cfg.model.max_text_tokens)
+    processor = YingProcessor.from_model_config(tokenizer, cfg.model)
     if rank == 0:
         print(f"[{plan.stage}] {count_parameters(model, True):,} of {count_parameters(model):,} parameters "
               f"train ({len(trainable)} tensors); tasks={plan.tasks}; world={world}, micro-batch {micro} x "

@@ -115,8 +115,7 @@ def train_datasets(cfg: YingConfig, plan: StagePlan, filesystem=None) -> dict:
     from ying.model.processor import YingProcessor
 
     tokenizer = _stage_tokenizer(cfg, plan)
-    processor = YingProcessor(tokenizer, cfg.model.vision.image_size, cfg.model.num_query_tokens,
-                              cfg.model.max_text_tokens)
+    processor = YingProcessor.from_model_config(tokenizer, cfg.model)
     return stage_datasets(plan.data_dir, plan.tasks, processor, RecordPolicy(**plan.policy), cfg.run.seed,
                           plan.val_examples, encode_tasks=cfg.train.data_tasks,
                           encode_cpus=cfg.train.data_task_cpus, filesystem=filesystem)
