@@ -58,8 +58,11 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args):
+def _load(args, pretrained: bool = True):
+    """The config of ``args``; ``pretrained``: with the model's sizes, image processing and tokenizer
+    read from ``model.blip2_path`` / ``model.llm_path`` (what runs use; plan-memory keeps the preset's)."""
     from ying.config import load_config
+    from ying.model.pretrained import resolve_pretrained
 
     overrides = list(args.overrides)
     if args.run_dir:
@@ -68,7 +71,17 @@ def _load(args):
         overrides.append("serve.keep_running=true")
     if getattr(args, "retry_failed", False):
         overrides.append("rephrase.retry_failed=true")
-    return load_config(args.preset, args.config, overrides)
+    cfg = load_config(args.preset, args.config, overrides)
+    if not pretrained:
+        return cfg
+    try:
+        return resolve_pretrained(cfg)
+    except (OSError, ValueError) as e:  # a missing folder or file, an unreadable checkpoint: one message
+        from ying.config import ConfigError
+
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e)) from e
 
 
 def _worker_env(cfg) -> dict[str, str]:
@@ -377,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("run", help="run the DAG (see `ying run --help`)", add_help=False)
     show = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(show)
+    show.add_argument("--from-checkpoints", action="store_true",
+                      help="with the model's sizes, image size and normalisation and tokenizer read from "
+                      "model.blip2_path / model.llm_path, as a run uses them (reads their config files)")
     sub.add_parser("stages", help="list the DAG's stages in order")
     memory = sub.add_parser(
         "plan-memory", help="per-GPU and per-node memory of both training stages (ZeRO-2/3, 40/80 GB GPUs)",
@@ -397,11 +413,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     args = parser.parse_args(argv)
     if args.command == "config":
-        print(json.dumps(_load(args).to_dict(), indent=2, ensure_ascii=False))
+        from ying.config import ConfigError
+
+        try:
+            cfg = _load(args, pretrained=args.from_checkpoints)
+        except ConfigError as e:
+            _fail(f"ying: {e}")
+        print(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
     elif args.command == "plan-memory":
         from ying.train.memory import format_plan, plan_memory
 
-        print(format_plan(plan_memory(_load(args)), args.preset))
+        print(format_plan(plan_memory(_load(args, pretrained=False)), args.preset))
     elif args.command == "status":
         from ying.config import ConfigError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 __all__ = [
     "YingConfig",
@@ -246,8 +246,13 @@ class ModelConfig(_Strict):
     llm: LLMConfig
     tokenizer: TokenizerConfig = TokenizerConfig()
     # Pretrained weights: a local directory or Hub id. None means random init from the sizes above.
+    # When set, the checkpoints decide the sizes above, the image size and normalisation and the
+    # tokenizer (ying.model.pretrained.resolve_pretrained); the sizes written here then only serve
+    # `ying plan-memory`, and one you set explicitly that disagrees with a checkpoint is an error.
     blip2_path: str | None = None  # vision encoder + Q-Former (BLIP2-OPT-2.7B in the paper)
     llm_path: str | None = None  # the LLaMA-family LLM (Ziya-13B in the paper)
+    # The preset is the pretrained path itself (paper-cpu): refuse to start without both paths.
+    require_pretrained: bool = False
     max_text_tokens: int = 128  # prompt + answer tokens per example, images excluded
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights are loaded directly in this dtype
     # LLM attention kernel: "auto" takes flash-attention-2 when the flash_attn package is installed
@@ -467,6 +472,13 @@ class ServeConfig(_Strict):
 
 class YingConfig(_Strict):
     preset: str = "tiny"
+    # Dotted keys the user set (a --config YAML or --set), as opposed to the preset's values.
+    _user_keys: frozenset = PrivateAttr(default_factory=frozenset)
+
+    def set_by_user(self, dotted: str) -> bool:
+        """Whether the user set ``dotted`` (or a section above it) rather than taking the preset's value."""
+        parts = dotted.split(".")
+        return any(".".join(parts[:i]) in self._user_keys for i in range(1, len(parts) + 1))
     run: RunConfig = RunConfig()
     miniworld: MiniWorldConfig = MiniWorldConfig()
     data: DataConfig
@@ -517,6 +529,13 @@ class YingConfig(_Strict):
                 problems.append(f"train.{name}.warmup_steps must be smaller than max_steps")
         if self.train.stage2.lr is None and not (self.tune.lrs or self.tune.lr_range):
             problems.append("train.stage2.lr is None, so the tune stage searches it: give tune.lrs or tune.lr_range")
+        if self.model.require_pretrained and not (self.model.blip2_path and self.model.llm_path):
+            missing = [k for k in ("blip2_path", "llm_path") if not getattr(self.model, k)]
+            problems.append(
+                f"preset {self.preset!r} trains from pretrained checkpoints, and model.{' and model.'.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set: --set model.blip2_path=<BLIP-2 folder> --set "
+                "model.llm_path=<LLaMA-family folder> (`python tests/pretrained_checkpoints.py --out DIR` writes "
+                "small ones)")
         if self.train.zero_init and self.train.zero_stage != 3:
             problems.append("train.zero_init builds a ZeRO-3 partitioned model: set train.zero_stage=3 or zero_init=false")
         from ying.model.weights import delta_weights_problem  # a leaf module: no import cycle
@@ -566,6 +585,15 @@ def _set_dotted(tree: dict, dotted: str, raw_value: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw_value)
 
 
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted paths of the leaves of a nested mapping."""
+    keys: set[str] = set()
+    for k, v in tree.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        keys |= _leaf_keys(v, path) if isinstance(v, dict) and v else {path}
+    return keys
+
+
 def _deep_merge(base: dict, top: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in top.items():
@@ -587,19 +615,25 @@ def load_config(
         known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown preset {preset!r}; known presets: {known}")
     tree = yaml.safe_load(preset_file.read_text()) or {}
+    user_keys: set[str] = set()
     if config_file is not None:
         user = yaml.safe_load(Path(config_file).read_text()) or {}
         if not isinstance(user, dict):
             raise ConfigError(f"{config_file}: expected a mapping at the top level")
         tree = _deep_merge(tree, user)
+        user_keys |= _leaf_keys(user)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, value = item.split("=", 1)
         _set_dotted(tree, key.strip(), value)
+        parsed = yaml.safe_load(value)
+        user_keys |= _leaf_keys(parsed, key.strip()) if isinstance(parsed, dict) and parsed else {key.strip()}
     tree["preset"] = preset
     try:
-        return YingConfig.model_validate(tree)
+        cfg = YingConfig.model_validate(tree)
+        cfg._user_keys = frozenset(user_keys)
+        return cfg
     except ValidationError as err:
         lines = [f"invalid config (preset {preset!r}{', file ' + str(config_file) if config_file else ''}):"]
         for e in err.errors():

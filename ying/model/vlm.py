@@ -48,7 +48,12 @@ def blip2_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Blip2C
         encoder_hidden_size=cfg.vision.hidden_size,
     )
     if cfg.llm_path:
-        text = LlamaConfig.from_pretrained(cfg.llm_path)
+        from ying.model.pretrained import checkpoint_file
+
+        # The LLM's own config whole (key/value heads, rope, norms), not just the sizes we keep.
+        text = LlamaConfig.from_json_file(checkpoint_file(cfg.llm_path, "config.json", "model.llm_path"))
+        # Rows for the tokens Ying adds (<image>, a pad); never fewer than the checkpoint's own rows.
+        text.vocab_size = max(len(tokenizer), text.vocab_size)
     else:
         text = LlamaConfig(
             hidden_size=cfg.llm.hidden_size,
@@ -57,7 +62,7 @@ def blip2_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Blip2C
             intermediate_size=cfg.llm.intermediate_size,
             max_position_embeddings=cfg.llm.max_position_embeddings,
         )
-    text.vocab_size = len(tokenizer)
+        text.vocab_size = len(tokenizer)
     text.pad_token_id = tokenizer.pad_token_id
     text.bos_token_id = tokenizer.bos_token_id
     text.eos_token_id = tokenizer.eos_token_id
@@ -77,13 +82,19 @@ def build_model(
     device: str | torch.device | None = None,
     *,
     on_gpu: bool = False,
+    partition: dict | None = None,
 ) -> Blip2ForConditionalGeneration:
     """A fresh Ying-VLM in ``cfg.dtype``: random init from the sizes, or BLIP-2 + LLM weights from their paths.
 
     ``device="meta"`` builds the shapes only (no memory), e.g. to check the paper preset on a laptop.
-    Pretrained parts are loaded straight into the dtype and onto ``device`` (see ``ying.model.weights``);
-    under an active ``deepspeed.zero.Init`` (ZeRO-3) every module is built partitioned.
+    ``partition``: a DeepSpeed config with ZeRO-3; the model is then built already partitioned across
+    the ranks (``deepspeed.zero.Init``) and filled module by module (every rank must call this).
+    Pretrained parts come from ``cfg.blip2_path`` / ``cfg.llm_path`` (``ying.model.pretrained``), with
+    the sizes resolved from them (``resolve_pretrained``); whatever no checkpoint holds (always the
+    language projection) is initialised by the model's own rules, seeded.
     """
+    from transformers.initialization import no_init_weights
+
     config = blip2_config(cfg, tokenizer)
     attn = resolve_attn_implementation(cfg.attn_implementation, on_gpu=on_gpu)
     config.text_config._attn_implementation = attn
@@ -92,52 +103,33 @@ def build_model(
             return Blip2ForConditionalGeneration(config)
     dtype = torch_dtype(cfg.dtype)
     target = torch.device(device) if device is not None else torch.device("cpu")
+    pretrained = bool(cfg.blip2_path or cfg.llm_path)
     torch.manual_seed(seed)
-    if not cfg.blip2_path and not cfg.llm_path:
+    if partition is None and not pretrained:
         with default_dtype(dtype), target:
             return Blip2ForConditionalGeneration(config)
 
-    # Shapes only, then each part comes from its checkpoint (or is initialised) on the target device.
-    with torch.device("meta"):
-        model = Blip2ForConditionalGeneration(config)
-    if cfg.blip2_path:
-        # Vision encoder, Q-Former and query tokens from BLIP-2; its OPT language model is dropped.
-        blip2 = Blip2ForConditionalGeneration.from_pretrained(cfg.blip2_path, dtype=dtype, device_map={"": target})
-        for part, ours, theirs in (("vision", config.vision_config, blip2.config.vision_config),
-                                   ("qformer", config.qformer_config, blip2.config.qformer_config)):
-            if (ours.hidden_size, ours.num_hidden_layers) != (theirs.hidden_size, theirs.num_hidden_layers):
-                raise ValueError(f"model.{part} sizes (hidden {ours.hidden_size}, layers {ours.num_hidden_layers}) "
-                                 f"do not match {cfg.blip2_path} (hidden {theirs.hidden_size}, layers "
-                                 f"{theirs.num_hidden_layers}); set model.{part} to the checkpoint's sizes")
-        model.vision_model, model.qformer, model.query_tokens = blip2.vision_model, blip2.qformer, blip2.query_tokens
-        del blip2
-    if cfg.llm_path:
-        from transformers import LlamaForCausalLM
+    # Every tensor allocated (whole, or this rank's partition) but not initialised: it is filled next.
+    if partition is not None:
+        import deepspeed
 
-        llm = LlamaForCausalLM.from_pretrained(cfg.llm_path, dtype=dtype, device_map={"": target},
-                                               attn_implementation=attn)
-        # Rows for <image> (and <pad>) start at the mean of the trained embeddings, not at random.
-        llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        model.language_model = llm
-    # Whatever no checkpoint provided (always the projection) is initialised by the model's own rules.
-    with default_dtype(dtype), target:
-        if not cfg.blip2_path:
-            from transformers import Blip2QFormerModel, Blip2VisionModel
+        with deepspeed.zero.Init(config_dict_or_path=partition), no_init_weights(), default_dtype(dtype):
+            model = Blip2ForConditionalGeneration(config)
+    else:
+        with no_init_weights(), default_dtype(dtype), target:
+            model = Blip2ForConditionalGeneration(config)
+    torch.manual_seed(seed)
+    if pretrained:
+        from ying.model.pretrained import load_pretrained_parts
 
-            model.vision_model = Blip2VisionModel(config.vision_config)
-            model.qformer = Blip2QFormerModel(config.qformer_config)
-            model.query_tokens = torch.nn.Parameter(
-                torch.randn(1, config.num_query_tokens, config.qformer_config.hidden_size) * config.initializer_range)
-        model.language_projection = torch.nn.Linear(config.qformer_config.hidden_size,
-                                                    config.text_config.hidden_size)
-        model._init_weights(model.language_projection)
-        if not cfg.llm_path:
-            from transformers import LlamaForCausalLM
+        load_pretrained_parts(model, cfg.blip2_path, cfg.llm_path, partitioned=partition is not None)
+    else:  # random init under ZeRO-3: each tensor initialised whole on rank 0, then scattered back
+        import deepspeed
+        import torch.distributed as dist
 
-            model.language_model = LlamaForCausalLM(config.text_config)
-    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if still_meta:
-        raise RuntimeError(f"Ying-VLM parts left unloaded after loading pretrained weights: {still_meta[:5]}")
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+            if dist.get_rank() == 0:
+                model.init_weights()
     return model
 
 

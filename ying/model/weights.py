@@ -133,10 +133,13 @@ def llm_perplexity(language_model, tokenizer, sentences=SANITY_SENTENCES) -> flo
     return math.exp(total_nll / max(total_tokens, 1))
 
 
-def llm_sanity(language_model, tokenizer, llm_path: str, limit: float = PERPLEXITY_WARN_ABOVE) -> float:
-    """Perplexity on ``SANITY_SENTENCES``; warns (once, naming the path) when it is above ``limit``."""
+def llm_sanity(language_model, tokenizer, llm_path: str, limit: float = PERPLEXITY_WARN_ABOVE,
+               warn: bool = True) -> float:
+    """Perplexity on ``SANITY_SENTENCES``; warns (once, naming the path) when it is above ``limit``.
+
+    ``warn``: whether this process warns (every rank computes it, one rank speaks)."""
     ppl = llm_perplexity(language_model, tokenizer)
-    if not math.isfinite(ppl) or ppl > limit:
+    if warn and (not math.isfinite(ppl) or ppl > limit):
         warnings.warn(
             f"the LLM loaded from {llm_path} has perplexity {ppl:,.0f} on plain English and Chinese sentences "
             f"(a trained LLM scores well under {limit:,.0f}): it is probably broken (delta weights not merged, "

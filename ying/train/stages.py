@@ -199,4 +199,7 @@ def run_stage(cfg: YingConfig, stage: str, data_dir: str, stage_dir: str,
     summary = fit(cfg, plan, storage.join(stage_dir, "ray_train"), fresh=fresh)
     summary["checkpoint"] = hf_dir
     summary["run_name"] = run_name(plan)
+    # How the weights were held: what a reader of the manifest needs to compare two runs' speed and memory.
+    summary["zero_stage"] = cfg.train.zero_stage
+    summary["zero_init"] = cfg.train.zero_init
     return summary
