@@ -61,6 +61,36 @@ def test_checkpoint_saves_and_loads_from_s3(s3_bucket):
         assert torch.equal(a, b), name
 
 
+def test_loading_an_s3_checkpoint_leaves_no_local_copy(s3_bucket, tmp_path, monkeypatch):
+    """Eval, the ablations and Serve load s3:// checkpoints through one loader; each load downloads
+    to a temporary folder that must be gone afterwards (a replica reloading models would fill its disk)."""
+    import tempfile
+
+    from ying.serve.engine import load_engine
+
+    cfg = load_config("tiny")
+    tok = build_tokenizer(cfg.model.tokenizer)
+    ckpt = f"{s3_bucket}/run/stage2/hf"
+    save_checkpoint(build_model(cfg.model, tok, seed=4), tok, cfg.model, ckpt, {"stage": "stage2"})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this test's temp dirs only, whoever else runs
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    model, _, _, meta = load_checkpoint(ckpt)
+    engine = load_engine(ckpt, "stage2", device="cpu")
+    assert meta["stage"] == "stage2" and engine.dtype == next(model.parameters()).dtype == torch.float32
+    ying_dirs = [d for d in made if d.rsplit("/", 1)[-1].startswith("ying-")]
+    assert len(ying_dirs) == 2, made  # both loads downloaded into a folder of their own ...
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("ying-")]  # ... and removed it
+
+
 def test_ray_train_storage_reaches_the_bucket_through_s3fs(s3_bucket, tmp_path):
     """What RunConfig gets for an s3:// run dir: a pyarrow filesystem over the same s3fs (so the
     same credentials and endpoint) and a path without its scheme; a local path made absolute."""

@@ -11,7 +11,8 @@ import torch
 from serve_support import png
 from ying.config import load_config
 from ying.model.inference import YingPredictor
-from ying.serve.engine import GenerationRequest, load_engine, read_model_limits, serving_dtype
+from ying.model.checkpoint import inference_dtype
+from ying.serve.engine import GenerationRequest, load_engine, read_model_limits
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +108,15 @@ def test_sampling_rows_leave_greedy_rows_greedy(engine):
     assert mixed[0].text == greedy and mixed[1].error is None and mixed[1].completion_tokens >= 1
 
 
-def test_models_load_in_bfloat16_on_a_gpu_and_float32_on_the_cpu(ckpt):
-    assert serving_dtype("cuda") == serving_dtype("cuda:1") == torch.bfloat16
-    assert serving_dtype("cpu") == torch.float32
+def test_models_load_in_the_config_dtype_on_a_gpu_and_float32_on_the_cpu(ckpt):
+    # One rule for eval, Serve and the ablations: the model's configured dtype on a GPU (None: ZeRO-3
+    # places it there), float32 on a CPU, where 16-bit matmuls are slow.
+    assert inference_dtype("cuda", "bfloat16") == inference_dtype("cuda:1", "bfloat16") == "bfloat16"
+    assert inference_dtype(None, "float16") == "float16"
+    assert inference_dtype("cpu", "bfloat16") == inference_dtype(torch.device("cpu"), "float16") == "float32"
     assert load_engine(ckpt, "t", device="cpu").dtype == torch.float32
     # The GPU path's dtype runs end to end (here on the CPU): weights, images and generation in bfloat16.
-    bf16 = load_engine(ckpt, "t", device="cpu", dtype=torch.bfloat16)
+    bf16 = load_engine(ckpt, "t", device="cpu", dtype="bfloat16")
     assert bf16.dtype == torch.bfloat16
     out = bf16.generate([req(max_new_tokens=3)])[0]
     assert out.error is None and out.completion_tokens >= 1

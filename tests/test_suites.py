@@ -247,18 +247,24 @@ def test_eval_stage_runs_every_suite_with_judge_and_report(ray_cluster, tiny_run
     assert {r["authorization"] for r in stub.requests} == {"Bearer sk-secret-value"}
 
 
-def test_device_predictor_answers_as_ying_predictor(tiny_run):
-    # The path eval.use_gpu takes (YingOnDevice with "cuda"), checked here on the CPU: same answers.
-    from ying.eval.predictors import YingOnDevice
-    from ying.model.inference import YingPredictor
+def test_eval_loads_ying_checkpoints_in_the_dtype_of_their_device(tiny_run):
+    # The path eval.use_gpu takes: the actor's device decides the dtype (inference_dtype: the
+    # checkpoint's model.dtype on a GPU, float32 on a CPU); bfloat16 is checked here on the CPU.
+    import torch
+
+    from ying.eval.predictors import ModelSpec, load_predictor
 
     _, _, ckpts, _ = tiny_run
+    spec = ModelSpec("stage2", "ying", ckpts["stage2"])
     examples = [{"images": [_jpeg((200, 0, 0))], "instruction": "Describe the image.", "inputs": ""},
                 {"images": [_jpeg((0, 0, 200))] * 2, "instruction": "什么颜色？", "inputs": ""}]
-    ref = YingPredictor.from_checkpoint(ckpts["stage2"])
-    dev = YingOnDevice(ckpts["stage2"], "stage2", 32, "cpu")
+    cpu = load_predictor(spec, 6, "cpu")
+    assert next(cpu.model.parameters()).dtype == torch.float32
+    bf16 = load_predictor(spec, 6, "cpu", dtype="bfloat16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
     for zh in (False, True):
-        assert dev.generate(examples, zh, 6) == ref.generate(examples, chinese_dialogue=zh, max_new_tokens=6)
+        answers = bf16.generate(examples, zh)
+        assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
 
 def test_training_instruction_subset_for_figure5():

@@ -7,7 +7,7 @@
     ying run --serve                  # keep the Serve app up at the end
     ying run --retry-failed           # re-send only the rephrase fallbacks (the rest comes from the cache)
     ying config --preset tiny         # print the resolved config
-    ying plan-memory --preset paper   # per-GPU and per-node memory for ZeRO-2/3 on 40 and 80 GB GPUs
+    ying plan-memory --preset paper   # per-GPU and per-node memory for ZeRO-2/3 on 40 and 80 GB GPUs, eval, serve
     ying stages                       # list the stages in order
     ying status --run-dir DIR         # each stage: done, stale (and why) or missing
     ying stats --data-dir DIR         # paper Tables 2, 3 and 9 -> DIR/stats.json, DIR/stats.md
@@ -395,10 +395,12 @@ def main(argv: list[str] | None = None) -> None:
                       "model.blip2_path / model.llm_path, as a run uses them (reads their config files)")
     sub.add_parser("stages", help="list the DAG's stages in order")
     memory = sub.add_parser(
-        "plan-memory", help="per-GPU and per-node memory of both training stages (ZeRO-2/3, 40/80 GB GPUs)",
+        "plan-memory", help="per-GPU and per-node memory of both training stages (ZeRO-2/3, 40/80 GB GPUs), "
+        "eval and serve",
         description="Counts the preset's parameters on the meta device (nothing is allocated or downloaded) and "
         "estimates, per stage, the peak memory per GPU for ZeRO-2 and ZeRO-3 on 40 GB and 80 GB GPUs, and the "
-        "host memory per 8-GPU node. The estimate's terms are in ying/train/memory.py.")
+        "host memory per 8-GPU node; then the memory per GPU of an eval model actor (eval.batch_size) and of a "
+        "Serve model replica (serve.max_batch_size). The estimate's terms are in ying/train/memory.py.")
     _add_config_args(memory)
     status = sub.add_parser("status", help="each stage of a run dir: done, stale (and why) or missing",
                             description="Reads the run dir's manifests and says, for each stage, whether a run "
@@ -421,9 +423,10 @@ def main(argv: list[str] | None = None) -> None:
             _fail(f"ying: {e}")
         print(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
     elif args.command == "plan-memory":
-        from ying.train.memory import format_plan, plan_memory
+        from ying.train.memory import format_plan, plan_inference_memory, plan_memory
 
-        print(format_plan(plan_memory(_load(args, pretrained=False)), args.preset))
+        cfg = _load(args, pretrained=False)
+        print(format_plan(plan_memory(cfg), args.preset, plan_inference_memory(cfg)))
     elif args.command == "status":
         from ying.config import ConfigError
 

@@ -15,7 +15,10 @@ ablations, a Serve client):
 
 - ``plan_evaluation(cfg, data_dir, suites=, tasks=, limit=)`` -> ``EvalPlan``: the examples every
   model is asked (text, image digests and ``image_ref``; no image bytes) and how they are scored.
-- ``score_plan(plan, answers)``: one model's scores from its answers ``{suite: {example key: text}}``.
+- ``predict_plan(cfg, spec, plan.suite_examples(), cache_dir)``: one model's answers from the
+  ``eval.*`` model actors (GPU and dtype per ``eval.use_gpu``), through the prediction cache.
+- ``score_plan(plan, answers)``: one model's scores from its answers ``{suite: {example key: text}}``;
+  ``suite_table(plan, suite, {model: row})`` a paper table of them.
 - ``evaluate_checkpoint(cfg, data_dir, checkpoint, suites=, tasks=, limit=)``: the two around one
   model's cached predictions; returns its scores.
 - ``evaluate_models(cfg, data_dir, checkpoints, out_dir, sources=)``: the whole stage.
@@ -49,8 +52,8 @@ from ying.eval.suites import (
     score_suite,
 )
 
-__all__ = ["TASKS_SUITE", "EvalPlan", "plan_evaluation", "score_plan", "evaluate_checkpoint", "evaluation_records",
-           "evaluate_models"]
+__all__ = ["TASKS_SUITE", "EvalPlan", "plan_evaluation", "score_plan", "predict_plan", "suite_table",
+           "eval_cache_dir", "evaluate_checkpoint", "evaluation_records", "evaluate_models"]
 
 TASKS_SUITE = "tasks"  # every task with its own instruction: metrics.json
 _VIDEO_QA_TASKS = ("ivqa", "activitynet-qa", "msrvtt-qa", "msvd-qa")
@@ -157,6 +160,43 @@ def _suite_status(plan: SuitePlan) -> str:
     return "ok" if plan.examples else "not run: " + "; ".join(plan.not_run.values())
 
 
+def eval_cache_dir(cfg: YingConfig) -> str:
+    """Where predictions (and judge responses) are cached: ``eval.cache_dir``, else ``<run_dir>/cache/eval``."""
+    return cfg.eval.cache_dir or storage.join(cfg.run.run_dir, "cache", "eval")
+
+
+def predict_plan(cfg: YingConfig, spec: ModelSpec, suite_examples: Mapping[str, list[dict]], cache_dir: str, *,
+                 fingerprint: str | None = None) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    """One model's answers to a plan's examples ``{suite: [example]}`` with ``cfg.eval``'s actors:
+    ``eval.num_actors`` model actors, each on a GPU in the model's dtype when ``eval.use_gpu``
+    (``ying.eval.predictors``), answers cached under ``cache_dir``. Returns (answers, cache counts).
+    The eval stage, ``evaluate_checkpoint``, the ablations and Serve's evaluations all answer here."""
+    ecfg = cfg.eval
+    # A suite without examples opens no cache file (a suite's file holds every answer ever cached for it).
+    answers, stats = cached_predictions(spec, {s: exs for s, exs in suite_examples.items() if exs}, cache_dir,
+                                        batch_size=ecfg.batch_size, num_actors=ecfg.num_actors,
+                                        max_new_tokens=ecfg.max_new_tokens, fingerprint=fingerprint,
+                                        use_gpu=ecfg.use_gpu, progress_interval_s=ecfg.progress_interval_s)
+    return {s: answers.get(s, {}) for s in suite_examples}, stats
+
+
+def suite_table(plan: EvalPlan, name: str, rows: Mapping[str, dict]) -> dict:
+    """Suite ``name``'s report table (``ying.eval.report.render_suite_table``) from each model's
+    ``score_plan(...)["suites"][name]`` row ``{model: row}``."""
+    suite_plan, suite = plan.suites[name], SUITES[name]
+    truth = plan.chair_truth if name == "hallucination" else None
+    present = {c for row in rows.values() for c in row["scores"]}
+    order = list(suite.columns) or [f"{t}{v}" for t in dict.fromkeys(e["task"] for e in suite_plan.examples)
+                                    for v in ("", " acc", "/seen", "/unseen")]
+    return {
+        "paper": suite.paper, "title": suite.title, "status": _suite_status(suite_plan),
+        "not_run": suite_plan.not_run, "notes": suite_plan.notes, "rows": dict(rows),
+        "columns": [c for c in order if c in present],
+        "n_examples": len(suite_plan.examples),
+        **({"chair": {"vocabulary": truth.vocabulary.name, "ground_truth": truth.sources}} if truth else {}),
+    }
+
+
 def evaluate_checkpoint(cfg: YingConfig, data_dir: str, checkpoint: str, *, suites: Iterable[str] | None = None,
                         tasks: Iterable[str] | None = None, limit: int | None = None, name: str = "ying",
                         kind: str = "ying", sources: Mapping[str, str] | None = None,
@@ -170,13 +210,9 @@ def evaluate_checkpoint(cfg: YingConfig, data_dir: str, checkpoint: str, *, suit
     ``<run_dir>/cache/eval``). Returns ``{"model", "tasks": {task: {exact_match, rouge_l, n}},
     "suites": {suite: {"scores", "n", "status", "not_run", "notes"}}, "n_examples", "prediction_cache"}``.
     """
-    ecfg = cfg.eval
     plan = plan_evaluation(cfg, data_dir, suites=suites, tasks=tasks, limit=limit, sources=sources)
     spec = ModelSpec(name, kind, checkpoint)  # type: ignore[arg-type]
-    cache_dir = cache_dir or ecfg.cache_dir or storage.join(cfg.run.run_dir, "cache", "eval")
-    answers, stats = cached_predictions(spec, plan.suite_examples(), cache_dir, batch_size=ecfg.batch_size,
-                                        num_actors=ecfg.num_actors, max_new_tokens=ecfg.max_new_tokens,
-                                        use_gpu=ecfg.use_gpu, progress_interval_s=ecfg.progress_interval_s)
+    answers, stats = predict_plan(cfg, spec, plan.suite_examples(), cache_dir or eval_cache_dir(cfg))
     scores = score_plan(plan, answers)
     suites_out = {s: {**row, "status": _suite_status(plan.suites[s]), "not_run": plan.suites[s].not_run,
                       "notes": plan.suites[s].notes} for s, row in scores["suites"].items()}
@@ -208,7 +244,7 @@ def evaluate_models(cfg: YingConfig, data_dir: str, checkpoints: dict[str, str],
     """
     ecfg = cfg.eval
     _check_suites(ecfg.suites)
-    cache_dir = ecfg.cache_dir or storage.join(cfg.run.run_dir, "cache", "eval")
+    cache_dir = eval_cache_dir(cfg)
     summary = training_summary(data_dir)  # the majority answers and Figure 5's instructions, streamed
     plan = plan_evaluation(cfg, data_dir, sources=sources, train_instructions=summary.instructions)
     hf_models = _hf_notes(ecfg.hf_models)
@@ -228,31 +264,16 @@ def evaluate_models(cfg: YingConfig, data_dir: str, checkpoints: dict[str, str],
     specs += [ModelSpec(name, "hf", path) for name, path in ecfg.hf_models.items()]
     cache_stats = {}
     for spec in specs:
-        answers[spec.name], cache_stats[spec.name] = cached_predictions(
-            spec, suite_examples, cache_dir, batch_size=ecfg.batch_size, num_actors=ecfg.num_actors,
-            max_new_tokens=ecfg.max_new_tokens, fingerprint=model_fingerprint(spec), use_gpu=ecfg.use_gpu,
-            progress_interval_s=ecfg.progress_interval_s)
+        answers[spec.name], cache_stats[spec.name] = predict_plan(cfg, spec, suite_examples, cache_dir,
+                                                                  fingerprint=model_fingerprint(spec))
         print(f"[eval] {spec.name}: {cache_stats[spec.name]}", flush=True)
 
     scores = {model: score_plan(plan, per_suite) for model, per_suite in answers.items()}
     metrics = {model: s["tasks"] for model, s in scores.items()}  # each model on each task, its own instruction
     write_metrics(out_dir, metrics)
 
-    suites_out: dict[str, dict] = {}
-    for name in ecfg.suites:
-        suite_plan, suite = plan.suites[name], SUITES[name]
-        truth = plan.chair_truth if name == "hallucination" else None
-        rows = {model: s["suites"][name] for model, s in scores.items()}
-        present = {c for row in rows.values() for c in row["scores"]}
-        order = list(suite.columns) or [f"{t}{v}" for t in dict.fromkeys(e["task"] for e in suite_plan.examples)
-                                        for v in ("", " acc", "/seen", "/unseen")]
-        suites_out[name] = {
-            "paper": suite.paper, "title": suite.title, "status": _suite_status(suite_plan),
-            "not_run": suite_plan.not_run, "notes": suite_plan.notes, "rows": rows,
-            "columns": [c for c in order if c in present],
-            "n_examples": len(suite_plan.examples),
-            **({"chair": {"vocabulary": truth.vocabulary.name, "ground_truth": truth.sources}} if truth else {}),
-        }
+    suites_out = {name: suite_table(plan, name, {model: s["suites"][name] for model, s in scores.items()})
+                  for name in ecfg.suites}
 
     judge_out = _run_judge(cfg, plan.suites, answers, checkpoints, cache_dir)
 

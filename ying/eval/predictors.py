@@ -4,11 +4,14 @@ A predictor is anything with ``name`` and ``generate(examples, chinese_dialogue,
 -> [answer]`` where an example is ``{images: [bytes], instruction, inputs}`` (``YingPredictor``'s
 contract). ``ModelSpec`` names one: ``kind="ying"`` is a Ying checkpoint, ``kind="hf"`` a local
 transformers model directory (BLIP-2, InstructBLIP, LLaVA, or any class ``AutoModelForImageTextToText``
-loads). Greedy decoding throughout (paper §3.1.2).
+loads). Greedy decoding throughout (paper §3.1.2); a Ying checkpoint answers through
+``ying.model.inference.YingPredictor`` (the one checkpoint loader and greedy generator) on any device.
 
 Each HF model gets its own prompt format (``hf_prompt_format``): the processor's chat template where
 it has one, else its family's documented prompt (BLIP-2: ``Question: ... Answer:``; InstructBLIP:
-the instruction as written), else Ying's. Weights load in bfloat16 on a GPU, float32 on the CPU.
+the instruction as written), else Ying's. Weights load in ``ying.model.checkpoint.inference_dtype``:
+a Ying checkpoint's ``model.dtype`` (bfloat16 for the paper preset) or bfloat16 for other models on
+a GPU, float32 on the CPU.
 Models that take video (a processor with a video processor, or InstructBLIP-video) get every
 sampled frame; single-image models get a video's middle frame (``hf_frame_mode``).
 
@@ -38,7 +41,6 @@ __all__ = [
     "hf_frame_mode",
     "describe_hf_model",
     "instructblip_video_inputs",
-    "YingOnDevice",
     "load_predictor",
     "model_fingerprint",
     "example_key",
@@ -137,13 +139,6 @@ def instructblip_video_inputs(tokenizer, qformer_tokenizer, num_query_tokens: in
             "qformer_input_ids": q["input_ids"], "qformer_attention_mask": q["attention_mask"]}
 
 
-def _default_dtype(device: str):
-    import torch
-
-    # bfloat16 halves a GPU's memory and keeps float32's range (no fp16 overflow); CPUs run float32.
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-
-
 class HFVisionPredictor:
     """Any transformers image-text-to-text model in a local directory, behind ``YingPredictor``'s contract.
 
@@ -168,7 +163,9 @@ class HFVisionPredictor:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        torch_dtype = getattr(torch, dtype) if dtype else _default_dtype(device)
+        from ying.model.checkpoint import inference_dtype
+
+        torch_dtype = getattr(torch, dtype or inference_dtype(device, "bfloat16"))
         try:
             processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
@@ -263,49 +260,17 @@ class HFVisionPredictor:
         return [t.strip() for t in decode(out, skip_special_tokens=True)]
 
 
-class YingOnDevice:
-    """A Ying checkpoint on any device (``YingPredictor`` keeps model and batches on the CPU).
-
-    The same prompt, collation and greedy decoding as ``YingPredictor.generate``; only the batch
-    moves to the model's device.
-    """
-
-    def __init__(self, path: str, name: str, max_new_tokens: int, device: str):
-        from ying.model.checkpoint import load_checkpoint
-
-        self.model, self.tokenizer, self.processor, _ = load_checkpoint(path, device=device)
-        self.name = name
-        self.max_new_tokens = max_new_tokens
-
-    def generate(self, examples: list[dict], chinese_dialogue: bool = False,
-                 max_new_tokens: int | None = None) -> list[str]:
-        import torch
-
-        if not examples:
-            return []
-        batch = self.processor.collate([self.processor.encode_prompt(e, chinese_dialogue) for e in examples],
-                                       pad_left=True)
-        device = self.model.device
-        with torch.inference_mode():
-            out = self.model.generate(
-                pixel_values=batch["pixel_values"].to(device), input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, num_beams=1,
-                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def load_predictor(spec: ModelSpec, max_new_tokens: int = 32, device: str = "cpu") -> Predictor:
+def load_predictor(spec: ModelSpec, max_new_tokens: int = 32, device: str = "cpu", dtype: str | None = None) -> Predictor:
+    """``spec``'s model on ``device``. ``dtype`` None: ``inference_dtype`` (a Ying checkpoint's own
+    ``model.dtype`` on a GPU, bfloat16 for other models there; float32 on the CPU)."""
     if spec.kind == "ying":
-        if device != "cpu":
-            return YingOnDevice(spec.path, spec.name, max_new_tokens, device)
         from ying.model.inference import YingPredictor
 
-        return YingPredictor.from_checkpoint(spec.path, name=spec.name, max_new_tokens=max_new_tokens)
+        return YingPredictor.from_checkpoint(spec.path, name=spec.name, max_new_tokens=max_new_tokens,
+                                             device=device, dtype=dtype)
     if spec.kind == "hf":
         return HFVisionPredictor.from_pretrained(spec.path, name=spec.name, max_new_tokens=max_new_tokens,
-                                                 device=device)
+                                                 device=device, dtype=dtype)
     raise ValueError(f"model {spec.name!r}: unknown kind {spec.kind!r}; expected 'ying' or 'hf'")
 
 

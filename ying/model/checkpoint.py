@@ -19,7 +19,7 @@ from ying import storage
 from ying.config import ModelConfig
 from ying.model.processor import YingProcessor
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_checkpoint_tokenizer", "YING_MODEL_FILE"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_checkpoint_tokenizer", "inference_dtype", "YING_MODEL_FILE"]
 
 YING_MODEL_FILE = "ying_model.json"
 
@@ -38,13 +38,31 @@ def save_checkpoint(model, tokenizer, model_cfg: ModelConfig, out_dir: str, extr
             fs.put(os.path.join(tmp, name), f"{path}/{name}")
 
 
-def load_checkpoint(path: str, device: str | torch.device | None = "cpu", dtype: str = "float32",
-                    attn_implementation: str = "auto", on_gpu: bool = False):
+def inference_dtype(device: str | torch.device | None, model_dtype: str) -> str:
+    """The dtype a model runs in on ``device``: the config's ``model.dtype`` on a GPU (the paper
+    preset's bfloat16: the 14B model takes 26 GiB instead of 53 and fits one 40 GB A100), float32
+    on a CPU, where 16-bit matmuls are emulated and slow on most processors. ``device=None``
+    (DeepSpeed ZeRO-3 places the weights on the GPUs) counts as a GPU."""
+    if device is not None and torch.device(device).type != "cuda":
+        return "float32"
+    return model_dtype
+
+
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+
+
+def load_checkpoint(path: str, dtype: str | torch.dtype | None = None, device: str | torch.device | None = "cpu",
+                    attn_implementation: str = "auto", on_gpu: bool | None = None):
     """(model in eval mode, tokenizer, processor, ying metadata) from a checkpoint directory.
 
-    Weights load straight into ``dtype`` on ``device`` (``None``: let an active DeepSpeed ZeRO-3
-    config place them, partitioned). An ``s3://`` checkpoint is downloaded to a temporary folder that
-    is removed once the model is in memory.
+    The one checkpoint loader: training's init checkpoint, evaluation, the ablations, Serve.
+    Weights load straight into ``dtype`` on ``device``, so a 13B LLM never exists in float32 on the
+    host (``None``: ``inference_dtype`` of the checkpoint's own ``model.dtype``, i.e. the training
+    config's dtype on a GPU and float32 on a CPU). ``device=None``: let an active DeepSpeed ZeRO-3
+    config place them, partitioned. ``on_gpu`` (default: ``device`` is cuda and the dtype 16-bit)
+    lets ``attn_implementation="auto"`` pick flash-attention. An ``s3://`` checkpoint is downloaded
+    to a temporary folder that is removed once the model is in memory, also when loading fails.
     """
     from ying.model.weights import resolve_attn_implementation, torch_dtype
 
@@ -60,6 +78,10 @@ def load_checkpoint(path: str, device: str | torch.device | None = "cpu", dtype:
         with open(os.path.join(local, YING_MODEL_FILE)) as f:
             meta = json.load(f)
         model_cfg = ModelConfig.model_validate(meta["model"])
+        dtype = _dtype_name(dtype) if dtype is not None else inference_dtype(device, model_cfg.dtype)
+        if on_gpu is None:
+            # flash-attention runs only in 16 bit on CUDA; anything else gets PyTorch's sdpa.
+            on_gpu = device is not None and torch.device(device).type == "cuda" and dtype != "float32"
         tokenizer = AutoTokenizer.from_pretrained(local)
         kwargs = {"dtype": torch_dtype(dtype),
                   "attn_implementation": resolve_attn_implementation(attn_implementation, on_gpu)}

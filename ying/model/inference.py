@@ -3,8 +3,10 @@
 
 ``generate_greedy`` is the one generator: it builds the prompts with the model's processor, pads
 left (answers start together), moves the batch onto the model's device and the pixels into its
-dtype, and decodes the new tokens. Callers that need more (Serve's per-row limits, stop strings and
-streaming) pass their own stopping criteria and logits processors through ``generate_kwargs``.
+dtype, and decodes the new tokens. ``generate_tokens`` is the same from prompts already encoded,
+returning the new token ids: Serve encodes each request on its own (a bad image fails that request
+only) and reads its answers from its own stopping criteria (per-row limits, stop strings,
+streaming), passed through ``generate_kwargs`` with its per-row sampling logits processor.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from ying.model.checkpoint import load_checkpoint
 
-__all__ = ["YingPredictor", "generate_greedy", "model_inputs"]
+__all__ = ["YingPredictor", "generate_greedy", "generate_tokens", "model_inputs"]
 
 
 def model_inputs(batch: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
@@ -26,22 +28,34 @@ def model_inputs(batch: dict[str, torch.Tensor], model) -> dict[str, torch.Tenso
 
 
 @torch.inference_mode()
+def generate_tokens(model, tokenizer, processor, prompts: list, *, max_new_tokens: int,
+                    **generate_kwargs) -> torch.Tensor:
+    """The new token ids (B, new) for ``prompts`` (``processor.encode_prompt`` outputs), one batch.
+
+    Greedy unless ``generate_kwargs`` says otherwise; they override the defaults and may add
+    ``stopping_criteria`` / ``logits_processor``. Rows that end early are padded after their EOS.
+    """
+    batch = processor.collate(prompts, pad_left=True)
+    inputs = model_inputs(batch, model)
+    kwargs = {"do_sample": False, "num_beams": 1, "eos_token_id": tokenizer.eos_token_id,
+              "pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
+    return out[:, inputs["input_ids"].shape[1]:]  # (B, new): the prompt is returned too
+
+
 def generate_greedy(model, tokenizer, processor, examples: list[dict], *, max_new_tokens: int,
                     chinese_dialogue: bool = False, **generate_kwargs) -> list[str]:
     """Answers (stripped) to ``examples`` (``{images: [bytes], instruction, inputs}``), in order, one batch."""
     if not examples:
         return []
-    batch = processor.collate([processor.encode_prompt(e, chinese_dialogue) for e in examples], pad_left=True)
-    inputs = model_inputs(batch, model)
-    kwargs = {"do_sample": False, "num_beams": 1, "eos_token_id": tokenizer.eos_token_id,
-              "pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]  # (B, new): the prompt is returned too
+    prompts = [processor.encode_prompt(e, chinese_dialogue) for e in examples]
+    new_tokens = generate_tokens(model, tokenizer, processor, prompts, max_new_tokens=max_new_tokens,
+                                 **generate_kwargs)
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 class YingPredictor:
-    """``generate([{images: [bytes], instruction, inputs}]) -> [answer]``."""
+    """``generate([{images: [bytes], instruction, inputs}]) -> [answer]`` for a Ying checkpoint on any device."""
 
     def __init__(self, model, tokenizer, processor, name: str = "ying-vlm", max_new_tokens: int = 32):
         self.model = model
@@ -51,8 +65,10 @@ class YingPredictor:
         self.max_new_tokens = max_new_tokens
 
     @classmethod
-    def from_checkpoint(cls, path: str, name: str | None = None, max_new_tokens: int = 32) -> "YingPredictor":
-        model, tokenizer, processor, meta = load_checkpoint(path)
+    def from_checkpoint(cls, path: str, name: str | None = None, max_new_tokens: int = 32, device: str = "cpu",
+                        dtype: str | torch.dtype | None = None) -> "YingPredictor":
+        """``dtype`` None: the checkpoint's ``model.dtype`` on a GPU, float32 on the CPU (``inference_dtype``)."""
+        model, tokenizer, processor, meta = load_checkpoint(path, dtype=dtype, device=device)
         return cls(model, tokenizer, processor, name or meta.get("name", "ying-vlm"), max_new_tokens)
 
     def generate(self, examples: list[dict], chinese_dialogue: bool = False,

@@ -12,7 +12,8 @@ Three deployments:
   multiplexed model id. Routes: ``POST /v1/chat/completions`` (SSE when ``stream``),
   ``GET /v1/models[/{id}]``, ``POST /v1/evaluations``, ``GET /v1/evaluations/{id}``, ``GET /healthz``.
 - ``YingModel``: loads checkpoints on demand (``@serve.multiplexed``, LRU per replica), batches
-  requests of one model (``@serve.batch``), generates in bfloat16 on a GPU. Its health check
+  requests of one model (``@serve.batch``), generates on a GPU in the checkpoint's ``model.dtype``
+  (``ying.model.checkpoint.inference_dtype``; bfloat16 for the paper preset). Its health check
   runs the model on a tiny input. ``max_queued_requests`` bounds the queue; past it the ingress
   answers 503 with Retry-After.
 - ``EvaluationRegistry``: one replica holding evaluation states; evaluations run as Ray tasks.

@@ -6,22 +6,21 @@ decoding, which is what evaluation needs. A server batches requests that each as
 batch in one ``model.generate`` call:
 
 - the prompt is built by the model's own processor (paper Figure 3; Table 12's Chinese dialogue
-  prompt when a request asks for it), so served answers match the eval stage's;
+  prompt when a request asks for it) and the batch runs through ``ying.model.inference.generate_tokens``
+  (collation, device and dtype moves, greedy defaults), so served answers match the eval stage's;
 - a per-row stopping criterion ends each row at its own limit, at EOS or at one of its stop strings,
   and streams each row's new text as it is produced;
 - a per-row logits processor applies each row's temperature and top-p (temperature 0 is greedy);
 - one request whose input can't be prepared, or that makes the batch fail, gets an error of its
   own: the rest of the batch is answered (a failing batch is retried one request at a time).
 
-Models load in bfloat16 on a GPU and float32 on the CPU.
+Checkpoints load through ``ying.model.checkpoint.load_checkpoint``: the checkpoint's ``model.dtype``
+(bfloat16 for the paper preset) on a GPU, float32 on the CPU (``inference_dtype``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -33,7 +32,6 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "GenerationEngine",
-    "serving_dtype",
     "load_engine",
     "read_model_limits",
     "ModelLimits",
@@ -95,39 +93,18 @@ def read_model_limits(checkpoint: str) -> ModelLimits:
     return ModelLimits(cfg.num_query_tokens, cfg.max_text_tokens, max_positions)
 
 
-def serving_dtype(device: str) -> torch.dtype:
-    """bfloat16 on a GPU (half the memory, the paper's 13B LLM fits one card); float32 on the CPU,
-    where bfloat16 matmuls are slow on most processors."""
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-
-
 def load_engine(checkpoint: str, name: str, device: str | None = None,
-                dtype: torch.dtype | None = None) -> "GenerationEngine":
-    """A Ying checkpoint (local or ``s3://``), loaded straight into the serving dtype."""
-    from transformers import AutoTokenizer, Blip2ForConditionalGeneration
-
-    from ying import storage
-    from ying.config import ModelConfig
-    from ying.model.checkpoint import YING_MODEL_FILE
-    from ying.model.processor import YingProcessor
+                dtype: str | torch.dtype | None = None) -> "GenerationEngine":
+    """A Ying checkpoint (local or ``s3://``) through ``ying.model.checkpoint.load_checkpoint``:
+    on ``device`` (default: a GPU when there is one) in ``dtype`` (default ``inference_dtype``: the
+    checkpoint's ``model.dtype`` on a GPU, float32 on the CPU)."""
+    from ying.model.checkpoint import load_checkpoint
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or serving_dtype(device)
-    fs, fs_path = storage.filesystem(checkpoint)
-    if not fs.exists(f"{fs_path}/{YING_MODEL_FILE}"):
-        raise FileNotFoundError(f"{checkpoint} is not a Ying checkpoint: {YING_MODEL_FILE} is missing")
-    local = checkpoint
-    if "://" in checkpoint:
-        local = tempfile.mkdtemp(prefix="ying-serve-ckpt-")
-        fs.get(fs_path + "/", local + "/", recursive=True)
-    with open(os.path.join(local, YING_MODEL_FILE)) as f:
-        model_cfg = ModelConfig.model_validate(json.load(f)["model"])
-    tokenizer = AutoTokenizer.from_pretrained(local)
-    # Loaded in the serving dtype directly: a 13B model never exists in float32 on the host.
-    model = Blip2ForConditionalGeneration.from_pretrained(local, dtype=dtype).to(device).eval()
-    processor = YingProcessor.from_model_config(tokenizer, model_cfg)
-    logger.info("loaded %s from %s on %s as %s", name, checkpoint, device, dtype)
-    return GenerationEngine(model, tokenizer, processor, name)
+    model, tokenizer, processor, _ = load_checkpoint(checkpoint, dtype=dtype, device=device)
+    engine = GenerationEngine(model, tokenizer, processor, name)
+    logger.info("loaded %s from %s on %s as %s", name, checkpoint, engine.device, engine.dtype)
+    return engine
 
 
 class _PerRowSampling(LogitsProcessor):
@@ -269,26 +246,23 @@ class GenerationEngine:
 
     def _run(self, requests: list[GenerationRequest], encoded: list, on_event: EventCallback | None,
              row_ids: list[int]) -> list[GenerationResult]:
-        batch = self.processor.collate(encoded, pad_left=True)
-        device, dtype = self.device, self.dtype
-        eos = self.tokenizer.eos_token_id
-        rows = _Rows(self.tokenizer, requests, [len(e.input_ids) for e in encoded], eos, on_event, row_ids)
+        from ying.model.inference import generate_tokens
+
+        rows = _Rows(self.tokenizer, requests, [len(e.input_ids) for e in encoded], self.tokenizer.eos_token_id,
+                     on_event, row_ids)
         sampling = any(r.temperature > 0 for r in requests)
         extra = {}
         if sampling:
             extra["logits_processor"] = LogitsProcessorList(
-                [_PerRowSampling([r.temperature for r in requests], [r.top_p for r in requests], device)])
-        with self._lock, torch.inference_mode():
-            self.model.generate(
-                pixel_values=batch["pixel_values"].to(device=device, dtype=dtype),
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                max_new_tokens=max(r.max_new_tokens for r in requests),
-                do_sample=sampling, num_beams=1, temperature=1.0, top_p=1.0, top_k=None,
-                eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id,
-                stopping_criteria=StoppingCriteriaList([rows]),
-                **extra,
-            )
+                [_PerRowSampling([r.temperature for r in requests], [r.top_p for r in requests], self.device)])
+        with self._lock:
+            # The answers are read from `rows` (each row's own limit and stop strings), not decoded
+            # from the returned ids. Sampling happens only through _PerRowSampling: the generation
+            # config's own temperature/top-p/top-k are neutralised.
+            generate_tokens(self.model, self.tokenizer, self.processor, encoded,
+                            max_new_tokens=max(r.max_new_tokens for r in requests),
+                            do_sample=sampling, temperature=1.0, top_p=1.0, top_k=None,
+                            stopping_criteria=StoppingCriteriaList([rows]), **extra)
         for i in range(len(requests)):
             if not rows.done[i]:  # generate stopped it (its own EOS or length check) before we did
                 rows.done[i] = True

@@ -2,15 +2,16 @@
 
 ``POST /v1/evaluations`` hands the request to ``EvaluationRegistry`` (a one-replica Serve deployment
 of the app, so it lives and dies with the app). The registry answers at once with an id and starts a
-Ray task, ``run_evaluation``, which goes through ``ying.eval``'s public entry points: the suite's
-examples (``build_examples``), answers from the Ray Data model actors with the prediction cache
-(``cached_predictions``, shared with the DAG's eval stage), the suite's scorer and its report
-table. Nothing runs inside the model replicas.
+Ray task, ``run_evaluation``, which goes through the eval stage's own path in ``ying.eval.evaluate``:
+the examples (``plan_evaluation``), answers from the Ray Data model actors with the prediction
+cache shared with the DAG's eval stage (``predict_plan``: ``eval.use_gpu`` puts them on GPUs in the
+model's dtype), the scores (``score_plan``) and the report table (``suite_table``). Nothing runs
+inside the model replicas.
 
 The id is the hash of what decides the result: the model's weights fingerprint, the suite, the
 data's fingerprint, the limit and the decoding settings. A finished result is stored under
-``<eval cache dir>/serve-evaluations/<id>.json``, so asking again (even after a restart) answers
-from the store, and an identical request in flight gets the same id.
+``<eval cache dir>/serve-evaluations/<id>.json`` (``ying.eval.evaluate.eval_cache_dir``), so asking
+again (even after a restart) answers from the store, and an identical request in flight gets the same id.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ __all__ = ["paper_suite_names", "resolve_suite", "evaluation_id", "data_fingerpr
 
 logger = logging.getLogger(__name__)
 
-TASKS_SUITE = "tasks"  # a list of tasks, each with its own instruction (the eval stage's metrics.json)
+# A list of tasks, each with its own instruction: ying.eval.evaluate.TASKS_SUITE, not imported from
+# there so that the ingress does not load the metrics (nltk) at start.
+TASKS_SUITE = "tasks"
 
 
 def paper_suite_names() -> dict[str, str]:
@@ -63,11 +66,9 @@ def resolve_suite(suite: str | list[str], built_tasks: list[str]) -> tuple[str, 
 
 
 def results_dir(cfg: YingConfig) -> str:
-    return storage.join(_cache_dir(cfg), "serve-evaluations")
+    from ying.eval.evaluate import eval_cache_dir
 
-
-def _cache_dir(cfg: YingConfig) -> str:
-    return cfg.eval.cache_dir or storage.join(cfg.run.run_dir, "cache", "eval")
+    return storage.join(eval_cache_dir(cfg), "serve-evaluations")
 
 
 def data_fingerprint(data_dir: str) -> str:
@@ -88,93 +89,37 @@ def evaluation_id(model_fingerprint: str, suite: str, tasks: list[str], data_fp:
     })
 
 
-def _train_instructions(data_dir: str, tasks: list[str]) -> list[dict]:
-    """(task, instruction) of the training records: two columns, never the images."""
-    import pyarrow.parquet as pq
-
-    from ying.data.build import records_dir
-
-    fs, root = storage.filesystem(records_dir(data_dir, "train"))
-    if not fs.exists(root):
-        return []
-    wanted, rows = set(tasks), []
-    for f in sorted(p for p in fs.find(root) if p.endswith(".parquet")):
-        with fs.open(f, "rb") as fh:
-            rows.extend(r for r in pq.read_table(fh, columns=["task", "instruction"]).to_pylist() if r["task"] in wanted)
-    return rows
-
-
 def _evaluate(cfg: YingConfig, spec: dict) -> Iterator[dict]:
-    """Yields ``{"progress": ...}`` items, then ``{"result": ...}``."""
-    from ying.eval.evaluate import evaluation_records
-    from ying.eval.predictors import ModelSpec, cached_predictions
-    from ying.eval.report import render_report, render_suite_table, score_predictions
-    from ying.eval.suites import SUITES, build_examples, chair_ground_truth, make_example, score_suite
+    """Yields ``{"progress": ...}`` items, then ``{"result": ...}``: the eval stage's own path
+    (``plan_evaluation``, ``predict_plan``, ``score_plan``, its report tables) for one model."""
+    from ying.eval.evaluate import plan_evaluation, predict_plan, score_plan, suite_table
+    from ying.eval.predictors import ModelSpec
+    from ying.eval.report import render_report, render_suite_table
 
     model, suite, tasks, limit = spec["model"], spec["suite"], spec["tasks"], spec["limit"]
-    ecfg = cfg.eval
     yield {"progress": {"phase": "reading records", "fraction": 0.05}}
-    built = [t for t in cfg.data.tasks if t in set(tasks)] if tasks else []
-    narrowed = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tasks": built}),
-                                      "eval": ecfg.model_copy(update={"max_per_task": limit})})
-    by_task: dict[str, list[dict]] = {}
-    for r in evaluation_records(narrowed, spec["data_dir"]):
-        by_task.setdefault(r["task"], []).append(r)
-
-    if suite == TASKS_SUITE:
-        examples = [make_example(r, ecfg.max_new_tokens) for t in tasks for r in by_task.get(t, [])]
-        plan = None
-    else:
-        trained = [t for t in cfg.data.tasks if t not in set(cfg.data.held_out) | set(cfg.data.eval_only)]
-        if suite == "unseen_instructions":
-            narrowed = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tasks": trained}),
-                                              "eval": ecfg.model_copy(update={"max_per_task": limit})})
-            by_task = {}
-            for r in evaluation_records(narrowed, spec["data_dir"]):
-                by_task.setdefault(r["task"], []).append(r)
-        plan = build_examples(SUITES[suite], by_task, max_per_task=limit, max_new_tokens=ecfg.max_new_tokens,
-                              caption_max_new_tokens=ecfg.caption_max_new_tokens, trained_tasks=trained,
-                              train_records=_train_instructions(spec["data_dir"], trained)
-                              if suite == "unseen_instructions" else ())
-        examples = plan.examples
-    yield {"progress": {"phase": "generating answers", "fraction": 0.1, "examples": len(examples)}}
-    answers: dict[str, str] = {}
-    cache = {"generated": 0, "cached": 0}
-    if examples:
-        per_suite, cache = cached_predictions(
-            ModelSpec(model, "ying", spec["checkpoint"]), {suite: examples}, spec["cache_dir"],
-            batch_size=ecfg.batch_size, num_actors=ecfg.num_actors, max_new_tokens=ecfg.max_new_tokens,
-            fingerprint=spec["model_fingerprint"], use_gpu=ecfg.use_gpu)
-        answers = per_suite[suite]
-    yield {"progress": {"phase": "scoring", "fraction": 0.9, "examples": len(examples), **cache}}
-
-    if plan is None:
-        records = [{"id": e["record_id"], "task": e["task"], "lang": e["lang"], "outputs": e["outputs"],
-                    "meta": e["meta"]} for e in examples]
-        metrics = score_predictions(records, {e["record_id"]: answers.get(e["key"], "") for e in examples})
-        not_run = {t: f"no {t} data" for t in tasks if t not in by_task}
+    is_tasks = suite == TASKS_SUITE
+    plan = plan_evaluation(cfg, spec["data_dir"], suites=[] if is_tasks else [suite], tasks=tasks if is_tasks else [],
+                           limit=limit, sources=spec["sources"])
+    n = plan.n_examples
+    yield {"progress": {"phase": "generating answers", "fraction": 0.1, "examples": n}}
+    answers, cache = predict_plan(cfg, ModelSpec(model, "ying", spec["checkpoint"]), plan.suite_examples(),
+                                  spec["cache_dir"], fingerprint=spec["model_fingerprint"])
+    yield {"progress": {"phase": "scoring", "fraction": 0.9, "examples": n, **cache}}
+    scores = score_plan(plan, answers)
+    if is_tasks:
+        metrics = scores["tasks"]
+        not_run = {t: f"no {t} data" for t in plan.not_scored}
         report = render_report({model: metrics}, title=f"{model}: {', '.join(tasks)}")
         if not_run:
             report += "\n" + "\n".join(f"- {t}: not run: {why}" for t, why in not_run.items()) + "\n"
         result = {"metrics": metrics, "not_run": not_run}
     else:
-        truth = None
-        if suite == "hallucination" and plan.examples:
-            truth = chair_ground_truth(by_task.get("coco", []), ecfg.chair_vocabulary,
-                                       spec["sources"].get("coco"), ecfg.chair_instances)
-        row = score_suite(plan, answers, truth) if plan.examples else {"scores": {}, "n": {}}
-        definition = SUITES[suite]
-        order = list(definition.columns) or list(row["scores"])
-        table = {
-            "paper": definition.paper, "title": definition.title,
-            "status": "ok" if plan.examples else "not run: " + "; ".join(plan.not_run.values()),
-            "not_run": plan.not_run, "notes": plan.notes, "rows": {model: row},
-            "columns": [c for c in order if c in row["scores"]], "n_examples": len(plan.examples),
-            **({"chair": {"vocabulary": truth.vocabulary.name, "ground_truth": truth.sources}} if truth else {}),
-        }
+        table = suite_table(plan, suite, {model: scores["suites"][suite]})
         report = render_suite_table(table)
-        result = {"metrics": row, "not_run": plan.not_run, "paper": definition.paper, "title": definition.title}
-    result.update({"report": report, "examples": len(examples), "prediction_cache": cache})
+        result = {"metrics": scores["suites"][suite], "not_run": table["not_run"], "paper": table["paper"],
+                  "title": table["title"]}
+    result.update({"report": report, "examples": n, "prediction_cache": cache})
     yield {"result": result}
 
 
@@ -204,6 +149,7 @@ class EvaluationRegistry:
         self._tasks: set[asyncio.Task] = set()
 
     async def submit(self, model: str, checkpoint: str, suite: str, tasks: list[str], limit: int) -> dict:
+        from ying.eval.evaluate import eval_cache_dir
         from ying.eval.predictors import ModelSpec, model_fingerprint
 
         if self.data_dir is None:
@@ -226,7 +172,7 @@ class EvaluationRegistry:
                "created": time.time(), "cached": False, **request}
         self.jobs[eval_id] = job
         spec = {**request, "id": eval_id, "checkpoint": checkpoint, "model_fingerprint": model_fp,
-                "data_dir": self.data_dir, "sources": self.sources, "cache_dir": _cache_dir(self.cfg),
+                "data_dir": self.data_dir, "sources": self.sources, "cache_dir": eval_cache_dir(self.cfg),
                 "results_dir": self.results_dir}
         task = asyncio.get_running_loop().create_task(self._follow(job, spec))
         self._tasks.add(task)

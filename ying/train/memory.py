@@ -16,6 +16,20 @@ weights, fp32 Adam; see Rajbhandari et al. 2020 for the ZeRO arithmetic):
     logits         s b V in 16 bit, and again in fp32 for the loss
     overhead       CUDA context, NCCL and allocator slack
 The vision tower is frozen in both stages, so it keeps no activations for backward.
+
+Inference (``plan_inference_memory``: the eval stage's model actors and Serve's model replicas),
+per GPU, in the dtype the model runs in there (``ying.model.checkpoint.inference_dtype``: the
+config's ``model.dtype``, bfloat16 for the paper preset; b bytes per value):
+    weights        b N for every model a GPU holds (Serve: ``serve.max_models_per_replica``)
+    kv_cache       2 L h s B b: keys and values of every LLM layer for B sequences of s tokens, where
+                   B is ``eval.batch_size`` / ``serve.max_batch_size`` and s the longest sequence the
+                   job can reach: its most images x query tokens + BOS + ``model.max_text_tokens`` +
+                   its most new tokens, at most the LLM's ``max_position_embeddings``
+    activations    the prefill's largest working set: one LLM layer over the whole batch (hidden
+                   states, MLP, and the attention scores as if materialised) or one vision-tower
+                   layer over all the batch's images, whichever is larger, plus the last position's
+                   logits in fp32
+    overhead       CUDA context, cuBLAS workspace and allocator slack (no NCCL: one GPU per model)
 Host memory per node: each rank's process (torch, CUDA, Ray), its shuffle buffer and prefetched
 batches, and on rank 0 the 16-bit state dict gathered for the final checkpoint. Weights load from
 memory-mapped safetensors straight to the GPU (``ying.model.weights``): the page cache holds the
@@ -26,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MemoryEstimate", "plan_memory", "format_plan", "GIB"]
+__all__ = ["MemoryEstimate", "InferenceEstimate", "plan_memory", "plan_inference_memory", "format_plan", "GIB"]
 
 GIB = 1024**3
 _OVERHEAD_GPU = 3.0 * GIB  # CUDA context + NCCL + allocator fragmentation
@@ -34,6 +48,7 @@ _BUCKETS = 2 * 5e8 * 2  # DeepSpeed's default reduce + allgather buckets, 5e8 el
 _ZERO3_LIVE = 1e9 * 2  # stage3_max_live_parameters (1e9 elements) gathered at once, 16 bit
 _PROCESS_HOST = 6.0 * GIB  # one training process: torch + CUDA host state + Ray worker
 _GPUS_PER_NODE = 8
+_OVERHEAD_INFERENCE = 2.0 * GIB  # CUDA context + cuBLAS workspace + allocator slack; one process, no NCCL
 
 
 @dataclass
@@ -118,7 +133,62 @@ def plan_memory(cfg, gpu_sizes_gib=(40, 80), zero_stages=(2, 3), gradient_checkp
     return out
 
 
-def format_plan(estimates: list[MemoryEstimate], preset: str) -> str:
+@dataclass
+class InferenceEstimate:
+    job: str  # "eval" (one model actor) or "serve" (one model replica)
+    gpu_gib: float
+    total_params: int
+    dtype: str
+    batch_size: int
+    seq_len: int
+    models: int  # models one GPU holds at once
+    per_gpu_gib: float
+    parts: dict
+
+    @property
+    def fits(self) -> bool:
+        return self.per_gpu_gib <= self.gpu_gib * 1e9 / GIB * 0.95  # as MemoryEstimate.fits
+
+
+def plan_inference_memory(cfg, gpu_sizes_gib=(40, 80)) -> list[InferenceEstimate]:
+    """Per-GPU memory of an eval model actor and of a Serve model replica (module docstring)."""
+    from ying.model.checkpoint import inference_dtype
+
+    m, llm, v = cfg.model, cfg.model.llm, cfg.model.vision
+    dtype = inference_dtype("cuda", m.dtype)
+    b = 4 if dtype == "float32" else 2
+    total, _ = _counts(cfg, "stage1")  # the whole model; which parts train does not matter here
+    vision_tokens = (v.image_size // v.patch_size) ** 2 + 1  # patches + CLS
+    jobs = {
+        # An eval example has one image or a video's frames; answers are short, captions longer.
+        "eval": (cfg.eval.batch_size, max(1, cfg.data.frames_per_video),
+                 max(cfg.eval.max_new_tokens, cfg.eval.caption_max_new_tokens), 1),
+        "serve": (cfg.serve.max_batch_size, cfg.serve.max_images, cfg.serve.max_tokens,
+                  cfg.serve.max_models_per_replica),
+    }
+    out = []
+    for job, (batch, images, new_tokens, models) in jobs.items():
+        seq = min(llm.max_position_embeddings, images * m.num_query_tokens + 1 + m.max_text_tokens + new_tokens)
+        llm_layer = b * (batch * seq * (4 * llm.hidden_size + 3 * llm.intermediate_size)
+                         + batch * llm.num_heads * seq * seq)
+        n_images = batch * images
+        vision_layer = b * (n_images * vision_tokens * (4 * v.hidden_size + 2 * v.intermediate_size)
+                            + n_images * v.num_heads * vision_tokens**2)
+        parts = {
+            "weights": models * b * total,
+            "kv_cache": 2 * llm.num_layers * llm.hidden_size * seq * batch * b,
+            "activations": max(llm_layer, vision_layer) + 2 * 4 * batch * _vocab_size(cfg),
+            "overhead": _OVERHEAD_INFERENCE,
+        }
+        per_gpu = sum(parts.values())
+        for gpu in gpu_sizes_gib:
+            out.append(InferenceEstimate(job, gpu, total, dtype, batch, seq, models, per_gpu / GIB,
+                                         {k: val / GIB for k, val in parts.items()}))
+    return out
+
+
+def format_plan(estimates: list[MemoryEstimate], preset: str,
+                inference: list[InferenceEstimate] | None = None) -> str:
     head = estimates[0]
     lines = [
         f"Memory plan for preset {preset!r}: {head.total_params / 1e9:.2f}B parameters "
@@ -134,4 +204,19 @@ def format_plan(estimates: list[MemoryEstimate], preset: str) -> str:
     lines += ["", "Per-GPU parts (GiB): " + "; ".join(
         f"{e.stage} ZeRO-{e.zero_stage}: " + ", ".join(f"{k} {v:.1f}" for k, v in e.parts.items())
         for e in estimates if e.gpu_gib == estimates[0].gpu_gib)]
+    if inference:
+        lines += [
+            "",
+            "Inference, one GPU per model (eval: an eval.use_gpu model actor; serve: a model replica), "
+            f"weights in {inference[0].dtype}:",
+            "",
+            "| job | batch | max seq | models | GPU | per GPU (GiB) | fits |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for e in inference:
+            lines.append(f"| {e.job} | {e.batch_size} | {e.seq_len} | {e.models} | {e.gpu_gib} GB | "
+                         f"{e.per_gpu_gib:.1f} | {'yes' if e.fits else 'no'} |")
+        lines += ["", "Per-GPU parts (GiB): " + "; ".join(
+            f"{e.job}: " + ", ".join(f"{k} {v:.1f}" for k, v in e.parts.items())
+            for e in inference if e.gpu_gib == inference[0].gpu_gib)]
     return "\n".join(lines)

@@ -82,8 +82,8 @@ def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, 
                    name: str, cache_dir: str) -> dict:
     """The trial's score as the paper measures its experiment (module docstring)."""
     from ying.data.instructions import load_pool
-    from ying.eval.evaluate import plan_evaluation, score_plan
-    from ying.eval.predictors import ModelSpec, cached_predictions
+    from ying.eval.evaluate import plan_evaluation, predict_plan, score_plan
+    from ying.eval.predictors import ModelSpec
 
     a = cfg.ablations
     held_out = [t for t in cfg.data.held_out if t in cfg.data.tasks]
@@ -96,9 +96,9 @@ def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, 
         suites, tasks = [], rephrased or stage2_tasks
     plan = plan_evaluation(cfg, data_dir, suites=suites, tasks=tasks, limit=a.eval_max_per_task,
                            train_instructions={t: load_pool(t)[:UNSEEN_FROM] for t in stage2_tasks})
-    answers, _ = cached_predictions(ModelSpec(name, "ying", checkpoint), plan.suite_examples(), cache_dir,
-                                    batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                                    use_gpu=cfg.eval.use_gpu)
+    # The eval stage's actors: on a GPU in the checkpoint's dtype with eval.use_gpu (the trial's
+    # Ray Train workers have given their GPUs back by now).
+    answers, _ = predict_plan(cfg, ModelSpec(name, "ying", checkpoint), plan.suite_examples(), cache_dir)
     scores = score_plan(plan, answers)
     per_task = {t: 100 * s["rouge_l"] for t, s in scores["tasks"].items() if s.get("n")}
     n = sum(s.get("n", 0) for s in scores["tasks"].values())
