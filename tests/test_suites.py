@@ -314,3 +314,14 @@ def test_evaluate_checkpoint_scores_one_model_as_the_stage_does(ray_cluster, tin
     again = evaluate_checkpoint(cfg, data_dir, ckpts["stage2"], suites=["unseen_instructions"],
                                 tasks=["okvqa", "flickr8k-cn"], limit=2, name="stage2", cache_dir=cache)
     assert again["prediction_cache"]["generated"] == 0 and again["tasks"] == res["tasks"]
+
+    # A Tune ablation trial (Figure 10: the held-out tasks) scores through the same actors and cache:
+    # its answers are the eval stage's, and an evaluation of the same tasks generates nothing new.
+    from ying.tune.ablations import evaluate_trial
+
+    trial_cfg = cfg.model_copy(update={"ablations": cfg.ablations.model_copy(update={"eval_max_per_task": 2})})
+    trial = evaluate_trial(trial_cfg, data_dir, ckpts["stage2"], {"experiment": "figure10"}, ["okvqa"], "stage2", cache)
+    held_out = evaluate_checkpoint(cfg, data_dir, ckpts["stage2"], suites=[], tasks=["flickr8k-cn", "msrvtt-qa"],
+                                   limit=2, name="stage2", cache_dir=cache)
+    assert held_out["prediction_cache"]["generated"] == 0
+    assert trial["per_task"] == {t: 100 * s["rouge_l"] for t, s in held_out["tasks"].items()} and trial["n"] == 4
