@@ -166,6 +166,7 @@ def answer_loss(model: Blip2ForConditionalGeneration, batch: dict[str, torch.Ten
         pixel_values=batch["pixel_values"],
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
+        use_cache=False,  # one forward per batch: a KV cache is never reused (and gradient checkpointing refuses it)
     )
     logits = out.logits[:, :-1, :]  # (B, T-1, V): position t predicts token t+1
     targets = batch["labels"][:, 1:]  # (B, T-1)
