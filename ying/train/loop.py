@@ -155,9 +155,13 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
     from ying.model.checkpoint import save_checkpoint
     from ying.model.processor import YingProcessor
     from ying.model.vlm import answer_loss, apply_freeze_policy, count_parameters
+    from ying.train.extension_lock import load_deepspeed_ops
     from ying.train.ingest import epoch_batches
 
     transformers.utils.logging.disable_progress_bar()  # one line per step is ours to print
+    # Before anything starts DeepSpeed's comm backend (zero.Init, initialize): its op is loaded here under
+    # a flock, so a torch build lock left by a killed run is cleared instead of waited on forever.
+    load_deepspeed_ops()
     cfg = YingConfig.model_validate(plan.config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
