@@ -245,11 +245,13 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
     engine.train()
     t0, t_window = time.time(), time.time()
     window_loss, window_micro, window_samples = 0.0, 0, 0
+    window_tokens = 0  # non-pad positions (image queries, prompt, answer) this rank ran, for tokens/s and MFU
     while step < plan.max_steps:
         produced = False
         for batch in epoch_batches(train_shard, processor, micro, cfg.run.seed, epoch, cfg.train.shuffle_buffer,
                                    cfg.train.prefetch_batches, skip=batches_in_epoch):
             produced = True
+            window_tokens += int(batch["attention_mask"].sum())  # counted on the CPU copy: no device sync
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, _ = answer_loss(engine, batch)
             engine.backward(loss)
@@ -268,11 +270,14 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
                 elapsed = time.time() - t_window
                 mean_loss = torch.tensor([window_loss / window_micro], device=device)
                 torch.distributed.all_reduce(mean_loss)  # the loss of the whole global batch, not rank 0's share
+                tokens = torch.tensor([window_tokens], dtype=torch.int64, device=device)  # exact, unlike a float
+                torch.distributed.all_reduce(tokens)
                 metrics = {"step": step, "epoch": epoch, "loss": float(mean_loss) / world,
-                           "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
+                           "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
+                           "tokens": int(tokens), "tokens_per_s": int(tokens) / max(elapsed, 1e-9)}
                 if val_due and not last:
                     metrics["val_loss"] = validate()
-                window_loss, window_micro, window_samples, t_window = 0.0, 0, 0, time.time()
+                window_loss, window_micro, window_samples, window_tokens, t_window = 0.0, 0, 0, 0, time.time()
                 history.append(metrics)
                 if rank == 0:
                     telemetry.train_loss_gauge().set(metrics["loss"], tags={"stage": plan.stage})
@@ -308,6 +313,9 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
         "train_seconds": time.time() - t0,
         "samples_per_s": (sum(h["samples_per_s"] for h in trained) / len(trained)) if trained else 0.0,
         "resumed_from_step": resumed_from,
+        # Every worker's tokens, restored windows included (benchmarks/gpu_check.py reads these two).
+        "tokens": sum(h.get("tokens", 0) for h in trained),
+        "peak_gpu_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
     if rank == 0:
         print(f"[{plan.stage}] done: val_loss {val_loss if val_loss is None else round(val_loss, 4)}", flush=True)
