@@ -10,7 +10,9 @@ from ying.data.tasks import TASKS
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
 def test_every_shipped_preset_loads_and_names_known_tasks(preset):
-    cfg = load_config(preset)
+    # paper-cpu refuses to load without its checkpoints (test_paper_cpu runs it on real ones).
+    paths = ["model.blip2_path=/ckpt/blip2", "model.llm_path=/ckpt/llm"] if preset == "paper-cpu" else []
+    cfg = load_config(preset, overrides=paths)
     assert set(cfg.data.tasks) <= set(TASKS), set(cfg.data.tasks) - set(TASKS)
     assert set(cfg.data.held_out) <= set(cfg.data.tasks)
     for stage in (cfg.train.stage1, cfg.train.stage2):
@@ -19,6 +21,7 @@ def test_every_shipped_preset_loads_and_names_known_tasks(preset):
 
 def test_presets_differ_only_in_values_not_in_shape():
     tiny, paper = load_config("tiny").to_dict(), load_config("paper").to_dict()
+    paper_cpu = load_config("paper-cpu", overrides=["model.blip2_path=/b", "model.llm_path=/l"]).to_dict()
 
     def keys(tree, prefix=""):
         out = set()
@@ -30,7 +33,7 @@ def test_presets_differ_only_in_values_not_in_shape():
                 out.add(prefix + k)
         return out
 
-    assert keys(tiny) == keys(paper)
+    assert keys(tiny) == keys(paper) == keys(paper_cpu)
 
 
 def test_unknown_key_and_bad_values_are_all_reported_with_their_path(tmp_path):

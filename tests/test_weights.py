@@ -2,6 +2,7 @@
 a broken LLM flagged, and the memory plan the README and cluster.yaml rely on."""
 
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -37,7 +38,8 @@ def pretrained_dirs(tmp_path_factory, tiny):
                            num_hidden_layers=v.num_layers, num_attention_heads=v.num_heads,
                            intermediate_size=v.intermediate_size),
         qformer_config=dict(hidden_size=q.hidden_size, num_hidden_layers=q.num_layers, num_attention_heads=q.num_heads,
-                            intermediate_size=q.intermediate_size, encoder_hidden_size=v.hidden_size),
+                            intermediate_size=q.intermediate_size, encoder_hidden_size=v.hidden_size,
+                            cross_attention_frequency=q.cross_attention_frequency),
         text_config=OPTConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2,
                               vocab_size=64, word_embed_proj_dim=32).to_dict(),
         num_query_tokens=cfg.model.num_query_tokens))
@@ -71,13 +73,17 @@ def test_pretrained_parts_load_straight_into_bfloat16(tiny, pretrained_dirs):
     assert proj.shape == (96, 96) and torch.isfinite(proj).all() and 0 < proj.std() < 0.1
 
 
-def test_checkpoint_sizes_that_do_not_match_the_config_are_named(tiny, pretrained_dirs):
+def test_a_checkpoint_whose_tensors_do_not_fit_the_model_is_named(tiny, pretrained_dirs):
     cfg, tok = tiny
     root, _, _ = pretrained_dirs
     wrong = cfg.model.model_copy(update={"blip2_path": str(root / "blip2"),
                                          "qformer": cfg.model.qformer.model_copy(update={"num_layers": 3})})
-    with pytest.raises(ValueError, match=r"model.qformer sizes .* do not match"):
+    with pytest.raises(ValueError, match=r"checkpoints lack .*qformer\.encoder\.layer\.2\."):
         build_model(wrong, tok)
+    wider = cfg.model.model_copy(update={"blip2_path": str(root / "blip2"),
+                                         "vision": cfg.model.vision.model_copy(update={"intermediate_size": 200})})
+    with pytest.raises(ValueError, match=r"model.blip2_path=.*vision_model.*has shape"):
+        build_model(wider, tok)
 
 
 def test_delta_weights_are_refused_with_the_merge_recipe():
@@ -131,3 +137,124 @@ def test_memory_plan_of_the_paper_preset_matches_the_cluster_gpus():
     readme = (REPO / "README.md").read_text()
     row = re.search(r"\| stage2 \| 2,206M \| 3 \| 40 GB \| ([\d.]+) \| yes \|", readme)
     assert row and float(row.group(1)) == pytest.approx(plans[("stage2", 3, 40)].per_gpu_gib, abs=0.05)
+
+
+# --- sizes, image processing and tokenizer from the checkpoints (the release layouts) ------------
+
+@pytest.fixture(scope="module")
+def release_dirs(tmp_path_factory):
+    from pretrained_checkpoints import write_pretrained_checkpoints
+
+    return write_pretrained_checkpoints(tmp_path_factory.mktemp("release"))
+
+
+def test_the_checkpoints_decide_sizes_image_processing_and_tokenizer(release_dirs):
+    from pretrained_checkpoints import BLIP2_IMAGE_MEAN, BLIP2_IMAGE_SIZE, BLIP2_IMAGE_STD
+
+    from ying.model.pretrained import resolve_pretrained
+
+    cfg = resolve_pretrained(load_config("paper-cpu", overrides=[f"model.blip2_path={release_dirs.blip2}",
+                                                                 f"model.llm_path={release_dirs.llm}"]))
+    m = cfg.model
+    blip2 = Blip2Config.from_pretrained(release_dirs.blip2)
+    llm = LlamaConfig.from_pretrained(release_dirs.llm)
+    assert (m.vision.image_size, m.vision.hidden_size, m.vision.num_layers) == (
+        BLIP2_IMAGE_SIZE, blip2.vision_config.hidden_size, blip2.vision_config.num_hidden_layers)
+    assert (m.qformer.hidden_size, m.qformer.cross_attention_frequency, m.num_query_tokens) == (
+        blip2.qformer_config.hidden_size, 2, blip2.num_query_tokens)
+    assert (m.llm.hidden_size, m.llm.num_layers, m.llm.num_heads) == (llm.hidden_size, llm.num_hidden_layers,
+                                                                      llm.num_attention_heads)
+    assert list(m.vision.image_mean) == BLIP2_IMAGE_MEAN and list(m.vision.image_std) == BLIP2_IMAGE_STD
+    tok = build_tokenizer(m.tokenizer)  # the LLM's own, with Ying's <image> added
+    assert m.tokenizer.path == str(release_dirs.llm) and tok.convert_tokens_to_ids("<image>") == llm.vocab_size
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<s>", "</s>", "<pad>")
+    assert "<unk>" not in tok.convert_ids_to_tokens(tok("中国的首都是北京。").input_ids)
+
+
+def test_a_size_set_by_the_user_that_disagrees_with_the_checkpoint_names_both(release_dirs):
+    from ying.model.pretrained import resolve_pretrained
+
+    paths = [f"model.blip2_path={release_dirs.blip2}", f"model.llm_path={release_dirs.llm}"]
+    # The preset's own sizes (the paper's) are only defaults: the checkpoints replace them silently.
+    assert resolve_pretrained(load_config("paper-cpu", overrides=paths)).model.llm.hidden_size != 5120
+    with pytest.raises(ConfigError) as err:
+        resolve_pretrained(load_config("paper-cpu", overrides=paths + ["model.llm.num_layers=40",
+                                                                       "model.vision.image_size=224"]))
+    text = str(err.value)
+    assert "model.llm.num_layers=40 (set by you)" in text and f"{release_dirs.llm}/config.json" in text
+    assert "model.vision.image_size=224 (set by you)" in text and "vision_config.image_size" in text
+    with pytest.raises(FileNotFoundError, match="model.llm_path=/nowhere: no such directory"):
+        resolve_pretrained(load_config("paper-cpu", overrides=paths[:1] + ["model.llm_path=/nowhere"]))
+
+
+def test_the_written_checkpoints_are_the_same_bytes_for_the_same_seed(release_dirs, tmp_path):
+    from pretrained_checkpoints import write_pretrained_checkpoints
+
+    again = write_pretrained_checkpoints(tmp_path)
+    for name in ("blip2-opt/model.safetensors", "blip2-opt/preprocessor_config.json", "llama/model.safetensors",
+                 "llama/tokenizer.json"):
+        assert (again.blip2.parent / name).read_bytes() == (release_dirs.blip2.parent / name).read_bytes(), name
+
+
+def test_a_partitioned_build_equals_a_plain_one(release_dirs, tmp_path):
+    """ZeRO-3 with zero_init on two ranks, filled module by module, holds exactly the plain build's weights."""
+    script = tmp_path / "partitioned.py"
+    script.write_text(_PARTITIONED_BUILD)
+    import subprocess
+    import sys
+
+    out = tmp_path / "gathered.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+                           str(script), str(release_dirs.blip2), str(release_dirs.llm), str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    from ying.model.pretrained import resolve_pretrained
+
+    cfg = resolve_pretrained(load_config("paper-cpu", overrides=[f"model.blip2_path={release_dirs.blip2}",
+                                                                 f"model.llm_path={release_dirs.llm}"]))
+    plain = build_model(cfg.model, build_tokenizer(cfg.model.tokenizer), seed=cfg.run.seed).state_dict()
+    gathered = load_file(out)
+    assert gathered.keys() == {k for k in plain if "rotary" not in k}
+    assert all(torch.equal(gathered[k], plain[k]) for k in gathered)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_PARTITIONED_BUILD = '''
+import sys
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from ying.config import load_config
+from ying.model.pretrained import resolve_pretrained
+from ying.model.tokenizer import build_tokenizer
+from ying.model.vlm import build_model
+from ying.train.loop import deepspeed_config
+
+blip2, llm, out = sys.argv[1:]
+dist.init_process_group("gloo")
+cfg = resolve_pretrained(load_config("paper-cpu", overrides=[f"model.blip2_path={blip2}", f"model.llm_path={llm}"]))
+model = build_model(cfg.model, build_tokenizer(cfg.model.tokenizer), seed=cfg.run.seed,
+                    partition=deepspeed_config(2, 1, 3, 1.0, "float32"))
+# Every parameter is a partition here: a rank holds a part of it, never the whole model (BLIP-2's fused
+# qkv bias is assigned after its module is built, so deepspeed.initialize partitions it later).
+whole = [n for n, p in model.named_parameters() if not hasattr(p, "ds_tensor")]
+assert all(n.endswith("self_attn.qkv.bias") for n in whole), whole
+assert all(p.ds_tensor.numel() < p.ds_numel for p in model.parameters() if hasattr(p, "ds_tensor") and p.ds_numel > 1)
+with deepspeed.zero.GatheredParameters(list(model.parameters())):
+    state = {k: v.detach().clone().contiguous() for k, v in model.named_parameters()}
+if dist.get_rank() == 0:
+    save_file(state, out)
+dist.destroy_process_group()
+'''

@@ -257,6 +257,11 @@ def _writable(params: list, partitioned: bool) -> Iterator[bool]:
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
         yield dist.get_rank() == 0
+    # A parameter assigned after its module was built (BLIP-2's fused qkv bias) escapes zero.Init and is
+    # whole on every rank: rank 0's value goes to the others (deepspeed.initialize partitions it later).
+    for p in params:
+        if not hasattr(p, "ds_id"):
+            dist.broadcast(p.data, src=0)
 
 
 def _targets(model, blip2: CheckpointTensors | None, llm: CheckpointTensors | None) -> dict[str, _Target]:

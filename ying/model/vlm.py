@@ -54,6 +54,9 @@ def blip2_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Blip2C
         text = LlamaConfig.from_json_file(checkpoint_file(cfg.llm_path, "config.json", "model.llm_path"))
         # Rows for the tokens Ying adds (<image>, a pad); never fewer than the checkpoint's own rows.
         text.vocab_size = max(len(tokenizer), text.vocab_size)
+        # The LLM is built in model.dtype, not in the dtype its release was saved in (transformers
+        # builds a sub-model in its config's dtype when it names one).
+        text.dtype = cfg.dtype
     else:
         text = LlamaConfig(
             hidden_size=cfg.llm.hidden_size,

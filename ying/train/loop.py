@@ -99,47 +99,31 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def _build(plan: StagePlan, cfg, device, ds_config: dict, rank: int):
-    """(model, tokenizer) at the stage's start: the init checkpoint, or fresh (pretrained parts or random)."""
+def _build(plan: StagePlan, cfg, device, ds_config: dict):
+    """(model, tokenizer) at the stage's start: the init checkpoint, or fresh (pretrained parts or random).
+
+    ZeRO-3 with ``train.zero_init``: built partitioned across the ranks from the start, and filled
+    module by module (``build_model(partition=...)``); no rank ever holds the whole model.
+    """
     from ying.model.checkpoint import load_checkpoint
     from ying.model.tokenizer import build_tokenizer
     from ying.model.vlm import build_model
 
     zero3 = cfg.train.zero_stage == 3 and cfg.train.zero_init
-    keep_alive = None
-    if zero3:
-        # transformers loads pretrained weights partition by partition while this object lives.
-        from transformers.integrations import HfDeepSpeedConfig
-
-        keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841
-    target = None if zero3 else device
     if plan.init_checkpoint:
-        model, tokenizer, _, _ = load_checkpoint(plan.init_checkpoint, device=target, dtype=cfg.model.dtype,
-                                                 attn_implementation=cfg.model.attn_implementation,
+        keep_alive = None
+        if zero3:
+            # transformers loads a checkpoint partition by partition while this object lives.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841
+        model, tokenizer, _, _ = load_checkpoint(plan.init_checkpoint, device=None if zero3 else device,
+                                                 dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                                                  on_gpu=cfg.train.use_gpu)
         return model.train(), tokenizer
     tokenizer = build_tokenizer(cfg.model.tokenizer)
-    if zero3 and not (cfg.model.blip2_path or cfg.model.llm_path):
-        import deepspeed
-        from transformers.initialization import no_init_weights
-
-        # Built partitioned, uninitialised; then each tensor is initialised whole on rank 0 and
-        # scattered back (transformers' own init cannot index a partitioned tensor).
-        with deepspeed.zero.Init(config_dict_or_path=ds_config), no_init_weights():
-            model = build_model(cfg.model, tokenizer, seed=cfg.run.seed, device=None, on_gpu=cfg.train.use_gpu)
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-            if rank == 0:
-                torch.manual_seed(cfg.run.seed)
-                model.init_weights()
-    else:
-        model = build_model(cfg.model, tokenizer, seed=cfg.run.seed, device=target, on_gpu=cfg.train.use_gpu)
-    if cfg.model.llm_path:
-        from ying.model.weights import llm_sanity
-
-        ppl = llm_sanity(model.language_model, tokenizer, cfg.model.llm_path)
-        if rank == 0:
-            print(f"[{plan.stage}] LLM from {cfg.model.llm_path}: perplexity {ppl:,.1f} on the sanity sentences",
-                  flush=True)
+    model = build_model(cfg.model, tokenizer, seed=cfg.run.seed, device=device, on_gpu=cfg.train.use_gpu,
+                        partition=ds_config if zero3 else None)
     return model.train(), tokenizer
 
 
@@ -172,7 +156,7 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
     ds_config = deepspeed_config(micro, accumulation, cfg.train.zero_stage, cfg.train.grad_clip, cfg.model.dtype)
 
     # --- model -------------------------------------------------------------------------------
-    model, tokenizer = _build(plan, cfg, device, ds_config, rank)
+    model, tokenizer = _build(plan, cfg, device, ds_config)
     trainable = apply_freeze_policy(model, plan.trainable)
     if cfg.train.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -192,6 +176,15 @@ def train_loop_per_worker(plan_dict: dict) -> dict | None:
 
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                            config=ds_config)
+    if cfg.model.llm_path and not plan.init_checkpoint:
+        # The pretrained LLM's perplexity on plain sentences, through the engine: under ZeRO-3 its hooks
+        # gather each layer's weights in turn (every rank takes part), so it sees the whole weights.
+        from ying.model.weights import llm_sanity
+
+        ppl = llm_sanity(engine.module.language_model, tokenizer, cfg.model.llm_path, warn=rank == 0)
+        if rank == 0:
+            print(f"[{plan.stage}] LLM from {cfg.model.llm_path}: perplexity {ppl:,.1f} on the sanity sentences",
+                  flush=True)
 
     # --- restore (a restart after a failure, or a re-run of the same plan) ---------------------
     step, epoch, batches_in_epoch, history = 0, 0, 0, []
