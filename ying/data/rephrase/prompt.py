@@ -3,11 +3,13 @@
 Acceptance rules for an LLM rewrite of a short answer (``check_rephrasing``), in order:
 
 1. ``empty``: nothing left after stripping a leading "Transformed Answer:" and surrounding quotes.
-2. ``refusal``: it contains a refusal phrase (``REFUSAL_PHRASES``: "sorry", "not answerable",
-   "cannot determine", "image description", "as an ai", ...), compared lowercased, that the source
-   texts (question, answer, context: captions, rationales, OCR tokens) do not contain themselves. A
-   sign that reads "Sorry, we're closed" or "Unable to park" makes a correct rewrite quote "sorry" or
-   "unable to"; a phrase the sources hold is no evidence of a refusal.
+2. ``refusal``: it disclaims or deflects instead of answering (``refusal.py``): the assistant says it
+   cannot see, know, tell or determine, that there is not enough information, that it is not sure,
+   that it is an AI or answered from a description; or it apologises ("Sorry,", "Unfortunately") and
+   does not assert the original answer outside the apology and outside a guess. Only the assistant's
+   own inability counts ("No, the dog is unable to jump." is kept); text the rewrite quotes or the
+   sources hold is no evidence (a sign reading "Sorry, we're closed"), and denying what the question
+   asks about is an answer ("Can you see the mountains?" - "No, they cannot be seen for the fog").
 3. ``disagrees``: it does not carry the original answer (the adapter's ``meta.original_answer``: for
    multiple choice the option's text, not its letter), where
    - yes/no answers: "yes" is kept when the sentence has the word "yes", or has no negation word
@@ -27,12 +29,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ying.data.rephrase.refusal import Signal, refusal_evidence as _refusal_evidence
 from ying.eval.metrics import normalize_answer
 
 __all__ = [
     "TABLE10_PROMPT",
     "TEMPLATE_PROMPT_VERSION",
-    "REFUSAL_PHRASES",
     "NEGATIONS",
     "RephraseItem",
     "RephraseResult",
@@ -41,7 +43,7 @@ __all__ = [
     "template_sentence",
     "clean_response",
     "check_rephrasing",
-    "refusal_phrase",
+    "refusal_evidence",
     "context_from_meta",
 ]
 
@@ -65,30 +67,6 @@ TABLE10_PROMPT = (
 )
 TEMPLATE_PROMPT_VERSION = "basic-template-v1"
 
-REFUSAL_PHRASES = (
-    "sorry",
-    "not answerable",
-    "unanswerable",
-    "cannot determine",
-    "cannot be determined",
-    "can't determine",
-    "cannot tell",
-    "can't tell",
-    "cannot answer",
-    "can't answer",
-    "unable to",
-    "not possible to determine",
-    "not enough information",
-    "insufficient information",
-    "image description",
-    "without seeing the image",
-    "as an ai",
-    "i don't know",
-    "i do not know",
-    "无法",
-    "抱歉",
-    "对不起",
-)
 NEGATIONS = frozenset({"no", "not", "never", "none", "nothing", "nobody", "neither", "nor", "cannot"})
 
 _NUMBER_WORDS = {
@@ -180,30 +158,21 @@ def _contains_answer(text: str, answer: str) -> bool:
     return f" {norm_answer} " in f" {' '.join(words)} " or f" {norm_answer} " in f" {normalize_answer(text)} "
 
 
-def _plain(text: str) -> str:
-    """Lowercased, curly apostrophes straightened, punctuation runs as one space ("UNABLE, TO" -> "unable to")."""
-    return " " + re.sub(r"[^\w']+", " ", text.lower().replace("\u2019", "'")).strip() + " "
+def refusal_evidence(text: str, answer: str, sources: str = "") -> Signal | None:
+    """What makes ``text`` a refusal of a question whose original answer is ``answer`` (None: it is none).
 
-
-def refusal_phrase(text: str, sources: str = "") -> str | None:
-    """The first refusal phrase in ``text`` that ``sources`` (what the LLM was shown) do not hold."""
-    said, shown = _plain(text), _plain(sources)
-    for phrase in REFUSAL_PHRASES:
-        p = _plain(phrase)
-        cjk = bool(_CJK.search(phrase))  # Chinese has no spaces around words
-        if (phrase in said if cjk else p in said) and not (phrase in shown if cjk else p in shown):
-            return phrase
-    return None
+    ``sources`` (what the LLM was shown) may be quoted; see ``ying.data.rephrase.refusal``."""
+    return _refusal_evidence(text, sources, lambda clause: _contains_answer(clause, answer))
 
 
 def check_rephrasing(text: str, answer: str, sources: str = "") -> str | None:
     """Why a rewrite is rejected (``empty``, ``refusal``, ``disagrees``), or None when it is kept.
 
     ``answer`` is the answer the rewrite must carry; ``sources`` the texts it may quote (question,
-    answer, context), whose own words never count as a refusal."""
+    answer, context): their own words never count as a refusal."""
     if not text.strip():
         return "empty"
-    if refusal_phrase(text, sources) is not None:
+    if refusal_evidence(text, answer, sources) is not None:
         return "refusal"
     if not _contains_answer(text, answer):
         return "disagrees"
