@@ -258,3 +258,20 @@ if dist.get_rank() == 0:
     save_file(state, out)
 dist.destroy_process_group()
 '''
+
+
+def test_unreadable_checkpoints_are_named_before_anything_runs(release_dirs, tmp_path):
+    from ying.model.pretrained import pretrained_problems
+
+    (tmp_path / "no-tokenizer").mkdir()
+    (tmp_path / "no-tokenizer" / "config.json").write_text((release_dirs.llm / "config.json").read_text())
+    cfg = load_config("paper-cpu", overrides=[f"model.blip2_path={release_dirs.llm}",  # a LLaMA, not a BLIP-2
+                                              f"model.llm_path={tmp_path / 'no-tokenizer'}"])
+    problems = pretrained_problems(cfg)
+    assert problems == [
+        f"model.blip2_path={release_dirs.llm} has no preprocessor_config.json: not a folder saved with save_pretrained",
+        f"model.llm_path={tmp_path / 'no-tokenizer'} has no tokenizer.json or tokenizer.model: Ying uses the LLM's "
+        "own tokenizer: save it beside the weights (tokenizer.save_pretrained)"]
+    good = load_config("paper-cpu", overrides=[f"model.blip2_path={release_dirs.blip2}",
+                                               f"model.llm_path={release_dirs.llm}"])
+    assert pretrained_problems(good) == []

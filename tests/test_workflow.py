@@ -251,5 +251,8 @@ def test_a_config_error_is_one_message_before_ray_starts(tmp_path):
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr + out.stdout and "Started a local Ray instance" not in out.stderr
-    (message,) = out.stderr.strip().splitlines()
-    assert "data.sources.coco=" in message and "miniworld.enabled=true" in message
+    # Every problem at once, one line each: the missing releases, and the LLM folder that isn't there.
+    head, *problems = out.stderr.strip().splitlines()
+    assert head == "ying: this config can't run:" and all(p.startswith("  - ") for p in problems), out.stderr
+    assert any("data.sources.coco=" in p and "miniworld.enabled=true" in p for p in problems)
+    assert any("model.llm_path=/models/Ziya-LLaMA-13B-v1-merged: no such directory" in p for p in problems)

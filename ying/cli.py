@@ -118,13 +118,23 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def _start(cfg, address: str | None, stages: list, until: str | None = None) -> None:
-    """Preflight (everything checkable without Ray), then Ray, then the checks that need the cluster."""
+def _start(cfg, address: str | None, stages: list, until: str | None = None):
+    """Preflight (everything checkable without Ray), then Ray, then the checks that need the cluster.
+
+    Returns ``cfg`` with the model's sizes, image processing and tokenizer read from its pretrained
+    checkpoints (``resolve_pretrained``), the config every stage then runs with."""
+    from ying.config import ConfigError
+    from ying.model.pretrained import pretrained_problems, resolve_pretrained
     from ying.preflight import config_problems, format_problems, in_ray_job, installed_package_problem, run_dir_problem
 
-    problems = config_problems(cfg, stages, until=until)
+    problems = config_problems(cfg, stages, until=until) + pretrained_problems(cfg)
     problems += [p for p in [run_dir_problem(cfg, in_job=in_ray_job(), nodes=None),
                              installed_package_problem() if in_ray_job() else None] if p]
+    if not problems:
+        try:
+            cfg = resolve_pretrained(cfg)
+        except (ConfigError, OSError, ValueError) as e:  # a size the user set that the checkpoint contradicts
+            problems.append(str(e))
     if problems:
         _fail(format_problems(problems))
     _init_ray(cfg, address)
@@ -136,6 +146,7 @@ def _start(cfg, address: str | None, stages: list, until: str | None = None) -> 
         ray.shutdown()
         _fail(format_problems([problem]))
     print(f"[ying] run dir {cfg.run.run_dir} (preset {cfg.preset}, seed {cfg.run.seed}, {nodes} node(s))", flush=True)
+    return cfg
 
 
 def _run(stages: list, cfg, **kwargs) -> dict:
@@ -158,7 +169,7 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
 
     args = run_parser().parse_args(argv)
     try:
-        cfg = _load(args)
+        cfg = _load(args, pretrained=False)  # _start reads the checkpoints, after the checks that need none
     except ConfigError as e:
         _fail(f"ying: {e}")
     unknown = [s for s in args.force + ([args.until] if args.until else []) if s not in stage_names()]
@@ -167,7 +178,7 @@ def run_pipeline_from_args(argv: list[str] | None = None) -> dict:
     force = set(args.force) | ({"serve"} if args.serve else set()) | ({"rephrase"} if args.retry_failed else set())
 
     started = time.time()
-    _start(cfg, args.address, STAGES, until=args.until)
+    cfg = _start(cfg, args.address, STAGES, until=args.until)
     manifests = _run(STAGES, cfg, force=force, until=args.until)
 
     print("\n[ying] summary", flush=True)
@@ -242,7 +253,7 @@ def run_ablations_from_args(argv: list[str] | None = None) -> dict:
         print("[ying] the run's eval is not done: results.json and the plots only; the report's Ablations and "
               "Reproduction sections come with the DAG's report stage", flush=True)
     started = time.time()
-    _start(cfg, args.address, STAGES, until="ablations")
+    cfg = _start(cfg, args.address, STAGES, until="ablations")
     manifests = _run(STAGES, cfg, force={"ablations"} if args.force else set(), targets=targets)
     out = manifests["ablations"]["outputs"]
     print(f"[ying] ablations: {out['results']} ({', '.join(f'{e}: {n} trials' for e, n in out['trials'].items())})"

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["resolve_pretrained", "load_pretrained_parts", "CheckpointTensors", "checkpoint_file",
+__all__ = ["resolve_pretrained", "pretrained_problems", "load_pretrained_parts", "CheckpointTensors", "checkpoint_file",
            "BLIP2_PARTS", "LLM_PREFIX"]
 
 # Our parameter-name prefixes that come from the BLIP-2 checkpoint (its OPT language model and its
@@ -53,10 +53,13 @@ def checkpoint_file(path: str, name: str, key: str, required: bool = True) -> st
             raise FileNotFoundError(f"{key}={path} has no {name}: not a checkpoint saved with save_pretrained")
         return None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return hf_hub_download(path, name)
+    except LocalEntryNotFoundError as e:  # (an EntryNotFoundError too) the Hub out of reach, nothing cached
+        raise FileNotFoundError(f"{key}={path}: {name} is not in the Hugging Face cache and the Hub could not be "
+                                f"reached ({e}); download the checkpoint and point {key} at its folder") from e
     except EntryNotFoundError:
         if required:
             raise FileNotFoundError(f"{key}={path} (a Hub id) has no {name}") from None
@@ -64,6 +67,31 @@ def checkpoint_file(path: str, name: str, key: str, required: bool = True) -> st
     except Exception as e:  # offline, unknown repo, gated: say which setting and why
         raise FileNotFoundError(f"{key}={path}: could not fetch {name} from the Hugging Face Hub ({type(e).__name__}: "
                                 f"{e}); download the checkpoint and point {key} at its folder") from e
+
+
+def pretrained_problems(cfg) -> list[str]:
+    """What keeps ``model.blip2_path`` / ``model.llm_path`` from being read, one line each (before Ray starts)."""
+    m = cfg.model
+    wanted = {}
+    if m.blip2_path:
+        wanted[("model.blip2_path", m.blip2_path)] = [("config.json",), ("preprocessor_config.json",)]
+    if m.llm_path:
+        wanted[("model.llm_path", m.llm_path)] = [("config.json",), ("tokenizer.json", "tokenizer.model")]
+    problems: list[str] = []
+    for (key, path), files in wanted.items():
+        if _is_hub_id(path):
+            continue  # fetched (or found in the Hugging Face cache) when the run reads it, not here
+        for names in files:
+            try:
+                if not any(checkpoint_file(path, name, key, required=False) for name in names):
+                    why = ("Ying uses the LLM's own tokenizer: save it beside the weights (tokenizer.save_pretrained)"
+                           if "tokenizer.json" in names else "not a folder saved with save_pretrained")
+                    problems.append(f"{key}={path} has no {' or '.join(names)}: {why}")
+            except (OSError, ValueError) as e:  # no such folder, an s3:// path, the Hub out of reach
+                text = " ".join(str(e).split())  # one line, whatever the Hub client said
+                problems.append(text if len(text) < 400 else text[:400] + " ...")
+                break  # the same reason would hold for the folder's other files
+    return problems
 
 
 def _read_json(path: str, name: str, key: str) -> dict:
