@@ -114,5 +114,6 @@ def test_each_stage_ran_zero3_with_zero_init_and_eval_and_serve_followed(paper_c
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     scores = json.dumps(metrics)
     assert "flickr8k-cn" in scores and "msrvtt-qa" in scores  # the held-out Chinese and video tasks
-    assert _manifest(run_dir, "serve")["outputs"]
+    served = _manifest(run_dir, "serve")["outputs"]
+    assert "stage2" in served["models"] and isinstance(served["check"]["output"], str)  # answered over HTTP
     assert "use_cache=True" not in log  # no warning a user can't act on
