@@ -219,6 +219,7 @@ class CheckpointTensors:
 
     def __init__(self, path: str, key: str):
         self.path, self.key = path, key
+        self._open: dict[str, object] = {}  # file -> its open handle (memory-mapped), opened once
         self._where: dict[str, str] = {}  # tensor name -> file
         for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             index = checkpoint_file(path, index_name, key, required=False)
@@ -234,35 +235,27 @@ class CheckpointTensors:
             if single is None:
                 raise FileNotFoundError(f"{key}={path} holds no weights (model.safetensors, a sharded index or "
                                         "pytorch_model.bin)")
-            self._where = {name: single for name in self._names(single)}
-        self._open: dict[str, object] = {}
+            self._where = {name: single for name in self._handle(single).keys()}
 
-    @staticmethod
-    def _names(file: str) -> list[str]:
-        if file.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(file, framework="pt") as f:
-                return list(f.keys())
-        import torch
-
-        return list(torch.load(file, map_location="cpu", mmap=True, weights_only=True).keys())
-
-    def names(self) -> list[str]:
-        return list(self._where)
-
-    def get(self, name: str):
-        import torch
-
-        file = self._where[name]
+    def _handle(self, file: str):
+        """A safetensors handle, or a ``.bin`` state dict memory-mapped: tensors are read when asked for."""
         if file not in self._open:
             if file.endswith(".safetensors"):
                 from safetensors import safe_open
 
                 self._open[file] = safe_open(file, framework="pt")
             else:
+                import torch
+
                 self._open[file] = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-        handle = self._open[file]
+        return self._open[file]
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def get(self, name: str):
+        file = self._where[name]
+        handle = self._handle(file)
         return handle.get_tensor(name) if file.endswith(".safetensors") else handle[name]
 
 
