@@ -93,8 +93,8 @@ def test_a_failed_stage_leaves_no_manifest_and_the_next_run_resumes_there(ray_cl
 def test_every_shipped_stage_fingerprints_its_config():
     cfg = load_config("tiny")
     names = [s.name for s in STAGES]
-    assert names == ["sources", "unify", "rephrase", "qc", "stage1", "tune", "stage2", "eval", "ablations", "report",
-                     "serve"]
+    assert names == ["sources", "unify", "rephrase", "qc", "pretrain", "stage1", "tune", "stage2", "eval", "ablations",
+                     "report", "serve"]
     fake_inputs = {}
     for stage in STAGES:
         fp = stage_fingerprint(stage, cfg, {d: fake_inputs[d] for d in stage.deps})
@@ -233,7 +233,7 @@ def test_shipped_stages_version_the_code_they_run():
     unify = code_versions([], run=STAGES[1].run)
     assert {"ying.data.build", "ying.data.tasks.vqa_v2", "ying.data.visual_prompt"} <= set(unify)
     assert "ying/data/instructions/vqa-v2.json" in unify  # an instruction pool is part of what unify runs
-    stage1 = code_versions([], run=STAGES[4].run)
+    stage1 = code_versions([], run=STAGES[5].run)
     assert {"ying.train.loop", "ying.model.vlm"} <= set(stage1)
     assert not any(m.startswith(("ying.eval", "ying.serve")) for m in stage1)
     assert "ying.config" not in stage1 and "ying.storage" not in stage1  # plumbing
@@ -241,7 +241,7 @@ def test_shipped_stages_version_the_code_they_run():
     evaluation = code_versions([], run=by_name["eval"].run)
     assert {"ying.eval.metrics", "ying.eval.evaluate"} <= set(evaluation)
     report = code_versions([], run=by_name["report"].run)
-    assert {"ying.eval.run_report", "ying.tune.results"} <= set(report)
+    assert {"ying.eval.run_report", "ying.eval.ablation_report"} <= set(report)
     assert {"ying.tune.ablations", "ying.train.loop"} <= set(code_versions([], run=by_name["ablations"].run))
 
 

@@ -12,6 +12,7 @@ import os
 
 from ying import storage
 from ying.config import YingConfig
+from ying.eval.ablation_report import VERDICT_RULE, ablation_tables, reproduction_rows, reproduction_table
 from ying.eval.report import figure4_plot, figure5_plot, render_paper_tables, render_report
 
 __all__ = ["write_run_report", "reproduction"]
@@ -111,9 +112,8 @@ def _zero_shot_groups(cfg: YingConfig) -> tuple[list[str], list[str], list[str]]
 
 
 def reproduction(cfg: YingConfig, metrics: dict, paper_results: dict | None, ablations: dict | None) -> list[dict]:
-    """The Reproduction rows from this run's numbers (see ``ying.tune.results.reproduction_rows``)."""
-    from ying.tune.results import reproduction_rows
-
+    """The Reproduction rows from this run's numbers (see ``ying.eval.ablation_report.reproduction_rows``):
+    the eval's rows rest on the run's seed, the ablations' on the seeds of their grid."""
     held_out, chinese, video = _zero_shot_groups(cfg)
     seen_unseen: dict[str, dict[str, float]] = {}
     suite = ((paper_results or {}).get("suites") or {}).get("unseen_instructions") or {}
@@ -123,7 +123,7 @@ def reproduction(cfg: YingConfig, metrics: dict, paper_results: dict | None, abl
         if kind in ("seen", "unseen") and value is not None:
             seen_unseen.setdefault(task, {})[kind] = 100 * value
     seen_unseen = {t: v for t, v in seen_unseen.items() if set(v) == {"seen", "unseen"}}
-    return reproduction_rows(metrics, held_out, chinese, video, seen_unseen, ablations)
+    return reproduction_rows(metrics, held_out, chinese, video, seen_unseen, ablations, run_seed=cfg.run.seed)
 
 
 def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, eval_dir: str,
@@ -135,8 +135,6 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
     ``<run_dir>/ablations/results.json`` when the ablations ran; ``reproduction_rows`` the
     Reproduction rows when the caller has them already (else computed here).
     """
-    from ying.tune.results import ablation_tables, reproduction_table
-
     plot_dir = plot_dir or eval_dir
     outputs = {name: m["outputs"] for name, m in inputs.items()}
     stages = {name: outputs[name] for name in ("stage1", "stage2") if name in outputs}
@@ -187,8 +185,7 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
         extras["Ablations (Ray Tune; paper Figures 9, 10 and Table 5's Len)"] = ablation_tables(ablations)
     if metrics:
         extras["Reproduction"] = (
-            "One row per claim of the paper, from this run's numbers. A difference counts when it exceeds "
-            "1 ROUGE-L point; \"little\" means under 10% of the seen score.\n\n"
+            "One row per claim of the paper, from this run's numbers. " + VERDICT_RULE + "\n\n"
             + reproduction_table(reproduction_rows or reproduction(cfg, metrics, results, ablations)))
     text = render_report(metrics, extras, title=f"Ying run report ({cfg.preset})")
     path = storage.join(cfg.run.run_dir, "report.md")

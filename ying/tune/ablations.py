@@ -1,18 +1,28 @@
 """The paper's ablations as Ray Tune experiments (Appendix I, Figures 9 and 10; Table 5's Len).
 
-    figure9   instructions per task k: training records draw their instruction from the first k
-              of each pool (10 = all)
+    figure9   instructions per task k: each task's k instructions are drawn at random from its pool,
+              seeded by (trial seed, task), as the paper does ("we randomly select 1, 2, 4, and 8
+              instructions"): for k <= 8 a random k of the first 8 of the pool (so instructions 9-10
+              stay unseen), for k > 8 a random k of the whole pool (10 = all);
+              ``ying.train.ingest.instruction_draw``
     figure10  number of training tasks n: a seeded shuffle of the Stage II tasks, the first n
-              (0 = the Stage I model itself), the paper's 0/4/8/16/all scaled to the run's tasks
+              (0 = the Stage I model itself), the paper's 0/4/8/16/all scaled to the run's tasks.
+              Its trials train on k = 8 instructions per task like figure9's k = 8, so its "all"
+              point is the same training as figure9's k = 8 trial of that seed: when the figure9
+              grid has k = 8 that trial is run once and serves both figures
     answers   the same Stage II run on the rephrased answers and on the raw short ones
 
 Every trial is a Stage II run (Ray Train + DeepSpeed) from the same Stage I checkpoint with the
-same steps, batch and instances per task; only the searched value and the seed differ. Then it is
-evaluated as the paper does, ROUGE-L:
+same steps, batch and instances per task; only the searched value and the seed differ. The seed
+is the trial's training seed (``stage_plan(seed=...)``: data order, RNG, the instruction draw) and
+figure10's task shuffle; each value is tried with every seed of the grid, so the report can show
+the spread across seeds and say "inconclusive" where a difference does not exceed it
+(``ying.eval.ablation_report``). Then a trial is evaluated as the paper does, ROUGE-L:
     figure9   with unseen instructions (each Stage II task asked with the pool's instructions
               beyond the 8th, which no k <= 8 trains on) and on the held-out tasks; the score is
               the mean over both sets of tasks (for k = 10 those instructions were seen: its point
-              is marked)
+              is marked). At k = 8 the same tasks asked with their seen instructions give the
+              report's seen-vs-unseen row (Figure 5) over the grid's seeds
     figure10  on the held-out tasks (zero-shot); the score is their mean, each task kept too
     answers   on the rephrased Stage II tasks with their own instructions, and the mean number of
               words per answer
@@ -32,10 +42,9 @@ from typing import Any
 
 from ying import storage
 from ying.config import AblationGrid, YingConfig
+from ying.eval.ablation_report import UNSEEN_FROM  # instructions 9 and 10 are never trained on by a k <= 8 trial
 
 __all__ = ["run_ablations", "trial_specs", "task_counts", "UNSEEN_FROM"]
-
-UNSEEN_FROM = 8  # instructions 9 and 10 of each pool are never trained on by a k <= 8 trial
 _PAPER_TASK_COUNTS = (0, 4, 8, 16, 27)  # Appendix I: 0, 4, 8, 16 and all 27 Stage II tasks
 
 
@@ -56,7 +65,9 @@ def shuffled_tasks(tasks: list[str], seed: int) -> list[str]:
 
 
 def trial_specs(cfg: YingConfig, grid: AblationGrid, stage2_tasks: list[str]) -> dict[str, list[dict]]:
-    """{experiment: [trial spec]}: what each trial trains on and how its records look."""
+    """{experiment: [trial spec]}: what each trial trains on and how its records look, for every
+    value and seed of ``grid``. A figure10 spec with ``same_as`` is not trained: its point is the
+    figure9 trial named there (the same tasks, instructions and seed), evaluated on the held-out tasks."""
     specs: dict[str, list[dict]] = {"figure9": [], "figure10": [], "answers": []}
     for seed in grid.seeds:
         for k in grid.instructions_per_task:
@@ -64,8 +75,11 @@ def trial_specs(cfg: YingConfig, grid: AblationGrid, stage2_tasks: list[str]) ->
                                      "policy": {"instructions_per_task": k}})
         order = shuffled_tasks(stage2_tasks, seed)
         for n in task_counts(grid, len(stage2_tasks)):
-            specs["figure10"].append({"experiment": "figure10", "value": "all" if n == len(order) else n,
-                                      "seed": seed, "tasks": order[:n], "policy": {}})
+            spec = {"experiment": "figure10", "value": "all" if n == len(order) else n, "seed": seed,
+                    "tasks": order[:n], "policy": {"instructions_per_task": UNSEEN_FROM}}
+            if n == len(order) and n and UNSEEN_FROM in grid.instructions_per_task:
+                spec["same_as"] = {"experiment": "figure9", "value": UNSEEN_FROM, "seed": seed}
+            specs["figure10"].append(spec)
         if grid.answers:
             for answers, label in (("outputs", "rephrased"), ("original", "raw")):
                 specs["answers"].append({"experiment": "answers", "value": label, "seed": seed,
@@ -102,13 +116,21 @@ def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, 
     scores = score_plan(plan, answers)
     per_task = {t: 100 * s["rouge_l"] for t, s in scores["tasks"].items() if s.get("n")}
     n = sum(s.get("n", 0) for s in scores["tasks"].values())
+    seen_unseen: dict[str, dict[str, float]] = {}
     if spec["experiment"] == "figure9":
         unseen = scores["suites"]["unseen_instructions"]
         for key, value in unseen["scores"].items():
-            if key.endswith("/unseen") and value is not None:  # fractions; "<task>/seen" is not scored here
+            task, _, kind = key.rpartition("/")
+            if kind == "unseen" and value is not None:  # fractions; "<task>/seen" is not in the score
                 per_task[key] = 100 * value
                 n += unseen["n"].get(key, 0)
-    out = {"score": statistics.fmean(per_task.values()) if per_task else None, "per_task": per_task, "n": n}
+            if kind in ("seen", "unseen") and value is not None:
+                seen_unseen.setdefault(task, {})[kind] = 100 * value
+    out = {"score": statistics.fmean(per_task.values()) if per_task else None, "per_task": per_task, "n": n,
+           "n_held_out": sum(scores["tasks"].get(t, {}).get("n", 0) for t in held_out)}
+    if spec["experiment"] == "figure9" and spec["value"] == UNSEEN_FROM:
+        # k = 8 trains on exactly instructions 1-8, the suite's "seen" ones: Figure 5's comparison.
+        out["seen_unseen"] = {t: v for t, v in seen_unseen.items() if set(v) == {"seen", "unseen"}}
     if spec["experiment"] == "answers":
         texts = list(answers.get("tasks", {}).values())
         out["answer_words"] = statistics.fmean(_words(t) for t in texts) if texts else None
@@ -132,7 +154,7 @@ def _trial(trial: dict) -> None:
 
     quiet_stage_process()  # a trial is its own process; its Ray Data runs here and in Train's coordinator
 
-    cfg = YingConfig.model_validate(trial["cfg"])
+    cfg: YingConfig = trial["cfg"]  # the trial's config, built with model_copy by run_ablations
     spec = trial["spec"]
     label = f"[ablations] {spec['experiment']} {spec['value']} (seed {spec['seed']})"
     done_path = _result_path(trial)
@@ -149,6 +171,7 @@ def _trial(trial: dict) -> None:
         steps = a.trial_steps
         plan = stage_plan(cfg, "stage2", trial["data_dir"], out_dir=storage.join(trial_dir, "hf"),
                           init_checkpoint=trial["stage1_checkpoint"], tasks=spec["tasks"], lr=trial["lr"],
+                          seed=spec["seed"],  # the trial's training seed: data order, RNG, instruction draw
                           max_steps=steps, warmup_steps=max(1, min(cfg.train.stage2.warmup_steps, steps // 10)),
                           batch_size=a.batch_size or cfg.train.stage2.batch_size,  # stage_plan picks its micro-batch
                           log_every=max(1, steps // 5), checkpoint_every=max(1, steps // 3), val_examples=0,
@@ -169,22 +192,38 @@ def _trial(trial: dict) -> None:
     ray.tune.report(result)
 
 
+def _shared_outcome(spec: dict, results: dict, held_out: list[str]) -> dict:
+    """A figure10 point from the figure9 trial that trained the same (``spec["same_as"]``),
+    scored as figure10 scores: the mean over the held-out tasks."""
+    want = spec["same_as"]
+    source = next((p for p in results.get(want["experiment"], {}).get("points", [])
+                   if p["value"] == want["value"] and p["seed"] == want["seed"]), None)
+    if source is None or source.get("score") is None:
+        error = f"its {want['experiment']} trial k={want['value']} (seed {want['seed']}) has no result"
+        return {"config": {"spec": spec}, "metrics": {}, "error": error}
+    per_task = {t: v for t, v in source.get("per_task", {}).items() if t in held_out}
+    metrics = {"score": statistics.fmean(per_task.values()) if per_task else None, "per_task": per_task,
+               "n": source.get("n_held_out", source["n"]), "done": per_task != {}}
+    return {"config": {"spec": spec}, "metrics": metrics,
+            "error": None if per_task else "its figure9 trial scored no held-out task"}
+
+
 def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: float, out_dir: str,
                   fingerprint: str = "", grid: AblationGrid | None = None, fresh: bool = False) -> dict:
     """Run every experiment of ``grid`` (default ``ablations.grid``); write ``results.json`` and the
     plots under ``out_dir``; return the results."""
     import ray.tune
 
+    from ying.eval.ablation_report import plot_figure
     from ying.train.stages import stage_tasks
-    from ying.tune.results import plot_figure
     from ying.tune.runner import last_results, run_experiment
 
     a = cfg.ablations
     grid = grid or a.grid
     stage2_tasks = stage_tasks(cfg, "stage2")
-    trial_cfg = cfg.to_dict()
+    trial_cfg = cfg
     if a.num_workers:
-        trial_cfg["train"]["num_workers"] = a.num_workers
+        trial_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": a.num_workers})})
     base = {"cfg": trial_cfg, "data_dir": data_dir, "stage1_checkpoint": stage1_checkpoint,
             "lr": a.lr or lr, "ablations_dir": out_dir, "fingerprint": fingerprint, "stage2_tasks": stage2_tasks}
     if fresh:  # --force: start over, finished trials too
@@ -197,16 +236,24 @@ def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: fl
         "figure10": "ROUGE-L on held-out tasks (zero-shot), mean",
         "answers": "ROUGE-L on the rephrased Stage II tasks; answer_words: mean words per answer",
     }
-    for experiment, specs in trial_specs(cfg, grid, stage2_tasks).items():
+    held_out = [t for t in cfg.data.held_out if t in cfg.data.tasks]
+    for experiment, all_specs in trial_specs(cfg, grid, stage2_tasks).items():
+        specs = [s for s in all_specs if "same_as" not in s]
+        shared = [s for s in all_specs if "same_as" in s]
         print(f"[ablations] {experiment}: {len(specs)} trial(s), values "
-              f"{sorted({s['value'] for s in specs}, key=str)}, seeds {sorted({s['seed'] for s in specs})}", flush=True)
-        grid_fp = storage.fingerprint({"fingerprint": fingerprint, "specs": specs, "lr": base["lr"]})
-        space = {**base, "grid_fingerprint": grid_fp, "spec": ray.tune.grid_search(specs)}
-        tune_config = ray.tune.TuneConfig(max_concurrent_trials=a.max_concurrent_trials)
-        outcome = run_experiment(experiment, grid_fp, _trial, space, tune_config,
-                                 storage.join(out_dir, "experiments"), fresh=fresh)
+              f"{sorted({s['value'] for s in specs}, key=str)}, seeds {sorted({s['seed'] for s in all_specs})}"
+              + (f"; {len(shared)} point(s) from the same figure9 training" if shared else ""), flush=True)
+        outcomes = []
+        if specs:
+            grid_fp = storage.fingerprint({"fingerprint": fingerprint, "specs": specs, "lr": base["lr"]})
+            space = {**base, "grid_fingerprint": grid_fp, "spec": ray.tune.grid_search(specs)}
+            tune_config = ray.tune.TuneConfig(max_concurrent_trials=a.max_concurrent_trials)
+            outcomes = last_results(run_experiment(experiment, grid_fp, _trial, space, tune_config,
+                                                   storage.join(out_dir, "experiments"), fresh=fresh))
+        for spec in shared:
+            outcomes.append(_shared_outcome(spec, results, held_out))
         points = []
-        for r in last_results(outcome):
+        for r in outcomes:
             spec, m = r["config"]["spec"], r["metrics"]
             if r["error"] or not m.get("done"):
                 print(f"[ablations] {experiment} {spec['value']} seed {spec['seed']} failed: {r['error']}", flush=True)
@@ -219,6 +266,14 @@ def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: fl
                 point["note"] = f"k={spec['value']} also trains on the instructions beyond the {UNSEEN_FROM}th"
             if "answer_words" in m:
                 point["answer_words"] = m["answer_words"]
+            if experiment == "figure9":
+                point["n_held_out"] = m.get("n_held_out", 0)
+            if m.get("seen_unseen"):
+                point["seen_unseen"] = m["seen_unseen"]
+            if "same_as" in spec:
+                point["same_as"] = spec["same_as"]
+                point["note"] = (f"'all' is the figure9 k={UNSEEN_FROM} training of the same seed "
+                                 "(every figure10 trial trains on 8 instructions per task)")
             points.append(point)
         points.sort(key=lambda p: (str(type(p["value"])), p["value"], p["seed"]))
         results[experiment] = {"metric": metrics[experiment], "metric_short": "ROUGE-L", "points": points}
@@ -237,8 +292,7 @@ def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: fl
             entry["plot"] = f"ablations/{experiment}.png"
     results["settings"] = {"trial_steps": a.trial_steps, "batch_size": a.batch_size or cfg.train.stage2.batch_size,
                            "max_per_task": a.max_per_task, "lr": base["lr"], "eval_max_per_task": a.eval_max_per_task,
-                           "seeds": grid.seeds, "stage2_tasks": stage2_tasks,
-                           "held_out": [t for t in cfg.data.held_out if t in cfg.data.tasks]}
+                           "seeds": grid.seeds, "stage2_tasks": stage2_tasks, "held_out": held_out}
     storage.write_json_atomic(storage.join(out_dir, "results.json"), results)
     failed = [p for e in ("figure9", "figure10", "answers") for p in results.get(e, {}).get("points", [])
               if p["score"] is None]
