@@ -136,7 +136,7 @@ def test_reproduction_rows_name_their_seeds_and_judge_by_the_spread():
     assert unseen["verdict"] == "does not hold" and unseen["seeds"] == [7] and "Figure 5 suite" in unseen["ours"]
     table = reproduction_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| Figure 9 |" in table
-    assert "| 0, 1 (min-max, one seed) | holds |" in table and "| 7 (one seed) |" in table
+    assert "| 0, 1 (min-max, one seed) | holds |" in table and "| 7 (one seed, the run's) |" in table
     assert "inconclusive" in VERDICT_RULE and "1 ROUGE-L point" not in VERDICT_RULE
 
 

@@ -250,7 +250,7 @@ def reproduction_rows(task_scores: Mapping[str, Mapping[str, Mapping[str, float]
             continue
         a, b = _single(s2, run_seed), _single(s1, run_seed)
         rows.append(_row(claim, source, f"Stage II {s2:.1f} vs Stage I {s1:.1f} ROUGE-L ({', '.join(tasks)})",
-                         "Stage II > Stage I", s2 - s1, _above(a, b), [run_seed], "one seed (the run's)"))
+                         "Stage II > Stage I", s2 - s1, _above(a, b), [run_seed], "one seed, the run's"))
 
     answers = ablations.get("answers", {}).get("points") or []
     words = {s["value"]: s for s in summarize_points(answers, "answer_words", ONE_SEED_NOISE["words"])}
