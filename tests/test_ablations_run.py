@@ -25,6 +25,7 @@ SMALL = [
     " flickr8k-cn/test: 4, okvqa/train: 4, okvqa/validation: 2, clevr/train: 4, clevr/validation: 2,"
     " visual-dialog/train: 4, visual-dialog/validation: 2, visual-dialog/test: 2}",
     "miniworld.n_videos={msrvtt-qa/train: 2, msrvtt-qa/validation: 2, msrvtt-qa/test: 2}",
+    "train.pretrain.enabled=false",  # (the pretrain stage is test_pretrain's and test_full_dag's)
     "train.stage1.max_steps=4", "train.stage1.warmup_steps=1", "train.stage1.batch_size=8",
     "train.stage2.lr=5e-4",
 ]

@@ -33,6 +33,8 @@ SMALL = [
     " flickr8k-cn/test: 4, okvqa/train: 6, okvqa/validation: 3, clevr/train: 4, clevr/validation: 2,"
     " visual-dialog/train: 10, visual-dialog/validation: 2, visual-dialog/test: 2}",
     "miniworld.n_videos={msrvtt-qa/train: 2, msrvtt-qa/validation: 2, msrvtt-qa/test: 2}",
+    "train.pretrain.texts=64", "train.pretrain.validation_texts=16", "train.pretrain.max_steps=4",
+    "train.pretrain.warmup_steps=1", "train.pretrain.batch_size=8", "train.pretrain.val_examples=8",
     "train.stage1.max_steps=6", "train.stage1.warmup_steps=2", "train.stage1.batch_size=8",
     "train.stage2.max_steps=6", "train.stage2.warmup_steps=2", "train.stage2.batch_size=8",
     "tune.lrs=[5e-4, 1e-3]", "tune.trial_steps=3", "eval.max_per_task=4", "eval.max_new_tokens=8",
@@ -107,7 +109,8 @@ def first_run(dag_cluster, tmp_path_factory, llm):
             "scrapes": scraper.scrapes}
 
 
-STAGES = ["sources", "unify", "rephrase", "qc", "stage1", "tune", "stage2", "eval", "ablations", "report", "serve"]
+STAGES = ["sources", "unify", "rephrase", "qc", "pretrain", "stage1", "tune", "stage2", "eval", "ablations", "report",
+          "serve"]
 
 
 def test_first_run_executes_every_stage_and_reports(first_run):
@@ -162,6 +165,12 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     s2 = json.loads(Path(run_dir, "stage2", "_manifest.json").read_text())["outputs"]
     assert s2["lr"] == tune["best_lr"] and s2["lr_source"] == "tune"
     assert s2["plan"]["init_checkpoint"].endswith(os.path.join("stage1", "hf"))
+    # Stage I starts from the text-only bilingual pretraining of the random-init LLM.
+    pretrain = json.loads(Path(run_dir, "pretrain", "_manifest.json").read_text())["outputs"]
+    s1 = json.loads(Path(run_dir, "stage1", "_manifest.json").read_text())["outputs"]
+    assert pretrain["step"] == 4 and set(pretrain["plan"]["tasks"]) == {"text-en", "text-zh"}
+    assert s1["plan"]["init_checkpoint"] == pretrain["checkpoint"]
+    assert pretrain["checkpoint"].endswith(os.path.join("pretrain", "hf"))
     assert set(s2["plan"]["tasks"]) == {"coco", "vqa-v2", "coco-goi", "okvqa", "clevr", "visual-dialog"}
     # The contamination guard took out the one VisDial training dialog on an OK-VQA val image.
     qc = json.loads(Path(run_dir, "qc", "_manifest.json").read_text())["outputs"]["counts"]

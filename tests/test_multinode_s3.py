@@ -23,6 +23,7 @@ TINY = [
     "data.tasks=[coco, vqa-v2]", "data.held_out=[]", "rephrase.tasks=[vqa-v2]",
     "miniworld.n_images={coco/train: 16, coco/validation: 4, coco/test: 4, vqa-v2/train: 8, vqa-v2/validation: 4}",
     "miniworld.n_videos={}",
+    "train.pretrain.enabled=false",  # (the pretrain stage is test_pretrain's and test_full_dag's)
     "train.stage1.max_steps=2", "train.stage1.warmup_steps=1", "train.stage1.batch_size=4",
     "train.stage2.max_steps=2", "train.stage2.warmup_steps=1", "train.stage2.batch_size=4",
     # The LR search before Stage II: one 2-step trial, Tune's storage in the bucket too.

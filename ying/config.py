@@ -278,6 +278,26 @@ class StageConfig(_Strict):
     checkpoint_every: int = execution_only(0)
 
 
+class PretrainConfig(StageConfig):
+    """The text-only bilingual pretraining of a random-init LLM (the ``pretrain`` stage, before Stage I),
+    on the mini-world's English and Chinese text about its own scenes (``ying.data.miniworld.text``).
+
+    Skipped when the LLM is pretrained (``model.llm_path`` set) or ``enabled`` is false: Stage I then
+    starts from the configured model as before.
+    """
+
+    enabled: bool = False
+    texts: int = Field(4000, ge=1)  # generated training documents, half English, half Chinese
+    validation_texts: int = Field(200, ge=1)
+    lr: float | None = 1.0e-3
+    warmup_steps: int = 20
+    max_steps: int | None = 200
+    batch_size: int = 32
+    trainable: list[str] = Field(default_factory=lambda: ["language_model.*"])
+    tasks: list[str] | None = Field(default_factory=lambda: ["text-en", "text-zh"])
+    val_examples: int = 64
+
+
 class TrainConfig(_Strict):
     num_workers: int = 2
     use_gpu: bool = False
@@ -299,6 +319,7 @@ class TrainConfig(_Strict):
     prefetch_batches: int = execution_only(4)  # micro-batches each worker keeps ready ahead of the step
     # Worker-group restarts from the last checkpoint after a worker or node dies; -1: without limit.
     max_failures: int = execution_only(3)
+    pretrain: PretrainConfig = PretrainConfig()  # text-only bilingual LLM pretraining (random-init LLMs only)
     stage1: StageConfig
     stage2: StageConfig
 
@@ -523,7 +544,8 @@ class YingConfig(_Strict):
                 "captions (Rohrbach et al.); set eval.chair_instances=<coco>/annotations/instances_val2014.json, "
                 "or drop 'hallucination' from eval.suites"
             )
-        for name in ("stage1", "stage2"):
+        pretrain = self.train.pretrain.enabled and not self.model.llm_path  # else the stage is skipped
+        for name in ("pretrain", "stage1", "stage2") if pretrain else ("stage1", "stage2"):
             stage: StageConfig = getattr(self.train, name)
             workers = max(self.train.num_workers, 1)
             micro = stage.micro_batch_size or stage.batch_size // workers
@@ -533,8 +555,8 @@ class YingConfig(_Strict):
                     f"({stage.micro_batch_size}) x train.num_workers ({self.train.num_workers}) x a whole number "
                     "of accumulation steps"
                 )
-            if name == "stage1" and stage.lr is None:
-                problems.append("train.stage1.lr must be set (only Stage II's can come from the tune stage)")
+            if name in ("pretrain", "stage1") and stage.lr is None:
+                problems.append(f"train.{name}.lr must be set (only Stage II's can come from the tune stage)")
             if (stage.max_steps is None) == (stage.epochs is None):
                 problems.append(f"train.{name}: set exactly one of max_steps and epochs")
             elif stage.max_steps is not None and stage.warmup_steps >= stage.max_steps:

@@ -1,7 +1,10 @@
 r"""Ying's stage table: the paper's pipeline, stage by stage, in dependency order.
 
     sources -> unify -> rephrase -> qc -> stage1 -> tune -> stage2 -> eval -> report -> serve
-                                                   \-> ablations --------/
+                                 pretrain --/         \-> ablations --------/
+
+``pretrain`` (text-only bilingual pretraining of a random-init LLM) reads only the config; it runs
+after qc (ordering only) and Stage I starts from its checkpoint; a pretrained LLM skips it.
 
 The ablations branch after Stage I (and the LR search, whose lr they train at) and run beside
 Stage II where the cluster has room (``ablations.parallel``); the report waits for both.
@@ -100,11 +103,44 @@ def _count_qc_rejects(counts: dict) -> None:
                 telemetry.records_rejected_counter().inc(n, tags={"task": task, "reason": f"qc:{kind}"})
 
 
+def pretrain_skipped(cfg: YingConfig) -> str | None:
+    """Why the ``pretrain`` stage does not train (the LLM is pretrained, or it is off), or None."""
+    if cfg.model.llm_path:
+        return f"the LLM is pretrained (model.llm_path={cfg.model.llm_path})"
+    if not cfg.train.pretrain.enabled:
+        return "train.pretrain.enabled=false"
+    return None
+
+
+def run_pretrain(ctx: StageContext) -> dict:
+    """Text-only bilingual pretraining of a random-init LLM on the mini-world's own text, before Stage I.
+
+    The text is generated from the config alone (``ying.data.miniworld.text``): no task's records are
+    read, the held-out ones included. It is written as unified records under ``<stage>/records/``
+    and trained by the same Ray Train + DeepSpeed loop as Stage I and II.
+    """
+    from ying.data.miniworld.text import write_text_records
+    from ying.train.stages import run_stage
+
+    cfg, spec = ctx.cfg, ctx.cfg.train.pretrain
+    why = pretrain_skipped(cfg)
+    if why:
+        print(f"[ying] pretrain: skipped ({why}); Stage I starts from the configured model", flush=True)
+        return {"skipped": why, "checkpoint": None}
+    counts = write_text_records(ctx.stage_dir, cfg.run.seed, {"train": spec.texts, "validation": spec.validation_texts})
+    print(f"[ying] pretrain: {spec.texts} + {spec.validation_texts} English and Chinese texts written; "
+          f"training the LLM on them", flush=True)
+    summary = run_stage(cfg, "pretrain", ctx.stage_dir, ctx.stage_dir, context=ctx.fingerprint, fresh=ctx.force)
+    return {**summary, "data_dir": ctx.stage_dir, "counts": counts}
+
+
 def run_stage1(ctx: StageContext) -> dict:
     from ying.train.stages import run_stage
 
+    # From the pretrained text LLM where the pretrain stage trained one; else the configured model.
     return run_stage(ctx.cfg, "stage1", ctx.output_of("qc", "data_dir"), ctx.stage_dir,
-                     context=ctx.fingerprint, fresh=ctx.force)
+                     init_checkpoint=ctx.output_of("pretrain", "checkpoint"), context=ctx.fingerprint,
+                     fresh=ctx.force)
 
 
 def run_tune(ctx: StageContext) -> dict:
@@ -180,7 +216,9 @@ STAGES: list[Stage] = [
     Stage("rephrase", run_rephrase, ["unify"], ["rephrase"]),
     Stage("qc", run_qc, ["rephrase"], ["data.max_image_pixels", "data.eval_only", "data.contamination_guard",
                                        "data.contamination_allow"]),
-    Stage("stage1", run_stage1, ["qc"], _TRAIN_COMMON + ["train.stage1"]),
+    # Reads no records, only the config; after qc (ordering only): 2 CPUs hold one training at a time.
+    Stage("pretrain", run_pretrain, [], _TRAIN_COMMON + ["train.pretrain"], after=lambda cfg: ["qc"]),
+    Stage("stage1", run_stage1, ["qc", "pretrain"], _TRAIN_COMMON + ["train.stage1"]),
     Stage("tune", run_tune, ["qc", "stage1"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only", "tune"]),
     Stage("stage2", run_stage2, ["qc", "stage1", "tune"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only"]),
     Stage("eval", run_eval, ["qc", "stage1", "stage2", "sources"], ["eval", "data.tasks", "data.held_out", "data.eval_only"]),

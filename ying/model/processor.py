@@ -9,6 +9,10 @@ Loss is on the answer tokens (and the closing eos) only: the model is never taug
 its instruction or the image placeholders. An answer cut by the length limit gets no eos: the
 model must not learn to stop mid-answer.
 
+A text-only record (no images, no instruction, no inputs: the ``pretrain`` stage's plain text) is
+a causal LM example on the whole text: ``<s> text </s>``, with labels on every text token and the
+eos (a text cut by the length limit again gets no eos).
+
 Training splits the work in two (``encode_train_arrays`` runs on Ray Data's CPU workers, and
 ``collate_arrays`` on the training worker): images travel resized as uint8, a quarter of the
 bytes of float32, and are normalised where they are used.
@@ -69,6 +73,8 @@ class YingProcessor:
             with Image.open(io.BytesIO(blob)) as im:
                 im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
                 arrays.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+        if not arrays:  # a text-only record: no images, still (0, 3, H, W)
+            return np.zeros((0, 3, self.image_size, self.image_size), dtype=np.uint8)
         return np.stack(arrays)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -90,8 +96,17 @@ class YingProcessor:
             ids = ids[: max(budget - len(tail), 1)] + tail
         return ids
 
+    def _text_ids(self, text: str) -> tuple[list[int], list[int]]:
+        """A plain-text example: ``<s> text </s>``, labels on the text and the eos (cut text: no eos)."""
+        ids = self.tokenizer.encode(text.strip(), add_special_tokens=False)
+        limit = self.max_text_tokens - 1  # bos + text (+ eos) within the text budget
+        ids = ids[:limit] if len(ids) >= limit else ids + [self.tokenizer.eos_token_id]
+        return [self.tokenizer.bos_token_id] + ids, [IGNORE_INDEX] + ids
+
     def _train_ids(self, record: dict) -> tuple[list[int], list[int]]:
         n_images = len(record["images"])
+        if not n_images and not record["instruction"].strip() and not record["inputs"].strip():
+            return self._text_ids(record["outputs"])
         answer = self.tokenizer.encode(record["outputs"].strip(), add_special_tokens=False)
         limit = self.max_text_tokens // 2
         # A cut answer ends without eos: teaching "stop here" mid-sentence would be wrong.

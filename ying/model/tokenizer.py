@@ -1,7 +1,8 @@
 """The tokenizer: the LLM's own (paper preset) or a byte-level BPE trained on Ying's own text.
 
 The trained BPE needs no download: it is fitted in well under a second on the instruction pools,
-the prompt templates and the mini-world's lexicon, and it is byte-level, so any text (Chinese
+the prompt templates, the mini-world's lexicon and a sample of its bilingual pretraining text
+(``ying.data.miniworld.text``), and it is byte-level, so any text (Chinese
 included) still encodes; characters it never saw fall back to bytes. It is saved inside every
 checkpoint, so inference never re-fits it.
 """
@@ -15,12 +16,14 @@ from ying.config import TokenizerConfig
 __all__ = ["build_tokenizer", "tokenizer_corpus", "IMAGE_TOKEN", "SPECIAL_TOKENS"]
 
 IMAGE_TOKEN = "<image>"
+_PRETRAIN_SAMPLE = 200  # documents of the pretrain text in the BPE's training corpus
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
 def tokenizer_corpus() -> list[str]:
     """Every kind of text the tiny model reads or writes, from the repository itself."""
     from ying.data import instructions, miniworld
+    from ying.data.miniworld.text import generate_text
     from ying.data.tasks import TASKS
     from ying.model.prompt import PROMPT_TEMPLATE, ZH_DIALOGUE_PROMPT
 
@@ -28,6 +31,9 @@ def tokenizer_corpus() -> list[str]:
     for task in TASKS:
         texts.extend(instructions.load_pool(task))
     texts.extend(miniworld.lexicon_corpus())
+    # The pretrain stage's bilingual text (a fixed sample: the vocabulary never depends on run.seed),
+    # so its Chinese words ("背景是", "画面中", ...) are tokens rather than bytes.
+    texts.extend(doc["text"] for doc in generate_text(0, _PRETRAIN_SAMPLE, split="tokenizer"))
     return texts
 
 

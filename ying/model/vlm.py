@@ -164,13 +164,22 @@ def answer_loss(model: Blip2ForConditionalGeneration, batch: dict[str, torch.Ten
     """Mean cross-entropy over answer tokens (labels != -100), and how many there were.
 
     Computed here rather than by the model so the shift and the mask are explicit and tested.
+    A batch with no images (the ``pretrain`` stage's plain text) runs the LLM alone: input
+    embeddings, decoder and LM head; the vision tower, Q-Former and projection take no part.
+    ``model`` may be a DeepSpeed engine (whose own ``config`` is DeepSpeed's; ``module`` is the model).
     """
-    out = model(
-        pixel_values=batch["pixel_values"],
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        use_cache=False,  # one forward per batch: a KV cache is never reused (and gradient checkpointing refuses it)
-    )
+    if batch["pixel_values"].shape[0] == 0:
+        if (batch["input_ids"] == getattr(model, "module", model).config.image_token_id).any():
+            raise ValueError("answer_loss: the batch has <image> placeholders but no images")
+        out = model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   use_cache=False)
+    else:
+        out = model(
+            pixel_values=batch["pixel_values"],
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            use_cache=False,  # one forward per batch: a KV cache is never reused (and gradient checkpointing refuses it)
+        )
     logits = out.logits[:, :-1, :]  # (B, T-1, V): position t predicts token t+1
     targets = batch["labels"][:, 1:]  # (B, T-1)
     n_tokens = int((targets != -100).sum())
