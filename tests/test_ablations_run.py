@@ -94,6 +94,7 @@ def test_an_interrupted_ablation_resumes_without_rerunning_finished_trials(run_u
     results = json.loads(Path(run_dir, "ablations", "results.json").read_text())
     points = results["figure9"]["points"]
     assert [p["value"] for p in points] == [1, 10] and all(isinstance(p["score"], float) for p in points)
+    assert [p["seed"] for p in points] == [0, 0] and results["settings"]["seeds"] == [0]
     assert [p["value"] for p in results["figure10"]["points"]] == [0]  # the Stage I model itself, no training
     assert Path(run_dir, "ablations", "figure9.png").read_bytes()[:4] == b"\x89PNG"
     # Trial checkpoints are gone once evaluated; the results stay.
