@@ -66,7 +66,8 @@ def main() -> None:
     from ying.console import quiet_stage_process
     from ying.model.processor import YingProcessor
     from ying.model.tokenizer import build_tokenizer
-    from ying.train.ingest import RecordPolicy, stage_datasets, stage_files
+    from ying.train.ingest import RecordPolicy, encode_segments
+    from ying.train.sampler import rank_segments, record_index
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -80,15 +81,19 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     quiet_stage_process()  # no progress bars or execution notices between the epoch lines
 
-    with_tasks = stage_datasets(data_dir, tasks, processor, policy, cfg.run.seed, val_examples=0,
-                                encode_tasks=1, encode_cpus=1)["train"]
-    fs, files = stage_files(data_dir, "train", tasks)
-    with_actors = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
-        _EncodeActor,
-        fn_constructor_kwargs={"processor": processor, "policy": policy, "seed": cfg.run.seed, "tasks": tasks,
-                               "ids": None, "filesystem": fs},
-        batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=1,
-    ).randomize_block_order(seed=cfg.run.seed)
+    # One rank's epoch of Stage I, as the training workers read it (``ying.train.ingest.encoded_rows``).
+    index = record_index(data_dir, "train", tasks)
+    items = [{"file": s.file, "start": s.start, "count": s.count}
+             for s in rank_segments(index, cfg.run.seed, 0, 0, 1)]
+    kwargs = {"processor": processor, "policy": policy, "seed": cfg.run.seed, "index": index}
+
+    def source():
+        return ray.data.from_items(items, override_num_blocks=len(items))
+
+    with_tasks = source().map_batches(encode_segments, fn_kwargs=kwargs, batch_size=1,
+                                      compute=ray.data.TaskPoolStrategy(size=1), num_cpus=1)
+    with_actors = source().map_batches(_EncodeActor, fn_constructor_kwargs=kwargs, batch_size=1,
+                                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=1)
 
     actors = epoch_seconds(with_actors, args.epochs, "actors")
     tasks_ = epoch_seconds(with_tasks, args.epochs, "tasks")

@@ -117,14 +117,14 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
             checkpoint_every: int = 0, filesystem=None, callbacks=None, kill_after_checkpoint: bool = False,
             dashboard: str = ""):
     """One Stage I run on Ray Train; returns (summary, seconds)."""
-    from ying.train.stages import stage_plan, train_datasets, trainer_for
+    from ying.train.stages import stage_plan, trainer_for
 
+    # ``filesystem``: the workers' Ray Data readers open the records through it (it counts bytes).
     plan = stage_plan(cfg, "stage1", data_dir, None, max_steps=steps, log_every=log_every,
-                      checkpoint_every=checkpoint_every, val_examples=0, context=name)
+                      checkpoint_every=checkpoint_every, val_examples=0, context=name, filesystem=filesystem)
     storage = workdir / "ray" / name
     shutil.rmtree(storage, ignore_errors=True)  # a run of an earlier bench must not be resumed
-    trainer = trainer_for(cfg, plan, str(storage), name, callbacks=callbacks,
-                          datasets=train_datasets(cfg, plan, filesystem=filesystem))
+    trainer = trainer_for(cfg, plan, str(storage), name, callbacks=callbacks)
     killer = None
     if kill_after_checkpoint:
         killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(storage / name, dashboard),
@@ -140,7 +140,7 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, dashboard: str) -> None:
     from ray.util.state import list_actors
 
-    while not any(p.name.startswith("checkpoint_") for p in run_dir.glob("*")):
+    while not any(run_dir.glob("resume/step_*/COMPLETE.json")):  # the first complete resume checkpoint
         time.sleep(0.2)
     time.sleep(1.0)  # a few more steps, so the kill lands between checkpoints
     workers = [a for a in list_actors(address=dashboard,

@@ -19,7 +19,7 @@ from ying.model.tokenizer import build_tokenizer
 from ying.model.vlm import build_model
 from ying.train.ingest import RecordPolicy, select_ids, stage_files
 from ying.train.loop import lr_lambda
-from ying.train.stages import fit, stage_plan, stage_tasks, train_datasets
+from ying.train.stages import fit, stage_plan, stage_tasks
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
@@ -93,22 +93,38 @@ def test_a_cut_answer_gets_no_end_of_sequence_token():
 
 
 def test_ingest_reads_only_the_stage_tasks_and_applies_the_record_policy(ray_cluster, data_dir):
+    from ying.train.ingest import collate_rows, encoded_rows, instruction_draw
+    from ying.train.sampler import rank_segments
+
     cfg = load_config("tiny", overrides=["train.stage2.val_examples=4"])
     plan = stage_plan(cfg, "stage2", data_dir, None, tasks=["vqa-v2"], lr=1e-3,
                       policy={"instructions_per_task": 1, "answers": "original", "max_per_task": 5})
-    datasets = train_datasets(cfg, plan)
-    train = datasets["train"].take_all()
-    assert len(train) == 5 and all(r["id"].startswith("vqa-v2-train-") for r in train)
+    assert plan.train_index.total == 5 and plan.train_index.files == ("vqa-v2-train-0.parquet",)
     tok = build_tokenizer(cfg.model.tokenizer)
+    processor = YingProcessor.from_model_config(tok, cfg.model)
+    index = plan.train_index
+    train = list(encoded_rows(rank_segments(index, plan.seed, 0, 0, 1), index, processor, RecordPolicy(**plan.policy),
+                              plan.seed, plan.ingest))
+    assert len(train) == 5 and all(r["id"].startswith("vqa-v2-train-") for r in train)
+    assert sorted(r["id"] for r in train) == sorted(select_ids(data_dir, "train", ["vqa-v2"], 5, 0)["vqa-v2"])
     first = train[0]
     text = tok.decode([int(t) for t, lab in zip(first["input_ids"], first["labels"]) if lab == -100 and t > 4])
-    from ying.data.instructions import load_pool
-
-    assert load_pool("vqa-v2")[0] in text  # k=1: every record shows the pool's first instruction
+    drawn = instruction_draw("vqa-v2", 1, plan.seed)
+    assert drawn[0] in text  # k=1: every record shows the one instruction drawn for the task
+    assert instruction_draw("vqa-v2", 4, 0) != instruction_draw("vqa-v2", 4, 1)  # drawn at random, by seed
+    assert all(i in load_pool_first_8("vqa-v2") for i in instruction_draw("vqa-v2", 8, 3))  # 9-10 stay unseen
     answer = tok.decode([int(t) for t in first["labels"] if t >= 0], skip_special_tokens=True)
     assert answer in COLORS  # the raw short answer, not "The colour is ..."
-    val = datasets["validation"].take_all()
-    assert sorted(r["id"] for r in val) == sorted(select_ids(data_dir, "validation", ["vqa-v2"], 4, 0)["vqa-v2"])
+    batch = collate_rows(train[:2], processor)
+    assert batch["pixel_values"].shape[0] == 2 and batch["input_ids"].shape[0] == 2
+    val = plan.val_index
+    assert val.ids == tuple(sorted(select_ids(data_dir, "validation", ["vqa-v2"], 4, 0)["vqa-v2"])) and val.total == 4
+
+
+def load_pool_first_8(task: str) -> list[str]:
+    from ying.data.instructions import load_pool
+
+    return load_pool(task)[:8]
 
 
 def test_two_worker_deepspeed_step_trains_only_what_the_stage_allows(ray_cluster, data_dir, tmp_path):

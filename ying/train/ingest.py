@@ -1,33 +1,25 @@
-"""A stage's training and validation records as Ray Datasets, handed to the TorchTrainer.
-
-The driver builds the datasets; Ray Data reads and encodes them on CPU workers (on a cluster, the
-CPU worker type); each training worker only collates and trains:
+"""Reading and encoding a stage's records for its training workers (Ray Data on CPU workers).
 
     stage_files      files holding the stage's tasks, from Parquet footers (row-group statistics of
                      the ``task`` column): Stage I never opens a VQA file
     select_ids       seeded choices from text columns only (no image bytes): the validation sample,
                      stratified across the stage's tasks, and per-task caps for the ablations
-    stage_datasets   the stage's files, one block each, in a seeded order -> map_batches(encode_files)
-                     as Ray tasks (not an actor pool: each epoch is a new execution of the dataset,
-                     which would start its actors again, while tasks land on warm worker processes)
-    EncodeRecords    reads a file's rows of the stage (row groups of other tasks skipped from their
-                     statistics; image columns read only where a wanted row is), then decodes and
-                     resizes images (uint8), tokenizes and masks labels; the record policy of an
-                     ablation (instructions from the first k of each pool; raw instead of rephrased
-                     answers) is applied here
-    epoch_batches    a worker's micro-batches of one epoch (local shuffle seeded by epoch, prefetch),
-                     skipping the batches a restored checkpoint already trained on
+    read_stage_rows  one file's rows of the stage, from a given stage row on (row groups before it
+                     skipped from their id/task columns, image columns read only where needed)
+    EncodeRecords    rows in, encoded training examples out: images decoded and resized (uint8),
+                     text tokenized, labels masked; an ablation's record policy (k instructions per
+                     task drawn at random from the pool; raw instead of rephrased answers) applied
+    encoded_rows     a rank's segments (``ying.train.sampler``) read and encoded by Ray Data tasks,
+                     in order (``preserve_order``): the worker's record stream
 
-Ray Train splits each dataset across workers with ``streaming_split(equal=True)``: every record is
-read once per epoch across all workers, and every rank gets the same number of rows, so the same
-number of batches (ZeRO-3 hangs on an uneven count).
+Which records a rank reads, and in which order, is ``ying.train.sampler``'s business; this module
+only reads what it is asked to, in the order asked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -39,13 +31,16 @@ __all__ = [
     "RecordPolicy",
     "stage_files",
     "select_ids",
-    "stage_datasets",
     "EncodeRecords",
-    "encode_files",
+    "encode_segments",
+    "encoded_rows",
+    "collate_rows",
+    "instruction_draw",
+    "IngestOptions",
     "read_stage_rows",
-    "epoch_batches",
     "data_identity",
     "TRAIN_COLUMNS",
+    "UNSEEN_FROM",
 ]
 
 TRAIN_COLUMNS = ["id", "task", "images", "instruction", "inputs", "outputs"]
@@ -56,7 +51,8 @@ class RecordPolicy:
     """How a stage's training records are shown to the model (the ablations change these).
 
     ``instructions_per_task``: each record's instruction is redrawn (by seed and record id) from
-    the first k instructions of its task's pool (paper Figure 9); None keeps the built instruction.
+    k instructions of its task's pool, drawn at random by seed (paper Figure 9; ``instruction_draw``);
+    None keeps the built instruction.
     ``answers``: "outputs" trains on the records' outputs (rephrased where the task rephrases);
     "original" on ``meta.original_answer``, the source's short answer (Table 5's "Len" column).
     ``max_per_task``: at most this many training records per task, chosen by seed (paper
@@ -132,12 +128,13 @@ def data_identity(data_dir: str) -> str:
 
 
 def read_stage_rows(fs, path: str, columns: list[str], tasks: set[str], ids: set[str] | None,
-                    batch_rows: int = 64) -> Iterator:
-    """Rows of the stage's tasks (and chosen ids) from one Parquet file, ``batch_rows`` at a time.
+                    batch_rows: int = 64, skip: int = 0, limit: int | None = None) -> Iterator:
+    """Rows of the stage's tasks (and chosen ids) from one Parquet file, ``batch_rows`` at a time:
+    the stage's rows ``skip`` to ``skip + limit`` of the file, in file order.
 
     Row groups whose ``task`` statistics exclude the stage are skipped unread; in the rest the
     ``id`` and ``task`` columns are read first, and the other columns (the images) only for row
-    groups that hold a wanted row.
+    groups that hold a wanted row past ``skip``.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -157,29 +154,41 @@ def read_stage_rows(fs, path: str, columns: list[str], tasks: set[str], ids: set
             mask = pc.is_in(keys.column("task"), value_set=wanted_tasks)
             if wanted_ids is not None:
                 mask = pc.and_(mask, pc.is_in(keys.column("id"), value_set=wanted_ids))
-            if not pc.any(mask).as_py():
+            wanted = int(pc.sum(mask).as_py() or 0)
+            if wanted <= skip:
+                skip -= wanted
                 continue
-            rows = pf.read_row_group(i, columns=columns).filter(mask)
+            rows = pf.read_row_group(i, columns=columns).filter(mask).slice(skip)
+            skip = 0
+            if limit is not None:
+                rows = rows.slice(0, limit)
+                limit -= rows.num_rows
             for start in range(0, rows.num_rows, batch_rows):
                 yield rows.slice(start, batch_rows)
+            if limit is not None and limit <= 0:
+                return
 
 
 class EncodeRecords:
-    """Parquet files in, encoded training examples out (the CPU half of preprocessing).
+    """Segments of Parquet files in, encoded training examples out (the CPU half of preprocessing).
 
-    Each call takes one file path, reads the stage's rows with ``read_stage_rows`` and yields
-    batches of token ids, labels and uint8 pixels as it goes, so a large file never sits in memory
-    whole. The record policy of an ablation is applied here.
+    Each call takes segments (file, first stage row, row count), reads them with
+    ``read_stage_rows`` and yields batches of token ids, labels and uint8 pixels as it goes, so a
+    large file never sits in memory whole. The record policy of an ablation is applied here.
     """
 
-    def __init__(self, processor, policy: RecordPolicy, seed: int, tasks: list[str], ids: list[str] | None,
-                 filesystem):
+    def __init__(self, processor, policy: RecordPolicy, seed: int, index, filesystem=None):
+        from ying import storage
+
         self.processor = processor
         self.policy = policy
         self.seed = seed
-        self.tasks = set(tasks)
-        self.ids = set(ids) if ids is not None else None
-        self.fs = filesystem
+        self.index = index
+        self.tasks = set(index.tasks)
+        self.ids = set(index.ids) if index.ids is not None else None
+        self.fs, self.root = storage.filesystem(index.split_dir)
+        if filesystem is not None:  # benchmarks count the bytes read through their own filesystem
+            self.fs = filesystem
         self._pools: dict[str, list[str]] = {}
 
     def _instruction(self, task: str, record_id: str, built: str) -> str:
@@ -187,9 +196,7 @@ class EncodeRecords:
         if not k:
             return built
         if task not in self._pools:
-            from ying.data.instructions import load_pool
-
-            self._pools[task] = load_pool(task)[:k]
+            self._pools[task] = instruction_draw(task, k, self.seed)
         pool = self._pools[task]
         return pool[int.from_bytes(_rank_key(self.seed, record_id)[:8], "big") % len(pool)]
 
@@ -224,15 +231,34 @@ class EncodeRecords:
         }
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for path in batch["path"]:
-            for table in read_stage_rows(self.fs, str(path), self.policy.columns(), self.tasks, self.ids):
+        for f, start, count in zip(batch["file"], batch["start"], batch["count"]):
+            path = f"{self.root.rstrip('/')}/{self.index.files[int(f)]}"
+            for table in read_stage_rows(self.fs, path, self.policy.columns(), self.tasks, self.ids,
+                                         skip=int(start), limit=int(count)):
                 yield self.encode(table)
 
 
-def encode_files(batch: dict[str, np.ndarray], *, processor, policy: RecordPolicy, seed: int,
-                 tasks: list[str], ids: list[str] | None, filesystem) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data task: ``EncodeRecords`` over a batch of file paths (one file: building it is cheap)."""
-    yield from EncodeRecords(processor, policy, seed, tasks, ids, filesystem)(batch)
+# Figure 9's unseen instructions: a k <= UNSEEN_FROM draw never takes an instruction past this one.
+UNSEEN_FROM = 8
+
+
+def instruction_draw(task: str, k: int, seed: int) -> list[str]:
+    """The k instructions of ``task``'s pool a Figure 9 trial trains on, drawn at random by seed as
+    the paper does: from the first ``UNSEEN_FROM`` when k <= UNSEEN_FROM (the rest stay unseen for
+    the evaluation), else from the whole pool."""
+    import random
+
+    from ying.data.instructions import load_pool
+
+    pool = load_pool(task)
+    candidates = pool[:UNSEEN_FROM] if k <= UNSEEN_FROM else pool
+    return random.Random(f"instructions/{seed}/{task}").sample(candidates, min(k, len(candidates)))
+
+
+def encode_segments(batch: dict[str, np.ndarray], *, processor, policy: RecordPolicy, seed: int, index,
+                    filesystem=None) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data task: ``EncodeRecords`` over a batch of segments (one segment: building it is cheap)."""
+    yield from EncodeRecords(processor, policy, seed, index, filesystem)(batch)
 
 
 def _object_array(items: list[np.ndarray]) -> np.ndarray:
@@ -241,64 +267,45 @@ def _object_array(items: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def stage_datasets(data_dir: str, tasks: list[str], processor, policy: RecordPolicy, seed: int,
-                   val_examples: int, encode_tasks: int = 1, encode_cpus: float = 1.0,
-                   filesystem=None) -> dict[str, Any]:
-    """{"train": Dataset, "validation": materialized Dataset (absent when no stage task has
-    validation records)}. ``filesystem`` overrides the one of ``data_dir`` (benchmarks count bytes with it).
+@dataclass(frozen=True)
+class IngestOptions:
+    """How a worker's Ray Data reads run: concurrent tasks, CPUs each, a CPU cap, batches ahead."""
 
-    The datasets start from the list of the stage's files, one block per file, so an epoch is one
-    pass of at most ``encode_tasks`` concurrent tasks over those files; the file order is shuffled
-    by seed.
-    """
+    tasks: int = 1
+    task_cpus: float = 1.0
+    cpu_limit: float | None = None
+    prefetch_batches: int = 4
+
+
+def encoded_rows(segments, index, processor, policy: RecordPolicy, seed: int, options: IngestOptions,
+                 filesystem=None) -> Iterator[dict]:
+    """The encoded rows of ``segments``, in order: Ray Data tasks read and encode them on CPU
+    workers, ``preserve_order`` keeps their order whatever task finishes first."""
+    if not segments:
+        return
     import ray.data
+    from ray.data import DataContext, ExecutionResources
 
-    def build(files: list[str], fs, ids: list[str] | None):
-        ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
-        return ds.map_batches(
-            encode_files,
-            fn_kwargs={"processor": processor, "policy": policy, "seed": seed, "tasks": tasks, "ids": ids,
-                       "filesystem": filesystem or fs},
-            batch_size=1,  # one file per call; the task yields encoded batches as it reads
-            compute=ray.data.TaskPoolStrategy(size=max(1, encode_tasks)),
-            num_cpus=encode_cpus,
-        )
-
-    fs, train_files = stage_files(data_dir, "train", tasks)
-    if not train_files:
-        raise ValueError(f"no training records of tasks {tasks} under {_split_dir(data_dir, 'train')}")
-    train_ids = None
-    if policy.max_per_task:
-        chosen = select_ids(data_dir, "train", tasks, policy.max_per_task, seed)
-        train_ids = sorted(i for ids in chosen.values() for i in ids)
-    out = {"train": build(train_files, fs, train_ids).randomize_block_order(seed=seed)}
-
-    if val_examples > 0:
-        per_task = math.ceil(val_examples / max(1, len(tasks)))
-        chosen = select_ids(data_dir, "validation", tasks, per_task, seed)
-        val_ids = sorted(i for ids in chosen.values() for i in ids)
-        if val_ids:
-            _, val_files = stage_files(data_dir, "validation", tasks)
-            # Small and read once: materialized now, before training takes the CPUs.
-            out["validation"] = build(val_files, fs, val_ids).materialize()
-    return out
-
-
-def epoch_batches(shard, processor, micro_batch: int, seed: int, epoch: int, shuffle_buffer: int,
-                  prefetch_batches: int, skip: int = 0, drop_last: bool = True) -> Iterator[dict]:
-    """One epoch of a worker's micro-batches as model inputs (on CPU), after the first ``skip``."""
-    image_shape = (3, processor.image_size, processor.image_size)
-
-    def collate(batch: dict[str, np.ndarray]) -> dict:
-        pixels = [np.frombuffer(b, dtype=np.uint8).reshape((n, *image_shape))
-                  for b, n in zip(batch["pixels"], batch["n_images"])]
-        return processor.collate_arrays(list(batch["input_ids"]), list(batch["labels"]), pixels)
-
-    iterator = shard.iter_torch_batches(
-        batch_size=micro_batch, collate_fn=collate, drop_last=drop_last, prefetch_batches=prefetch_batches,
-        local_shuffle_buffer_size=shuffle_buffer if drop_last and shuffle_buffer > micro_batch else None,
-        local_shuffle_seed=seed * 1_000_003 + epoch,
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the sampler's order, not the order tasks finish in
+    if options.cpu_limit:
+        ctx.execution_options.resource_limits = ExecutionResources(cpu=options.cpu_limit)
+    items = [{"file": s.file, "start": s.start, "count": s.count} for s in segments]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        encode_segments,
+        fn_kwargs={"processor": processor, "policy": policy, "seed": seed, "index": index, "filesystem": filesystem},
+        batch_size=1,  # one segment per call; the task yields encoded batches as it reads
+        compute=ray.data.TaskPoolStrategy(size=max(1, options.tasks)),
+        num_cpus=options.task_cpus,
     )
-    for i, batch in enumerate(iterator):
-        if i >= skip:
-            yield batch
+    for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=options.prefetch_batches):
+        columns = list(block)
+        for i in range(len(block["id"])):
+            yield {c: block[c][i] for c in columns}
+
+
+def collate_rows(rows: list[dict], processor) -> dict:
+    """A micro-batch of encoded rows as model inputs (on CPU)."""
+    image_shape = (3, processor.image_size, processor.image_size)
+    pixels = [np.frombuffer(r["pixels"], dtype=np.uint8).reshape((int(r["n_images"]), *image_shape)) for r in rows]
+    return processor.collate_arrays([r["input_ids"] for r in rows], [r["labels"] for r in rows], pixels)

@@ -1,14 +1,20 @@
-"""The per-worker training loop for both stages: DeepSpeed inside a Ray Train TorchTrainer.
+"""The per-worker training loop of every stage: DeepSpeed inside a Ray Train TorchTrainer.
 
-Stage I (alignment) and Stage II (instruction tuning) are this same loop with a different
-``StagePlan``: which tasks, which parameters train, the learning-rate schedule, and where it
-starts from. Reads top to bottom: set up, restore, train, evaluate, save.
+Pretraining, Stage I (alignment), Stage II (instruction tuning) and every Tune or ablation trial
+are this same loop with a different ``StagePlan``: which records, which parameters train, the
+learning-rate schedule and where it starts from. It reads as a recipe:
 
-Data arrives through Ray Data (``ray.train.get_dataset_shard``): decoding and tokenizing ran on
-CPU workers, so this thread only collates and trains. A resume checkpoint holds the trainable
-weights (frozen ones come back from the stage's start), the optimizer and scheduler, the data
-position (epoch, micro-batches consumed) and the RNG states, plus the hash of the plan that wrote
-it: a checkpoint of another plan is refused, never silently resumed.
+    setup    the model (init checkpoint, pretrained parts or random), the freeze policy, DeepSpeed
+    restore  the latest complete resume checkpoint of this plan, if any
+    train    optimizer steps over the rank's records, in the order ``ying.train.sampler`` fixes
+    save     validation, the final Hugging Face checkpoint, a last resume checkpoint
+
+Reproducibility: the records each rank trains on and their order depend on (seed, epoch, rank,
+world size) only, and a resume checkpoint holds the exact data position (epoch, records of the
+rank's epoch already trained), the optimizer, the scheduler and every rank's RNG states. So the
+same plan gives the same weights, interrupted or not. Resume checkpoints live under
+``plan.resume_dir`` as ``step_<N>/``; one counts only once every rank's files are in it and rank 0
+has written ``COMPLETE.json``, so a kill at any moment leaves the last complete one to resume from.
 """
 
 from __future__ import annotations
@@ -18,20 +24,25 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["StagePlan", "train_loop_per_worker", "lr_lambda", "deepspeed_config", "PlanMismatchError"]
+from ying.config import ModelConfig
+from ying.train.ingest import IngestOptions, RecordPolicy
+from ying.train.sampler import RecordIndex
+
+__all__ = ["StagePlan", "train_loop_per_worker", "lr_lambda", "deepspeed_config", "PlanMismatchError",
+           "latest_resume_checkpoint", "plan_fields", "EXECUTION_FIELDS"]
 
 
 @dataclass
 class StagePlan:
-    """Everything one stage's workers need, as plain data (it crosses process boundaries)."""
+    """Everything one stage's workers need, typed (it crosses process boundaries by pickle)."""
 
-    stage: str  # "stage1" | "stage2" | a tune trial name
-    config: dict  # the resolved YingConfig, as JSON
+    stage: str  # "pretrain" | "stage1" | "stage2" | a trial's name
     data_dir: str  # directory holding records/<split>/ Parquet
     tasks: list[str]
     trainable: list[str]
@@ -41,14 +52,45 @@ class StagePlan:
     batch_size: int  # global examples per optimizer step
     micro_batch_size: int  # per worker per forward pass; batch_size = micro x workers x accumulation
     out_dir: str | None  # where rank 0 writes the final HF checkpoint; None: don't
+    model: ModelConfig  # what to build when there is no init checkpoint (and the processor's sizes)
+    seed: int = 0  # model init, record order per epoch, instruction draws, RNG
+    num_workers: int = 1
     init_checkpoint: str | None = None  # HF checkpoint to start from (Stage II starts from Stage I)
     val_examples: int = 256
     log_every: int = 25
     eval_every: int = 0  # 0: validation only at the end
     checkpoint_every: int = 0
-    # RecordPolicy fields (ablations): instructions from the first k of each pool, raw answers, per-task caps.
+    # RecordPolicy fields (ablations): k instructions per task drawn by seed, raw answers, per-task caps.
     policy: dict = field(default_factory=dict)
+    # How the weights train (train.*).
+    use_gpu: bool = False
+    zero_stage: int = 2
+    zero_init: bool = False
+    gradient_checkpointing: bool = False
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    shuffle_buffer: int = 16384  # the sampler's window: records of a rank shuffled together
+    # Execution only: how, not what (left out of the plan hash).
+    torch_threads: int = 1
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    train_index: RecordIndex | None = None  # filled by ``stage_plan``
+    val_index: RecordIndex | None = None
+    resume_dir: str | None = None  # filled by ``fit``: <storage>/<run name>/resume
+    filesystem: Any = None  # benchmarks read through a byte-counting filesystem
     plan_hash: str = ""  # what this plan trains (config, data, init); stamped into every checkpoint
+
+    def summary(self) -> dict:
+        """The plan as the manifest and the report show it (JSON)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("model", "ingest", "train_index", "val_index", "filesystem")}
+        out["train_records"] = self.train_index.total if self.train_index else 0
+        out["val_records"] = self.val_index.total if self.val_index else 0
+        return out
+
+
+# Fields that change how a plan runs, not what it trains: outside the plan hash.
+EXECUTION_FIELDS = frozenset({"out_dir", "log_every", "checkpoint_every", "plan_hash", "resume_dir", "filesystem",
+                              "torch_threads", "ingest", "train_index", "val_index", "zero_init", "stage"})
 
 
 class PlanMismatchError(RuntimeError):
@@ -99,17 +141,89 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def _build(plan: StagePlan, cfg, device, ds_config: dict):
+# --- resume checkpoints on storage (local or s3://) ------------------------------------------------
+COMPLETE = "COMPLETE.json"
+
+
+def latest_resume_checkpoint(resume_dir: str | None) -> tuple[str, dict] | None:
+    """(step folder, its COMPLETE.json) of the latest complete resume checkpoint under ``resume_dir``."""
+    from ying import storage
+
+    if not resume_dir:
+        return None
+    fs, root = storage.filesystem(resume_dir)
+    if not fs.exists(root):
+        return None
+    complete = sorted(p for p in fs.ls(root, detail=False)
+                      if p.rstrip("/").rsplit("/", 1)[-1].startswith("step_") and fs.exists(f"{p}/{COMPLETE}"))
+    if not complete:
+        return None
+    step_dir = storage.join(resume_dir, complete[-1].rstrip("/").rsplit("/", 1)[-1])
+    return step_dir, storage.read_json(storage.join(step_dir, COMPLETE))
+
+
+def _upload_dir(local: str, remote: str) -> None:
+    from ying import storage
+
+    fs, root = storage.filesystem(remote)
+    for here, _, names in os.walk(local):
+        rel = os.path.relpath(here, local)
+        target = root if rel == "." else f"{root}/{rel}"
+        fs.makedirs(target, exist_ok=True)
+        for name in names:
+            fs.put_file(os.path.join(here, name), f"{target}/{name}")
+
+
+def _download_dir(remote: str, local: str) -> None:
+    from ying import storage
+
+    fs, root = storage.filesystem(remote)
+    root = root.rstrip("/")
+    for path in fs.find(root):
+        target = os.path.join(local, path[len(root) + 1:])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fs.get_file(path, target)
+
+
+# --- the recipe ---------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What setup builds and the other steps use."""
+
+    engine: Any
+    scheduler: Any
+    tokenizer: Any
+    processor: Any
+    trainable: list[str]
+    rank: int
+    world: int
+    device: torch.device
+    micro: int
+    val_batches: list | None = None
+
+
+@dataclass
+class _State:
+    """Where training stands: what a resume checkpoint restores."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # records of this rank's epoch already trained: the next one is at this index
+    history: list = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def _build(plan: StagePlan, device, ds_config: dict):
     """(model, tokenizer) at the stage's start: the init checkpoint, or fresh (pretrained parts or random).
 
-    ZeRO-3 with ``train.zero_init``: built partitioned across the ranks from the start, and filled
+    ZeRO-3 with ``zero_init``: built partitioned across the ranks from the start, and filled
     module by module (``build_model(partition=...)``); no rank ever holds the whole model.
     """
     from ying.model.checkpoint import load_checkpoint
     from ying.model.tokenizer import build_tokenizer
     from ying.model.vlm import build_model
 
-    zero3 = cfg.train.zero_stage == 3 and cfg.train.zero_init
+    zero3 = plan.zero_stage == 3 and plan.zero_init
     if plan.init_checkpoint:
         keep_alive = None
         if zero3:
@@ -118,212 +232,305 @@ def _build(plan: StagePlan, cfg, device, ds_config: dict):
 
             keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841
         model, tokenizer, _, _ = load_checkpoint(plan.init_checkpoint, device=None if zero3 else device,
-                                                 dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                                                 on_gpu=cfg.train.use_gpu)
+                                                 dtype=plan.model.dtype, attn_implementation=plan.model.attn_implementation,
+                                                 on_gpu=plan.use_gpu)
         return model.train(), tokenizer
-    tokenizer = build_tokenizer(cfg.model.tokenizer)
-    model = build_model(cfg.model, tokenizer, seed=cfg.run.seed, device=device, on_gpu=cfg.train.use_gpu,
+    tokenizer = build_tokenizer(plan.model.tokenizer)
+    model = build_model(plan.model, tokenizer, seed=plan.seed, device=device, on_gpu=plan.use_gpu,
                         partition=ds_config if zero3 else None)
     return model.train(), tokenizer
 
 
-def train_loop_per_worker(plan_dict: dict) -> dict | None:
-    plan = StagePlan(**plan_dict)
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if plan.config["train"]["use_gpu"] else "cpu")
+def setup(plan: StagePlan) -> _Run:
+    """Model, freeze policy, DeepSpeed engine, optimizer and schedule, processor."""
     import deepspeed
     import ray.train
     import transformers
 
-    from ying import telemetry
-    from ying.config import YingConfig
-    from ying.model.checkpoint import save_checkpoint
+    from ying.console import quiet_stage_process
     from ying.model.processor import YingProcessor
-    from ying.model.vlm import answer_loss, apply_freeze_policy, count_parameters
+    from ying.model.vlm import apply_freeze_policy, count_parameters
     from ying.train.extension_lock import load_deepspeed_ops
-    from ying.train.ingest import epoch_batches
 
     transformers.utils.logging.disable_progress_bar()  # one line per step is ours to print
+    quiet_stage_process()  # this worker's own Ray Data reads print no bars
     # Before anything starts DeepSpeed's comm backend (zero.Init, initialize): its op is loaded here under
     # a flock, so a torch build lock left by a killed run is cleared instead of waited on forever.
     load_deepspeed_ops()
-    cfg = YingConfig.model_validate(plan.config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
-    device = torch.device("cuda", ctx.get_local_rank()) if cfg.train.use_gpu else torch.device("cpu")
+    if world != plan.num_workers:
+        raise RuntimeError(f"[{plan.stage}] planned for {plan.num_workers} workers, running on {world}")
+    torch.set_num_threads(plan.torch_threads)
+    device = torch.device("cuda", ctx.get_local_rank()) if plan.use_gpu else torch.device("cpu")
     micro = plan.micro_batch_size
     accumulation = plan.batch_size // (micro * world)
-    ds_config = deepspeed_config(micro, accumulation, cfg.train.zero_stage, cfg.train.grad_clip, cfg.model.dtype)
+    ds_config = deepspeed_config(micro, accumulation, plan.zero_stage, plan.grad_clip, plan.model.dtype)
 
-    # --- model -------------------------------------------------------------------------------
-    model, tokenizer = _build(plan, cfg, device, ds_config)
+    model, tokenizer = _build(plan, device, ds_config)
     trainable = apply_freeze_policy(model, plan.trainable)
-    if cfg.train.gradient_checkpointing:
+    if plan.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    processor = YingProcessor.from_model_config(tokenizer, cfg.model)
+    processor = YingProcessor.from_model_config(tokenizer, plan.model)
     if rank == 0:
         print(f"[{plan.stage}] {count_parameters(model, True):,} of {count_parameters(model):,} parameters "
               f"train ({len(trainable)} tensors); tasks={plan.tasks}; world={world}, micro-batch {micro} x "
-              f"{accumulation} accumulation = {plan.batch_size}/step; torch threads={torch.get_num_threads()}",
-              flush=True)
+              f"{accumulation} accumulation = {plan.batch_size}/step; seed {plan.seed}; "
+              f"torch threads={torch.get_num_threads()}", flush=True)
 
-    # --- DeepSpeed ---------------------------------------------------------------------------
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=plan.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(_param_groups(model, plan.weight_decay), lr=plan.lr, betas=(0.9, 0.999))
 
     def schedule(wrapped_optimizer):  # built on DeepSpeed's optimizer: ZeRO-3 regroups the parameters
         return torch.optim.lr_scheduler.LambdaLR(wrapped_optimizer,
                                                  lambda s: lr_lambda(s, plan.warmup_steps, plan.max_steps))
 
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                                           config=ds_config)
-    if cfg.model.llm_path and not plan.init_checkpoint:
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                                   config=ds_config)
+    if plan.model.llm_path and not plan.init_checkpoint:
         # The pretrained LLM's perplexity on plain sentences, through the engine: under ZeRO-3 its hooks
         # gather each layer's weights in turn (every rank takes part), so it sees the whole weights.
         from ying.model.weights import llm_sanity
 
-        ppl = llm_sanity(engine.module.language_model, tokenizer, cfg.model.llm_path, warn=rank == 0)
+        ppl = llm_sanity(engine.module.language_model, tokenizer, plan.model.llm_path, warn=rank == 0)
         if rank == 0:
-            print(f"[{plan.stage}] LLM from {cfg.model.llm_path}: perplexity {ppl:,.1f} on the sanity sentences",
+            print(f"[{plan.stage}] LLM from {plan.model.llm_path}: perplexity {ppl:,.1f} on the sanity sentences",
                   flush=True)
+    return _Run(engine, scheduler, tokenizer, processor, trainable, rank, world, device, micro)
 
-    # --- restore (a restart after a failure, or a re-run of the same plan) ---------------------
-    step, epoch, batches_in_epoch, history = 0, 0, 0, []
-    resumed_from = None
-    resume = ray.train.get_checkpoint()
-    if resume:
-        with resume.as_directory() as d:
-            _, client_state = engine.load_checkpoint(d, tag="ckpt", load_module_strict=False)
-        if client_state.get("plan_hash") != plan.plan_hash:
-            raise PlanMismatchError(
-                f"[{plan.stage}] refusing to resume: the checkpoint was written by training plan "
-                f"{client_state.get('plan_hash')!r} and this run's plan is {plan.plan_hash!r} (config, data or "
-                "initial weights differ). Start this plan from scratch: remove the checkpoint or re-run the stage.")
-        step, epoch = int(client_state["step"]), int(client_state["epoch"])
-        batches_in_epoch, history = int(client_state["batches_in_epoch"]), list(client_state["history"])
-        _set_rng_state(client_state["rng"][rank] if rank < len(client_state["rng"]) else client_state["rng"][0])
-        resumed_from = step
-        if rank == 0:
-            print(f"[{plan.stage}] resumed at step {step}/{plan.max_steps} (epoch {epoch}, batch {batches_in_epoch})",
-                  flush=True)
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation") if plan.val_examples else None
+def restore(plan: StagePlan, run: _Run) -> _State:
+    """The latest complete resume checkpoint of this plan (a restart after a failure, or a re-run)."""
+    found = latest_resume_checkpoint(plan.resume_dir)
+    if not found:
+        return _State()
+    step_dir, meta = found
+    if meta.get("plan_hash") != plan.plan_hash:
+        raise PlanMismatchError(
+            f"[{plan.stage}] refusing to resume: {step_dir} was written by training plan {meta.get('plan_hash')!r} "
+            f"and this run's plan is {plan.plan_hash!r} (config, data or initial weights differ). Start this "
+            "plan from scratch: remove the checkpoint or re-run the stage.")
+    if meta.get("world") != run.world:
+        raise PlanMismatchError(f"[{plan.stage}] {step_dir} was written by {meta.get('world')} workers; this run "
+                                f"has {run.world}: the data position differs. Re-run with --force.")
+    with tempfile.TemporaryDirectory() as d:
+        _download_dir(step_dir, d)
+        _, client = run.engine.load_checkpoint(d, tag="ckpt", load_module_strict=False)
+        _set_rng_state(torch.load(os.path.join(d, f"rank_{run.rank}.pt"), weights_only=False)["rng"])
+    state = _State(step=int(client["step"]), epoch=int(client["epoch"]), position=int(client["position"]),
+                   history=list(client["history"]), resumed_from=int(client["step"]))
+    if run.rank == 0:
+        print(f"[{plan.stage}] resumed at step {state.step}/{plan.max_steps} from {step_dir} (epoch {state.epoch}, "
+              f"next record {state.position} of each rank's share)", flush=True)
+    return state
 
-    def validate() -> float | None:
-        """Mean answer-token loss over this run's validation sample (every rank the same batch count)."""
-        if val_shard is None:
-            return None
-        engine.eval()
-        total = torch.zeros(2, device=device)
-        with torch.no_grad():
-            for batch in epoch_batches(val_shard, processor, micro, cfg.run.seed, 0, 0, cfg.train.prefetch_batches,
-                                       drop_last=False):
-                loss, n = answer_loss(engine, {k: v.to(device) for k, v in batch.items()})
-                total += torch.tensor([float(loss) * n, n], device=device)
-        engine.train()
-        torch.distributed.all_reduce(total)
-        return float(total[0] / total[1]) if total[1] > 0 else None
 
-    def save_resume_checkpoint(metrics: dict) -> None:
-        rngs = [None] * world
-        torch.distributed.all_gather_object(rngs, _rng_state())
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "history": history,
-                 "plan_hash": plan.plan_hash, "rng": rngs}
-        with tempfile.TemporaryDirectory() as d:
-            # Frozen weights are left out: they come back from the stage's start (init checkpoint / base model).
-            engine.save_checkpoint(d, tag="ckpt", client_state=state, exclude_frozen_parameters=True)  # collective
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+def save_resume_checkpoint(plan: StagePlan, run: _Run, state: _State) -> None:
+    """A collective: every rank writes its shard and RNG into ``step_<N>/``; rank 0 marks it complete
+    once all are in, then removes the older ones."""
+    from ying import storage
 
-    # --- train -------------------------------------------------------------------------------
+    if not plan.resume_dir:
+        return
+    step_dir = storage.join(plan.resume_dir, f"step_{state.step:08d}")
+    client = {"step": state.step, "epoch": state.epoch, "position": state.position, "history": state.history,
+              "plan_hash": plan.plan_hash}
+    with tempfile.TemporaryDirectory() as d:
+        # Frozen weights are left out: they come back from the stage's start (init checkpoint / base model).
+        run.engine.save_checkpoint(d, tag="ckpt", client_state=client, exclude_frozen_parameters=True)
+        torch.save({"rng": _rng_state()}, os.path.join(d, f"rank_{run.rank}.pt"))
+        _upload_dir(d, step_dir)
+    torch.distributed.barrier()  # every rank's files are in
+    if run.rank == 0:
+        storage.write_json_atomic(storage.join(step_dir, COMPLETE),
+                                  {"step": state.step, "epoch": state.epoch, "position": state.position,
+                                   "plan_hash": plan.plan_hash, "world": run.world})
+        fs, root = storage.filesystem(plan.resume_dir)
+        for old in fs.ls(root, detail=False):
+            name = old.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("step_") and name < f"step_{state.step:08d}":
+                fs.rm(old, recursive=True)
+
+
+def _records(plan: StagePlan, run: _Run, index: RecordIndex, epoch: int, start: int, shuffle: bool):
+    from ying.train.ingest import encoded_rows
+    from ying.train.sampler import rank_epoch_records
+
+    policy = RecordPolicy(**plan.policy)
+
+    def read(segments):
+        return encoded_rows(segments, index, run.processor, policy, plan.seed, plan.ingest, plan.filesystem)
+
+    return rank_epoch_records(read, index, plan.seed, epoch, run.rank, run.world, plan.shuffle_buffer, start=start,
+                              shuffle=shuffle)
+
+
+def _micro_batches(rows, micro: int, drop_last: bool):
+    """Consecutive groups of ``micro`` rows (the last, shorter one only when not ``drop_last``)."""
+    group = []
+    for row in rows:
+        group.append(row)
+        if len(group) == micro:
+            yield group
+            group = []
+    if group and not drop_last:
+        yield group
+
+
+def validate(plan: StagePlan, run: _Run) -> float | None:
+    """Mean answer-token loss over the run's validation sample: every rank its share, in file order,
+    the same batches in every run (encoded once, kept for the run's later validations)."""
+    from ying.model.vlm import answer_loss
+    from ying.train.ingest import collate_rows
+    from ying.train.sampler import rank_share
+
+    if plan.val_index is None or rank_share(plan.val_index.total, run.world) == 0:
+        return None
+    if run.val_batches is None:
+        rows = _records(plan, run, plan.val_index, 0, 0, shuffle=False)
+        run.val_batches = [collate_rows(group, run.processor) for group in _micro_batches(rows, run.micro, False)]
+    run.engine.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=run.device)
+    with torch.no_grad():
+        for batch in run.val_batches:
+            loss, n = answer_loss(run.engine, {k: v.to(run.device) for k, v in batch.items()})
+            total += torch.tensor([float(loss) * n, n], dtype=torch.float64, device=run.device)
+    run.engine.train()
+    torch.distributed.all_reduce(total)
+    return float(total[0] / total[1]) if total[1] > 0 else None
+
+
+def train(plan: StagePlan, run: _Run, state: _State) -> float:
+    """Optimizer steps until ``plan.max_steps``; returns the seconds it trained."""
+    import ray.train
+
+    from ying import telemetry
+    from ying.model.vlm import answer_loss
+    from ying.train.ingest import collate_rows
+    from ying.train.sampler import rank_share
+
+    engine, micro, world = run.engine, run.micro, run.world
+    share = rank_share(plan.train_index.total, world)
+    if share < micro:
+        raise ValueError(
+            f"[{plan.stage}] {plan.train_index.total} training records of tasks {plan.tasks} under {plan.data_dir} "
+            f"give each of {world} workers {share}: less than one micro-batch of {micro}; lower the batch size "
+            "or add data")
     engine.train()
-    t0, t_window = time.time(), time.time()
+    t0 = t_window = time.time()
     window_loss, window_micro, window_samples = 0.0, 0, 0
     window_tokens = 0  # non-pad positions (image queries, prompt, answer) this rank ran, for tokens/s and MFU
-    while step < plan.max_steps:
-        produced = False
-        for batch in epoch_batches(train_shard, processor, micro, cfg.run.seed, epoch, cfg.train.shuffle_buffer,
-                                   cfg.train.prefetch_batches, skip=batches_in_epoch):
-            produced = True
+    while state.step < plan.max_steps:
+        rows = _records(plan, run, plan.train_index, state.epoch, state.position, shuffle=True)
+        for group in _micro_batches(rows, micro, drop_last=True):
+            batch = collate_rows(group, run.processor)
             window_tokens += int(batch["attention_mask"].sum())  # counted on the CPU copy: no device sync
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, _ = answer_loss(engine, batch)
+            loss, _ = answer_loss(engine, {k: v.to(run.device) for k, v in batch.items()})
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()  # the optimizer and scheduler step only at an accumulation boundary
-            batches_in_epoch += 1
+            state.position += micro
             window_loss += loss.item()
             window_micro += 1
             window_samples += micro * world
             if not boundary:
                 continue
-            step += 1
-            last = step == plan.max_steps
-            val_due = plan.eval_every and step % plan.eval_every == 0
-            if step % plan.log_every == 0 or last or val_due:
+            state.step += 1
+            last = state.step == plan.max_steps
+            val_due = plan.eval_every and state.step % plan.eval_every == 0
+            if state.step % plan.log_every == 0 or last or val_due:
                 elapsed = time.time() - t_window
-                mean_loss = torch.tensor([window_loss / window_micro], device=device)
+                mean_loss = torch.tensor([window_loss / window_micro], device=run.device)
                 torch.distributed.all_reduce(mean_loss)  # the loss of the whole global batch, not rank 0's share
-                tokens = torch.tensor([window_tokens], dtype=torch.int64, device=device)  # exact, unlike a float
+                tokens = torch.tensor([window_tokens], dtype=torch.int64, device=run.device)  # exact, unlike a float
                 torch.distributed.all_reduce(tokens)
-                metrics = {"step": step, "epoch": epoch, "loss": float(mean_loss) / world,
-                           "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
+                metrics = {"step": state.step, "epoch": state.epoch, "loss": float(mean_loss) / world,
+                           "lr": run.scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
                            "tokens": int(tokens), "tokens_per_s": int(tokens) / max(elapsed, 1e-9)}
                 if val_due and not last:
-                    metrics["val_loss"] = validate()
+                    metrics["val_loss"] = validate(plan, run)
                 window_loss, window_micro, window_samples, window_tokens, t_window = 0.0, 0, 0, 0, time.time()
-                history.append(metrics)
-                if rank == 0:
+                state.history.append(metrics)
+                if run.rank == 0:
                     telemetry.train_loss_gauge().set(metrics["loss"], tags={"stage": plan.stage})
                     telemetry.train_samples_per_s_gauge().set(metrics["samples_per_s"], tags={"stage": plan.stage})
-                    done = step - (resumed_from or 0)
-                    eta = (plan.max_steps - step) * (time.time() - t0) / max(1, done)
+                    done = state.step - (state.resumed_from or 0)
+                    eta = (plan.max_steps - state.step) * (time.time() - t0) / max(1, done)
                     val = f" val_loss {metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else ""
-                    print(f"[{plan.stage}] step {step}/{plan.max_steps} loss {metrics['loss']:.4f}{val} "
+                    print(f"[{plan.stage}] step {state.step}/{plan.max_steps} loss {metrics['loss']:.4f}{val} "
                           f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.0f} samples/s eta {eta:.0f}s",
                           flush=True)
                 if not last:
-                    if plan.checkpoint_every and step % plan.checkpoint_every == 0:
-                        save_resume_checkpoint(metrics)
-                    else:
-                        ray.train.report(metrics)
+                    ray.train.report(metrics)
+            if not last and plan.checkpoint_every and state.step % plan.checkpoint_every == 0:
+                save_resume_checkpoint(plan, run, state)
             if last:
                 break
-        if step < plan.max_steps:
-            if not produced and batches_in_epoch == 0:
-                raise ValueError(
-                    f"[{plan.stage}] worker {rank}/{world} got no full micro-batch of {micro} training records of "
-                    f"tasks {plan.tasks} under {plan.data_dir}; lower the batch size or add data")
-            epoch, batches_in_epoch = epoch + 1, 0
+        if state.step < plan.max_steps:
+            state.epoch, state.position = state.epoch + 1, 0
+    return time.time() - t0
 
-    # --- evaluate ----------------------------------------------------------------------------
-    val_loss = validate()
-    trained = [h for h in history if "loss" in h]
+
+def save(plan: StagePlan, run: _Run, state: _State, train_seconds: float) -> dict | None:
+    """Validation, the final HF checkpoint (rank 0), a last resume checkpoint; rank 0's summary."""
+    import ray.train
+
+    from ying.model.checkpoint import save_checkpoint
+
+    val_loss = validate(plan, run)
+    trained = [h for h in state.history if "loss" in h]
     final = {
-        "step": step,
-        "epoch": epoch,
+        "step": state.step,
+        "epoch": state.epoch,
         "loss": trained[-1]["loss"] if trained else float("nan"),
         "val_loss": val_loss,
-        "train_seconds": time.time() - t0,
+        "train_seconds": train_seconds,
         "samples_per_s": (sum(h["samples_per_s"] for h in trained) / len(trained)) if trained else 0.0,
-        "resumed_from_step": resumed_from,
+        "resumed_from_step": state.resumed_from,
         # Every worker's tokens, restored windows included (benchmarks/gpu_check.py reads these two).
         "tokens": sum(h.get("tokens", 0) for h in trained),
-        "peak_gpu_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_gpu_mem_bytes": torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None,
     }
-    if rank == 0:
+    if run.rank == 0:
         print(f"[{plan.stage}] done: val_loss {val_loss if val_loss is None else round(val_loss, 4)}", flush=True)
-
-    # --- save --------------------------------------------------------------------------------
     if plan.out_dir:
-        extra = {"stage": plan.stage, "plan_hash": plan.plan_hash, **final}
-        if cfg.train.zero_stage == 3:  # partitioned: gather a 16-bit state dict on rank 0, layer by layer
+        extra = {"stage": plan.stage, "plan_hash": plan.plan_hash, "seed": plan.seed, **final}
+        engine = run.engine
+        if plan.zero_stage == 3:  # partitioned: gather a 16-bit state dict on rank 0, layer by layer
             state_dict = engine._zero3_consolidated_16bit_state_dict()
-            if rank == 0:
-                save_checkpoint(engine.module, tokenizer, cfg.model, plan.out_dir, extra, state_dict=state_dict)
-        elif rank == 0:
-            save_checkpoint(engine.module, tokenizer, cfg.model, plan.out_dir, extra)
-    save_resume_checkpoint(final)
-    if rank != 0:
+            if run.rank == 0:
+                save_checkpoint(engine.module, run.tokenizer, plan.model, plan.out_dir, extra, state_dict=state_dict)
+        elif run.rank == 0:
+            save_checkpoint(engine.module, run.tokenizer, plan.model, plan.out_dir, extra)
+    # A re-run of a finished plan (its driver died before the manifest) restores this and trains nothing.
+    if state.resumed_from != state.step:
+        save_resume_checkpoint(plan, run, state)
+    ray.train.report(final)
+    if run.rank != 0:
         return None
-    plan_summary = {k: v for k, v in asdict(plan).items() if k != "config"}
-    return {**final, "history": history, "trainable": trainable, "plan": plan_summary}
+    return {**final, "history": state.history, "trainable": run.trainable, "plan": plan.summary()}
+
+
+def train_loop_per_worker(config: dict) -> dict | None:
+    """Ray Train's entry point: ``config["plan"]`` is the StagePlan."""
+    plan: StagePlan = config["plan"]
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if plan.use_gpu else "cpu")
+    run = setup(plan)
+    state = restore(plan, run)
+    seconds = train(plan, run, state)
+    return save(plan, run, state, seconds)
+
+
+def plan_fields(plan: StagePlan) -> dict:
+    """The fields that say what a plan trains (the plan hash's input), as JSON."""
+    from ying.config import execution_only_paths
+
+    out = {f.name: getattr(plan, f.name) for f in fields(plan) if f.name not in EXECUTION_FIELDS}
+    model = plan.model.model_dump(mode="json")
+    for path in execution_only_paths(ModelConfig):  # e.g. the attention kernel: how, not what
+        *parents, leaf = path.split(".")
+        node = model
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    out["model"] = model
+    return out

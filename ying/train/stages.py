@@ -3,26 +3,27 @@
 Stage I aligns vision and language on captioning; Stage II instruction-tunes on every built task
 that is not held out (paper §3.1.1, Figure 8). Both run ``train_loop_per_worker``.
 
-A Ray Train run resumes the latest checkpoint of a run with the same name under the same storage
-path. So a run's name carries the hash of its plan (config, data, initial weights, and the stage's
-fingerprint when the DAG runs it): a re-run after any change trains from the intended start, and
-a crash of the same plan resumes where it stopped. Runs of older plans are removed when a new plan
-starts; the checkpoint itself also carries the plan hash and refuses a mismatch (``PlanMismatchError``).
+A run resumes the latest complete resume checkpoint under ``<storage>/<run name>/resume`` (written
+by the workers themselves, see ``ying.train.loop``). So a run's name carries the hash of its plan
+(its typed fields, data, initial weights, and the stage's fingerprint when the DAG runs it): a
+re-run after any change trains from the intended start, and a crash of the same plan resumes where
+it stopped, on the same records. Runs of older plans are removed when a new plan starts; the
+checkpoint itself also carries the plan hash and refuses a mismatch (``PlanMismatchError``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 from ying import storage
 from ying.config import YingConfig
 from ying.console import TRAIN_LOG_LEVEL
 from ying.data.build import count_records
-from ying.train.ingest import RecordPolicy, data_identity, stage_datasets
-from ying.train.loop import StagePlan, train_loop_per_worker
+from ying.train.ingest import IngestOptions, RecordPolicy, data_identity, select_ids
+from ying.train.loop import StagePlan, plan_fields, train_loop_per_worker
+from ying.train.sampler import record_index
 
-__all__ = ["stage_plan", "stage_tasks", "plan_hash", "fit", "run_stage", "trainer_for", "train_datasets"]
+__all__ = ["stage_plan", "stage_tasks", "plan_hash", "fit", "run_stage", "trainer_for", "resume_dir"]
 
 
 def stage_tasks(cfg: YingConfig, stage: str) -> list[str]:
@@ -44,16 +45,12 @@ def _init_identity(init_checkpoint: str | None) -> str | None:
     return storage.fingerprint(storage.read_json(path)) if storage.exists(path) else f"path:{init_checkpoint}"
 
 
-def plan_hash(cfg: YingConfig, plan: StagePlan, context: str = "") -> str:
-    """What a plan trains: its fields, the config that shapes training (execution-only settings
-    excluded), the data it reads and the weights it starts from; ``context`` adds the caller's own
-    identity (the DAG stage's fingerprint, which also covers the code)."""
-    fields = {k: v for k, v in asdict(plan).items()
-              if k not in ("config", "out_dir", "log_every", "checkpoint_every", "plan_hash")}
+def plan_hash(plan: StagePlan, context: str = "") -> str:
+    """What a plan trains: its fields (execution-only ones excluded: ``EXECUTION_FIELDS``), the data
+    it reads and the weights it starts from; ``context`` adds the caller's own identity (the DAG
+    stage's fingerprint, which also covers the code)."""
     return storage.fingerprint({
-        "plan": fields,
-        "config": cfg.result_view("run.seed", "model", "train.num_workers", "train.use_gpu", "train.zero_stage",
-                                  "train.weight_decay", "train.grad_clip", "train.shuffle_buffer"),
+        "plan": plan_fields(plan),
         "data": data_identity(plan.data_dir),
         "init": _init_identity(plan.init_checkpoint),
         "context": context,
@@ -62,8 +59,11 @@ def plan_hash(cfg: YingConfig, plan: StagePlan, context: str = "") -> str:
 
 def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
                init_checkpoint: str | None = None, context: str = "", **overrides) -> StagePlan:
-    """The plan of ``stage`` (``overrides`` replace fields, e.g. a Tune trial's lr and steps), hashed."""
+    """The plan of ``stage`` (``overrides`` replace fields, e.g. a Tune trial's lr, steps and seed),
+    with its record indexes, hashed. The config is read here and nowhere below: the workers get
+    typed fields."""
     spec = getattr(cfg.train, stage)
+    t = cfg.train
     tasks = overrides.pop("tasks", None) or stage_tasks(cfg, stage)
     lr = overrides.pop("lr", None) or spec.lr
     if lr is None:
@@ -73,14 +73,13 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
     if max_steps is None:  # the paper gives Stage II in epochs: convert with the real record count
         n_train = count_records(data_dir, "train", tasks)
         max_steps = max(spec.warmup_steps + 1, math.ceil(spec.epochs * n_train / spec.batch_size))
-    workers = max(cfg.train.num_workers, 1)
+    workers = max(t.num_workers, 1)
     batch_size = overrides.pop("batch_size", None) or spec.batch_size
     # The configured micro-batch belongs to the configured batch; another batch divides by the workers.
     micro = (overrides.pop("micro_batch_size", None)
              or (spec.micro_batch_size if batch_size == spec.batch_size else None) or batch_size // workers)
     plan = StagePlan(
         stage=stage,
-        config=cfg.to_dict(),
         data_dir=data_dir,
         tasks=tasks,
         trainable=list(spec.trainable),
@@ -90,10 +89,23 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
         batch_size=batch_size,
         micro_batch_size=micro,
         out_dir=out_dir,
+        model=cfg.model,
+        seed=cfg.run.seed,
+        num_workers=workers,
         init_checkpoint=init_checkpoint,
         val_examples=spec.val_examples,
         eval_every=spec.eval_every,
         checkpoint_every=spec.checkpoint_every,
+        use_gpu=t.use_gpu,
+        zero_stage=t.zero_stage,
+        zero_init=t.zero_init,
+        gradient_checkpointing=t.gradient_checkpointing,
+        weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip,
+        shuffle_buffer=t.shuffle_buffer,
+        torch_threads=t.torch_threads or max(1, int(t.cpus_per_worker)),
+        ingest=IngestOptions(tasks=t.data_tasks, task_cpus=t.data_task_cpus, cpu_limit=t.data_cpus,
+                             prefetch_batches=t.prefetch_batches),
     )
     for k, v in overrides.items():
         if not hasattr(plan, k):
@@ -102,64 +114,62 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
     if plan.batch_size % (plan.micro_batch_size * workers):
         raise ValueError(f"{stage}: batch_size {plan.batch_size} is not micro_batch_size {plan.micro_batch_size} "
                          f"x {workers} workers x a whole number of accumulation steps")
-    plan.plan_hash = plan_hash(cfg, plan, context)
+    _index_records(plan)
+    plan.plan_hash = plan_hash(plan, context)
     return plan
 
 
-def train_datasets(cfg: YingConfig, plan: StagePlan, filesystem=None) -> dict:
-    """The plan's Ray Datasets, encoded with the tokenizer the workers will train with.
-
-    The validation sample is small and read once: it is materialized here, before training takes
-    its CPUs, so only the training dataset streams (and holds ingest actors) while workers train.
-    """
-    from ying.model.processor import YingProcessor
-
-    tokenizer = _stage_tokenizer(cfg, plan)
-    processor = YingProcessor.from_model_config(tokenizer, cfg.model)
-    return stage_datasets(plan.data_dir, plan.tasks, processor, RecordPolicy(**plan.policy), cfg.run.seed,
-                          plan.val_examples, encode_tasks=cfg.train.data_tasks,
-                          encode_cpus=cfg.train.data_task_cpus, filesystem=filesystem)
-
-
-def _stage_tokenizer(cfg: YingConfig, plan: StagePlan):
-    """The tokenizer the stage's model uses: the init checkpoint's, else the configured one."""
-    from ying.model.checkpoint import load_checkpoint_tokenizer
-    from ying.model.tokenizer import build_tokenizer
-
-    if plan.init_checkpoint:
-        return load_checkpoint_tokenizer(plan.init_checkpoint)
-    return build_tokenizer(cfg.model.tokenizer)
+def _index_records(plan: StagePlan) -> None:
+    """The plan's training and validation record indexes (the sampler orders them per epoch and rank)."""
+    policy = RecordPolicy(**plan.policy)
+    train_ids = None
+    if policy.max_per_task:
+        chosen = select_ids(plan.data_dir, "train", plan.tasks, policy.max_per_task, plan.seed)
+        train_ids = sorted(i for ids in chosen.values() for i in ids)
+    plan.train_index = record_index(plan.data_dir, "train", plan.tasks, train_ids)
+    if not plan.train_index.total:
+        raise ValueError(f"no training records of tasks {plan.tasks} under "
+                         f"{storage.join(plan.data_dir, 'records', 'train')}")
+    plan.val_index = None
+    if plan.val_examples > 0:
+        per_task = math.ceil(plan.val_examples / max(1, len(plan.tasks)))
+        chosen = select_ids(plan.data_dir, "validation", plan.tasks, per_task, plan.seed)
+        val_ids = sorted(i for ids in chosen.values() for i in ids)
+        if val_ids:
+            plan.val_index = record_index(plan.data_dir, "validation", plan.tasks, val_ids)
 
 
-def trainer_for(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str, callbacks=None, datasets=None):
-    """A TorchTrainer for ``plan``; ``name`` should carry the plan hash (see ``run_name``)."""
+def resume_dir(storage_path: str, name: str) -> str:
+    """Where a run's resume checkpoints go (``ying.train.loop.save_resume_checkpoint``)."""
+    return storage.join(storage_path, name, "resume")
+
+
+def trainer_for(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str, callbacks=None):
+    """A TorchTrainer for ``plan``; ``name`` should carry the plan hash (see ``run_name``).
+
+    The workers read their records themselves (``ying.train.sampler``): no Ray Train datasets, so
+    no split that depends on which worker asks first."""
     import ray.train
-    from ray.data import ExecutionOptions, ExecutionResources
-    from ray.train import DataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    plan.resume_dir = resume_dir(storage_path, name)
 
     max_failures = cfg.train.max_failures
     run_config = ray.train.RunConfig(
         name=name,  # no timestamp: re-running the same name resumes the same run
         **storage.ray_run_storage(storage_path),  # s3:// through s3fs, like the rest of the run dir
         logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),  # Train's notices stay in its logs
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=3),
         callbacks=callbacks or [],
     )
-    data_options = ExecutionOptions()
-    if cfg.train.data_cpus:
-        data_options.resource_limits = ExecutionResources(cpu=cfg.train.data_cpus)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(plan),
+        train_loop_config={"plan": plan},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}),
-        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+            num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
         run_config=run_config,
-        datasets=datasets if datasets is not None else train_datasets(cfg, plan),
-        dataset_config=DataConfig(execution_options=data_options),
     )
 
 

@@ -28,7 +28,7 @@ def _trial(trial: dict) -> None:
 
     quiet_stage_process()  # a trial is its own process; its Ray Data runs here and in Train's coordinator
 
-    cfg = YingConfig.model_validate(trial["cfg"])
+    cfg: YingConfig = trial["cfg"]
     t = cfg.tune
     plan = stage_plan(cfg, "stage2", trial["data_dir"], out_dir=None, init_checkpoint=trial["init_checkpoint"],
                       lr=trial["lr"], max_steps=t.trial_steps,
@@ -62,9 +62,9 @@ def lr_search(cfg: YingConfig, data_dir: str, init_checkpoint: str, tune_dir: st
     from ying.tune.runner import last_results, run_experiment
 
     t = cfg.tune
-    trial_cfg = cfg.to_dict()
-    if t.num_workers:
-        trial_cfg["train"]["num_workers"] = t.num_workers
+    trial_cfg = cfg
+    if t.num_workers:  # the trials' own worker count: a typed copy of the config, not a patched dict
+        trial_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": t.num_workers})})
     reports = max(1, t.trial_steps // t.report_every)
     space = {
         "lr": search_space(cfg),
@@ -79,7 +79,7 @@ def lr_search(cfg: YingConfig, data_dir: str, init_checkpoint: str, tune_dir: st
         scheduler=ASHAScheduler(time_attr="training_iteration", max_t=reports,
                                 grace_period=min(t.grace_period, reports), reduction_factor=t.reduction_factor),
     )
-    results = run_experiment("lr_search", fingerprint or storage.fingerprint(space["cfg"]), _trial, space,
+    results = run_experiment("lr_search", fingerprint or storage.fingerprint(trial_cfg.to_dict()), _trial, space,
                              tune_config, storage.join(tune_dir, "experiments"), fresh=fresh)
     trials = []
     for r in last_results(results):

@@ -1,0 +1,143 @@
+"""Which records each training rank reads, and in which order: a function of (seed, epoch, rank,
+world size) only, never of timing or of where Ray put a block.
+
+A stage's records form an index: its files (sorted) and how many of each file's rows belong to
+the stage. An epoch lays them out as one sequence:
+
+    1. the files in an order drawn from (seed, epoch), their rows in file order;
+    2. the sequence cut into ``world`` equal, contiguous slices (the last ``total % world`` records
+       of the epoch's sequence sit this epoch out): rank r reads only its slice, so every record
+       is read once per epoch across the ranks, and every rank gets the same number of batches
+       (ZeRO-3 hangs on an uneven count);
+    3. each rank's slice shuffled within windows of ``window`` records, by (seed, epoch, rank,
+       window index): what a local shuffle buffer does, but reproducible.
+
+A rank's *position* is the number of records of its epoch it has trained on. A checkpoint stores
+(epoch, position); a resume recomputes the same sequence and starts reading at the window that
+holds the position, so the records trained after a resume are exactly those an uninterrupted run
+trains next (the same idea as MosaicML Streaming's deterministic mid-epoch resumption).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+__all__ = ["RecordIndex", "Segment", "record_index", "rank_share", "rank_segments", "window_order",
+           "rank_epoch_records"]
+
+
+@dataclass(frozen=True)
+class RecordIndex:
+    """A split's records of one stage: which files hold them and how many each holds."""
+
+    split_dir: str  # <data_dir>/records/<split> (local or s3://)
+    files: tuple[str, ...]  # paths relative to split_dir, sorted
+    counts: tuple[int, ...]  # the stage's rows in each file
+    tasks: tuple[str, ...]
+    ids: tuple[str, ...] | None = None  # only these record ids (a validation sample, per-task caps)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``count`` consecutive stage rows of ``index.files[file]``, from its ``start``-th stage row."""
+
+    file: int
+    start: int
+    count: int
+
+
+def record_index(data_dir: str, split: str, tasks: list[str], ids: Iterable[str] | None = None) -> RecordIndex:
+    """The index of ``split``'s records of ``tasks`` (and ``ids``): footers, then the id and task columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ying import storage
+    from ying.train.ingest import stage_files
+
+    split_dir = storage.join(data_dir, "records", split)
+    fs, files = stage_files(data_dir, split, tasks)
+    _, root = storage.filesystem(split_dir)
+    wanted_ids = tuple(sorted(set(ids))) if ids is not None else None
+    task_set, id_set = pa.array(sorted(set(tasks))), pa.array(wanted_ids) if wanted_ids is not None else None
+    kept, counts = [], []
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            table = pq.read_table(fh, columns=["id", "task"])
+        mask = pc.is_in(table.column("task"), value_set=task_set)
+        if id_set is not None:
+            mask = pc.and_(mask, pc.is_in(table.column("id"), value_set=id_set))
+        n = int(pc.sum(mask).as_py() or 0)
+        if n:
+            kept.append(f[len(root.rstrip("/")) + 1:])
+            counts.append(n)
+    return RecordIndex(split_dir, tuple(kept), tuple(counts), tuple(sorted(set(tasks))), wanted_ids)
+
+
+def rank_share(total: int, world: int) -> int:
+    """Records each rank reads per epoch (equal for all ranks)."""
+    return total // max(1, world)
+
+
+def _file_order(n_files: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    if not shuffle:
+        return np.arange(n_files)
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n_files)
+
+
+def rank_segments(index: RecordIndex, seed: int, epoch: int, rank: int, world: int, begin: int = 0,
+                  shuffle: bool = True) -> list[Segment]:
+    """The segments holding positions ``[begin, share)`` of ``rank``'s slice of the epoch, in order."""
+    share = rank_share(index.total, world)
+    lo, hi = rank * share + begin, (rank + 1) * share
+    segments, offset = [], 0  # offset: sequence position of the current file's first row
+    for f in _file_order(len(index.files), seed, epoch, shuffle):
+        n = index.counts[f]
+        start, end = max(lo, offset), min(hi, offset + n)
+        if start < end:
+            segments.append(Segment(int(f), start - offset, end - start))
+        offset += n
+        if offset >= hi:
+            break
+    return segments
+
+
+def window_order(seed: int, epoch: int, rank: int, window: int, size: int) -> np.ndarray:
+    """The order in which a rank trains on the ``size`` records of one of its windows."""
+    return np.random.default_rng([seed, epoch, rank, window]).permutation(size)
+
+
+def rank_epoch_records(read: Callable[[list[Segment]], Iterator[dict]], index: RecordIndex, seed: int,
+                       epoch: int, rank: int, world: int, window: int, start: int = 0,
+                       shuffle: bool = True) -> Iterator[dict]:
+    """``rank``'s records of ``epoch`` from position ``start``, each once, in the seeded order.
+
+    ``read(segments)`` yields the encoded rows of those segments in order (Ray Data, in
+    ``ying.train.ingest``). Reading starts at the window that holds ``start``; that window's
+    records before ``start`` are read again but not yielded. ``shuffle=False`` (validation):
+    file order, no windows.
+    """
+    share = rank_share(index.total, world)
+    if start >= share:
+        return
+    window = max(1, window) if shuffle else share
+    first = start // window
+    rows = read(rank_segments(index, seed, epoch, rank, world, begin=first * window, shuffle=shuffle))
+    for w in range(first, -(-share // window)):
+        size = min(window, share - w * window)
+        buffer = list(itertools.islice(rows, size))
+        if len(buffer) < size:
+            raise RuntimeError(f"{index.split_dir}: rank {rank} expected {size} records in window {w} of epoch "
+                               f"{epoch} and read {len(buffer)}: the records changed under a running stage")
+        order = window_order(seed, epoch, rank, w, size) if shuffle else range(size)
+        skip = start - w * window if w == first else 0
+        for i in list(order)[skip:]:
+            yield buffer[i]
