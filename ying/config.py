@@ -134,14 +134,6 @@ class DataConfig(_Strict):
         return self
 
 
-def _tasks_marked_for_rephrasing() -> list[str]:
-    # Imported here, not at module level: the adapters pull in PIL and pyarrow, and only a
-    # config that leaves rephrase.tasks unset needs them.
-    from ying.data.tasks import TASKS
-
-    return sorted(key for key, module in TASKS.items() if module.SPEC.rephrase)
-
-
 class ModelPrice(_Strict):
     """What one model costs, in US dollars per million tokens (your provider's price list)."""
 
@@ -160,9 +152,10 @@ class RephraseConfig(_Strict):
     timeout_s: float = 30.0  # per request; a timeout is retried like a 5xx
     max_retries: int = 4  # retries per record after 429 / 5xx / timeout / malformed, then fallback:error:<kind>
     max_tokens: int = 256  # completion cap per request (also the tokens/min booking estimate)
-    # Tasks whose short answers get rephrased; default: every task whose adapter says so (SPEC.rephrase
-    # in ying/data/tasks/*), i.e. the VQA, KVQA, reasoning and video QA tasks with short answers.
-    tasks: list[str] = Field(default_factory=_tasks_marked_for_rephrasing)
+    # Tasks whose short answers get rephrased; None: every task whose adapter says so (SPEC.rephrase
+    # in ying/data/tasks/*, resolved by ying.data.tasks.rephrased_tasks), i.e. the VQA, KVQA,
+    # reasoning and video QA tasks with short answers.
+    tasks: list[str] | None = None
     # One limit for the whole cluster (a Ray actor); set them a little under the provider's own limits.
     rpm: float | None = None  # requests per minute; None: unlimited
     tpm: float | None = None  # tokens (prompt + completion) per minute; None: unlimited
@@ -237,6 +230,34 @@ class TokenizerConfig(_Strict):
     kind: Literal["bpe", "pretrained"] = "bpe"
     vocab_size: int = 1024
     path: str | None = None
+
+
+# Hub ids whose files are differences to LLaMA's weights, with the recipe their model cards give:
+# config validation refuses them as model.llm_path (loaded as a LLaMA they give a broken model).
+KNOWN_DELTA_WEIGHTS = {
+    "IDEA-CCNL/Ziya-LLaMA-13B-v1": "Ziya-LLaMA-13B-v1",
+    "IDEA-CCNL/Ziya-LLaMA-13B-Pretrain-v1": "Ziya-LLaMA-13B-Pretrain-v1",
+}
+
+_MERGE_RECIPE = (
+    "(1) convert the original LLaMA-13B weights to the Hugging Face format (transformers' "
+    "convert_llama_weights_to_hf.py --model_size 13B); (2) add the delta with Fengshenbang-LM's "
+    "fengshen/utils/apply_delta.py: python3 -m apply_delta --base <llama-13b-hf> --target <merged-dir> "
+    "--delta <the {name} download>; (3) set model.llm_path=<merged-dir> and model.tokenizer.path=<merged-dir>"
+)
+
+
+def delta_weights_problem(llm_path: str | None) -> str | None:
+    """A config error when ``llm_path`` names delta weights (as a Hub id or a Hub cache folder)."""
+    if not llm_path:
+        return None
+    normalized = llm_path.strip().rstrip("/").lower()
+    for hub_id, name in KNOWN_DELTA_WEIGHTS.items():
+        cache_folder = "models--" + hub_id.replace("/", "--")
+        if normalized == hub_id.lower() or cache_folder.lower() in normalized:
+            return (f"model.llm_path={llm_path!r} holds delta weights, not a usable LLM (loaded as a LLaMA it "
+                    f"gives a broken model without an error). Merge them first: " + _MERGE_RECIPE.format(name=name))
+    return None
 
 
 class ModelConfig(_Strict):
@@ -572,8 +593,6 @@ class YingConfig(_Strict):
                 "small ones)")
         if self.train.zero_init and self.train.zero_stage != 3:
             problems.append("train.zero_init builds a ZeRO-3 partitioned model: set train.zero_stage=3 or zero_init=false")
-        from ying.model.weights import delta_weights_problem  # a leaf module: no import cycle
-
         problem = delta_weights_problem(self.model.llm_path)
         if problem:
             problems.append(problem)

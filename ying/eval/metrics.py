@@ -9,10 +9,10 @@ ignored, by handing RougeScorer a character tokenizer (the LCS and F-measure are
 from __future__ import annotations
 
 import re
-import string
-import unicodedata
 
 from rouge_score import rouge_scorer
+
+from ying.text import CJK, char_tokens, normalize_answer  # shared with the rephrase acceptance check
 
 __all__ = [
     "ROUGE_TOKENIZERS",
@@ -29,20 +29,6 @@ ROUGE_TOKENIZERS = {
     "en": "rouge_score default tokenizer (lowercased ASCII words [a-z0-9]+, no stemming); ROUGE-L F-measure",
     "zh": "characters (lowercased; whitespace and Unicode punctuation/symbols removed); ROUGE-L F-measure over the character LCS",
 }
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_SPACE_BETWEEN_CJK = re.compile(rf"(?<=[{_CJK}]) (?=[{_CJK}])")
-
-
-def _is_punct(ch: str) -> bool:
-    return ch in string.punctuation or unicodedata.category(ch)[0] in ("P", "S")
-
-
-def char_tokens(text: str) -> list[str]:
-    """One token per character, skipping whitespace and punctuation (the Chinese ROUGE unit)."""
-    return [ch for ch in text.lower() if not ch.isspace() and not _is_punct(ch)]
-
 
 class _CharTokenizer:
     """The ``tokenize(text) -> list[str]`` interface that RougeScorer(tokenizer=...) expects."""
@@ -64,15 +50,6 @@ def rouge_l(prediction: str, reference: str, lang: str = "en") -> float:
         raise ValueError(f"rouge_l: unsupported lang {lang!r}; expected one of {sorted(_SCORERS)}")
     # RougeScorer.score takes (target, prediction).
     return float(scorer.score(reference or "", prediction or "")["rougeL"].fmeasure)
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation (ASCII and CJK) and English articles, collapse spaces; CJK kept."""
-    text = (text or "").lower()
-    text = "".join(ch for ch in text if not _is_punct(ch))  # SQuAD-style: punctuation deleted
-    text = _ARTICLES.sub(" ", text)
-    text = " ".join(text.split())
-    return _SPACE_BETWEEN_CJK.sub("", text)  # Chinese has no word spaces: "答案 是" == "答案是"
 
 
 def exact_match(prediction: str, reference: str) -> float:
@@ -118,7 +95,7 @@ def parse_choice(prediction: str, options: dict[str, str]) -> str | None:
 
 
 def _contains_label(answer: str, label: str) -> bool:
-    if re.search(f"[{_CJK}]", label):  # Chinese has no word boundaries: a substring is a mention
+    if re.search(f"[{CJK}]", label):  # Chinese has no word boundaries: a substring is a mention
         return label in answer
     return re.search(rf"(?<!\w){re.escape(label)}(?!\w)", answer) is not None
 

@@ -19,6 +19,8 @@ Checks:
 
 from __future__ import annotations
 
+from ying.config import KNOWN_DELTA_WEIGHTS, delta_weights_problem  # noqa: F401  (validated with the config)
+
 import contextlib
 import math
 import warnings
@@ -35,33 +37,6 @@ __all__ = [
     "llm_sanity",
     "PERPLEXITY_WARN_ABOVE",
 ]
-
-# Hub ids whose files are differences to LLaMA's weights, with the recipe their model cards give.
-KNOWN_DELTA_WEIGHTS = {
-    "IDEA-CCNL/Ziya-LLaMA-13B-v1": "Ziya-LLaMA-13B-v1",
-    "IDEA-CCNL/Ziya-LLaMA-13B-Pretrain-v1": "Ziya-LLaMA-13B-Pretrain-v1",
-}
-
-_MERGE_RECIPE = (
-    "(1) convert the original LLaMA-13B weights to the Hugging Face format (transformers' "
-    "convert_llama_weights_to_hf.py --model_size 13B); (2) add the delta with Fengshenbang-LM's "
-    "fengshen/utils/apply_delta.py: python3 -m apply_delta --base <llama-13b-hf> --target <merged-dir> "
-    "--delta <the {name} download>; (3) set model.llm_path=<merged-dir> and model.tokenizer.path=<merged-dir>"
-)
-
-
-def delta_weights_problem(llm_path: str | None) -> str | None:
-    """A config error when ``llm_path`` names delta weights (as a Hub id or a Hub cache folder)."""
-    if not llm_path:
-        return None
-    normalized = llm_path.strip().rstrip("/").lower()
-    for hub_id, name in KNOWN_DELTA_WEIGHTS.items():
-        cache_folder = "models--" + hub_id.replace("/", "--")
-        if normalized == hub_id.lower() or cache_folder.lower() in normalized:
-            return (f"model.llm_path={llm_path!r} holds delta weights, not a usable LLM (loaded as a LLaMA it "
-                    f"gives a broken model without an error). Merge them first: " + _MERGE_RECIPE.format(name=name))
-    return None
-
 
 def torch_dtype(name: str):
     import torch

@@ -42,6 +42,7 @@ from typing import Any
 
 from ying import storage
 from ying.config import AblationGrid, YingConfig
+from ying.data.tasks import rephrased_tasks
 from ying.eval.ablation_report import UNSEEN_FROM  # instructions 9 and 10 are never trained on by a k <= 8 trial
 
 __all__ = ["run_ablations", "trial_specs", "task_counts", "UNSEEN_FROM"]
@@ -101,7 +102,7 @@ def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, 
 
     a = cfg.ablations
     held_out = [t for t in cfg.data.held_out if t in cfg.data.tasks]
-    rephrased = [t for t in stage2_tasks if t in set(cfg.rephrase.tasks or [])]
+    rephrased = [t for t in stage2_tasks if t in set(rephrased_tasks(cfg.rephrase.tasks))]
     if spec["experiment"] == "figure9":
         suites, tasks = ["unseen_instructions"], held_out
     elif spec["experiment"] == "figure10":

@@ -18,7 +18,7 @@ Acceptance rules for an LLM rewrite of a short answer (``check_rephrasing``), in
    - numbers: "2" and "two" are the same answer (digits, or English words zero..twenty and the tens
      up to one hundred); "0" also matches "no" / "none";
    - everything else: the normalized answer (lowercased, punctuation and articles dropped, see
-     ``ying.eval.metrics.normalize_answer``) appears as whole words in the normalized sentence;
+     ``ying.text.normalize_answer``) appears as whole words in the normalized sentence;
      Chinese answers appear as a substring, spaces ignored.
 """
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ying.data.rephrase.refusal import Signal, refusal_evidence as _refusal_evidence
-from ying.eval.metrics import normalize_answer
+from ying.text import normalize_answer
 
 __all__ = [
     "TABLE10_PROMPT",

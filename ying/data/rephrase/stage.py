@@ -62,6 +62,7 @@ from ying.data.rephrase.providers import (
     make_provider,
 )
 from ying.data.schema import RECORD_SCHEMA, SPLITS
+from ying.data.tasks import rephrased_tasks
 
 __all__ = ["rephrase_rows", "rephrase_records", "load_coco_captions", "item_for_row", "settings_of"]
 
@@ -217,7 +218,7 @@ class _Relay:
         import ray
 
         self.cfg = RephraseConfig.model_validate(cfg)
-        self.tasks = set(self.cfg.tasks)
+        self.tasks = set(rephrased_tasks(self.cfg.tasks))
         self.caption_tasks = set(self.cfg.caption_tasks)
         self.settings = settings_of(self.cfg)
         self.owners = owners
@@ -391,7 +392,7 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
     from ying.data.split_writer import write_split_records
 
     provider = make_provider(cfg)  # fail on a bad config before any data moves
-    tasks = list(cfg.tasks)
+    tasks = rephrased_tasks(cfg.tasks)
     counts: dict[str, Any] = {"rephrased": 0, "fallback": 0, "untouched": 0, "by_status": Counter(),
                               "requests": 0, "cache_hits": 0, "deduped": 0, "failures": {}, "prompt_tokens": 0,
                               "completion_tokens": 0, "requests_per_min": 0.0}

@@ -54,3 +54,10 @@ def get_task(key: str) -> ModuleType:
         return TASKS[key]
     except KeyError:
         raise KeyError(f"unknown task {key!r}; known tasks: {sorted(TASKS)}") from None
+
+
+def rephrased_tasks(configured: list[str] | None = None) -> list[str]:
+    """``rephrase.tasks`` as set, or (None) every task whose adapter marks its answers for rephrasing."""
+    if configured is not None:
+        return list(configured)
+    return sorted(key for key, module in TASKS.items() if module.SPEC.rephrase)
