@@ -90,7 +90,8 @@ class StagePlan:
 
 # Fields that change how a plan runs, not what it trains: outside the plan hash.
 EXECUTION_FIELDS = frozenset({"out_dir", "log_every", "checkpoint_every", "plan_hash", "resume_dir", "filesystem",
-                              "torch_threads", "ingest", "train_index", "val_index", "zero_init", "stage"})
+                              "torch_threads", "ingest", "train_index", "val_index", "zero_init", "stage",
+                              "gradient_checkpointing"})
 
 
 class PlanMismatchError(RuntimeError):
