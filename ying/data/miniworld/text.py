@@ -90,19 +90,22 @@ def _en_sentences(scene: Scene, rng: random.Random) -> list[str]:
     return out
 
 
-def _en_dialogue(scene: Scene, rng: random.Random) -> str:
+_EN_OPENERS = [("Hello, can you help me with a picture?", "Sure."), ("Please answer my question.", "OK."),
+               ("I have a question about an image.", "Sure, go ahead.")]
+
+
+def _en_turns(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     things, bg = _en_things(scene), scene.background
     s = rng.choice(scene.shapes)
-    turns = [
+    return [
         ("What is in the picture?", f"{things} on a {bg} background"),
         ("Describe the image.", f"The image shows {things} on a {bg} background."),
+        ("Tell me what you see.", f"I see {things} on a {bg} background."),
         ("What color is the background?", bg),
         ("How many shapes can you see?", str(len(scene.shapes))),
         (f"What color is the {s.kind}?", s.color),
         (f"Which shape is {s.color}?", f"the {s.kind}"),
     ]
-    question, answer = rng.choice(turns)
-    return f"<human>:\n{question}\n\n<bot>:\n{answer}"
 
 
 # --- Chinese -----------------------------------------------------------------------------------
@@ -136,26 +139,42 @@ def _zh_sentences(scene: Scene, rng: random.Random) -> list[str]:
     return out
 
 
-def _zh_dialogue(scene: Scene, rng: random.Random) -> str:
+_ZH_OPENERS = [("你好，可以帮我看一幅画吗？", "好的。"), ("请按照我说的回答问题。", "好的。"),
+               ("我有一个关于画面的问题。", "没问题，请说。")]
+
+
+def _zh_turns(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     things, bg = _zh_things(scene), BACKGROUNDS_ZH[scene.background]
     s = rng.choice(scene.shapes)
-    turns = [
+    n = COUNT_WORDS_ZH[len(scene.shapes)]
+    return [
         ("图片里有什么？", f"{things}，背景是{bg}的。"),
         ("说说这幅画。", f"这幅画上画着{things}。"),
+        ("请讲一讲画面上的东西。", f"画面中一共有{n}图形：{things}。"),
+        ("你看到了什么？", f"我看到了{things}。"),
         ("背景是什么颜色的？", f"{bg}。"),
-        ("一共有几个图形？", f"{COUNT_WORDS_ZH[len(scene.shapes)]}。"),
+        ("一共有几个图形？", f"{n}。"),
         (f"{SHAPES_ZH[s.kind]}是什么颜色的？", f"{COLORS_ZH[s.color]}。"),
         (f"哪个图形是{COLORS_ZH[s.color]}的？", f"{SHAPES_ZH[s.kind]}。"),
     ]
-    question, answer = rng.choice(turns)
-    return f"<human>:\n{question}\n\n<bot>:\n{answer}"
+
+
+def _dialogue(scene: Scene, lang: str, rng: random.Random) -> str:
+    """A chat in the prompt's format (``<human>:`` / ``<bot>:``): one turn, or an opening exchange and
+    then the question, as the zero-shot Chinese prompt is laid out (paper Table 12)."""
+    question, answer = rng.choice((_en_turns if lang == "en" else _zh_turns)(scene, rng))
+    last = f"<human>:\n{question}\n\n<bot>:\n{answer}"
+    if rng.random() < 0.5:
+        return last
+    opener, reply = rng.choice(_EN_OPENERS if lang == "en" else _ZH_OPENERS)
+    return f"<human>:\n{opener}\n<bot>:\n{reply}\n{last}"
 
 
 # --- documents ---------------------------------------------------------------------------------
 def _document(scene: Scene, lang: str, rng: random.Random) -> str:
-    """One short document: a dialogue turn (one in three), else one to three sentences about the scene."""
-    if rng.random() < 1 / 3:
-        return (_en_dialogue if lang == "en" else _zh_dialogue)(scene, rng)
+    """One short document: a chat (half of them), else one to three sentences about the scene."""
+    if rng.random() < 0.5:
+        return _dialogue(scene, lang, rng)
     sentences = (_en_sentences if lang == "en" else _zh_sentences)(scene, rng)
     picked = rng.sample(sentences, rng.randint(1, 3))
     return (" " if lang == "en" else "").join(picked)
