@@ -123,6 +123,14 @@ def test_a_text_batch_trains_the_llm_only(tiny):
         if k.startswith(("vision_model.", "qformer.", "query_tokens", "language_projection.")):
             assert torch.equal(v, after[k]), k
     assert not torch.equal(before["language_model.lm_head.weight"], after["language_model.lm_head.weight"])
+    # Where more than the LLM trains (text mixed into an image stage), a text batch gives the rest a
+    # zero gradient, not none: under ZeRO every rank reduces the same gradients whatever its batch holds.
+    apply_freeze_policy(model, ["language_model.*", "vision_model.*", "qformer.*", "language_projection.*"])
+    model.zero_grad(set_to_none=True)
+    answer_loss(model, batch)[0].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    assert all(not g.any() for n, g in grads.items() if not n.startswith("language_model."))
     # Placeholders without images are refused.
     bad = dict(batch, input_ids=batch["input_ids"].clone())
     bad["input_ids"][0, 1] = proc.image_token_id

@@ -168,11 +168,16 @@ def answer_loss(model: Blip2ForConditionalGeneration, batch: dict[str, torch.Ten
     embeddings, decoder and LM head; the vision tower, Q-Former and projection take no part.
     ``model`` may be a DeepSpeed engine (whose own ``config`` is DeepSpeed's; ``module`` is the model).
     """
+    idle = None
     if batch["pixel_values"].shape[0] == 0:
-        if (batch["input_ids"] == getattr(model, "module", model).config.image_token_id).any():
+        module = getattr(model, "module", model)
+        if (batch["input_ids"] == module.config.image_token_id).any():
             raise ValueError("answer_loss: the batch has <image> placeholders but no images")
         out = model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                    use_cache=False)
+        # Trainable parts outside the LLM get a zero gradient rather than none: under ZeRO every rank
+        # must reduce the same gradients, and another rank's micro-batch may hold images.
+        idle = [p for n, p in module.named_parameters() if p.requires_grad and not n.startswith("language_model.")]
     else:
         out = model(
             pixel_values=batch["pixel_values"],
@@ -186,4 +191,6 @@ def answer_loss(model: Blip2ForConditionalGeneration, batch: dict[str, torch.Ten
     loss = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100
     )
+    if idle:
+        loss = loss + 0.0 * sum(p.sum() for p in idle)
     return loss, n_tokens
