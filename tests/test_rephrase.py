@@ -212,3 +212,19 @@ def test_stage_openai_actor_pool(ray_cluster, tmp_path, stub):
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes()
+
+
+def test_stage_writes_rows_in_the_order_they_came_in_whichever_actor_answers_first(ray_cluster, tmp_path, stub):
+    """Training orders records by seed over the files' rows: the same inputs must write the same files."""
+    rows = [_row(i, "vqa-v2" if i % 3 else "coco", f"answer {i}") for i in range(24)]
+    d = tmp_path / "in" / "records" / "train"
+    d.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), d / "part-0.parquet")
+    os.environ[KEY_ENV] = SECRET
+    try:  # batches of one row over two actors: answers come back in whatever order the actors finish
+        rephrase_records(_cfg(stub.base_url, tasks=["vqa-v2"], batch_size=1, actors=2),
+                         str(tmp_path / "in"), str(tmp_path / "out"))
+    finally:
+        del os.environ[KEY_ENV]
+    written = pq.read_table(tmp_path / "out" / "records" / "train", columns=["id"]).column("id").to_pylist()
+    assert written == [r["id"] for r in rows]

@@ -417,6 +417,10 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
     data_ctx = ray.data.DataContext.get_current()
     bars = data_ctx.enable_progress_bars
     data_ctx.enable_progress_bars = False  # our own progress line instead of bars with control codes
+    # The rows come out in the order they went in, whichever actor answers first: the same inputs
+    # write the same files, so training (which orders records by seed over the files' rows) repeats.
+    ordered = data_ctx.execution_options.preserve_order
+    data_ctx.execution_options.preserve_order = True
     log_once("ray_data_progress_manager_disabled")  # so Ray does not warn that we turned them off
     started = time.monotonic()
     limiter = owners = poller = None
@@ -474,6 +478,7 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
                 counts["budget_usd"] = cfg.budget_usd
     finally:
         data_ctx.enable_progress_bars = bars
+        data_ctx.execution_options.preserve_order = ordered
         if poller is not None and poller.is_alive():
             poller.stop_event.set()
             poller.join(timeout=10)
