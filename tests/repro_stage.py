@@ -20,6 +20,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--address", required=True)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--init", default=None, help="start from this checkpoint (as Stage II and trials do)")
     args = p.parse_args()
 
     import ray
@@ -29,7 +30,8 @@ def main() -> None:
 
     ray.init(address=args.address, log_to_driver=True)
     cfg = load_config("tiny", overrides=["train.num_workers=2", "train.zero_stage=2"])
-    plan = stage_plan(cfg, "stage1", args.data, args.out, tasks=["coco", "vqa-v2"], max_steps=args.steps,
+    plan = stage_plan(cfg, "stage1", args.data, args.out, init_checkpoint=args.init, tasks=["coco", "vqa-v2"],
+                      max_steps=args.steps,
                       warmup_steps=2, batch_size=8, log_every=5, checkpoint_every=5, val_examples=8, lr=5e-4)
     summary = fit(cfg, plan, args.storage)
     print("SUMMARY " + json.dumps({k: summary[k] for k in ("step", "epoch", "resumed_from_step", "val_loss")}),

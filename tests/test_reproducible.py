@@ -28,14 +28,24 @@ def session_address(ray_cluster):
 def data_dirs(tmp_path_factory):
     first = tmp_path_factory.mktemp("repro-data")
     write_records(first, {"coco": {"train": 40, "validation": 6}, "vqa-v2": {"train": 30, "validation": 6}})
+    from ying.config import load_config
+    from ying.model.checkpoint import save_checkpoint
+    from ying.model.tokenizer import build_tokenizer
+    from ying.model.vlm import build_model
+
+    cfg = load_config("tiny")
+    tok = build_tokenizer(cfg.model.tokenizer)
+    save_checkpoint(build_model(cfg.model, tok, seed=0), tok, cfg.model, str(first / "init"))
     second = tmp_path_factory.mktemp("elsewhere") / "data"
     shutil.copytree(first, second)
     return str(first), str(second)
 
 
 def _cmd(data: str, root: Path, address: str) -> list[str]:
+    # From an init checkpoint, as Stage II, Stage I after pretrain and every trial start: nothing is
+    # built seeded there, so dropout's RNG must be seeded by the loop itself.
     return [sys.executable, str(SCRIPT), "--data", data, "--storage", str(root / "ray"), "--out", str(root / "hf"),
-            "--address", address, "--steps", str(STEPS)]
+            "--address", address, "--steps", str(STEPS), "--init", str(Path(data) / "init")]
 
 
 def _run(data: str, root: Path, address: str) -> tuple[dict, str]:

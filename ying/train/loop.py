@@ -287,6 +287,11 @@ def setup(plan: StagePlan) -> _Run:
 
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                    config=ds_config)
+    # Dropout draws from these: seeded by (seed, rank), never left to the process's random start (a
+    # stage from an init checkpoint builds nothing seeded). A resume then restores the saved states.
+    random.seed(plan.seed * 1_000_003 + rank)
+    np.random.seed((plan.seed * 1_000_003 + rank) % 2**32)
+    torch.manual_seed(plan.seed * 1_000_003 + rank)
     if plan.model.llm_path and not plan.init_checkpoint:
         # The pretrained LLM's perplexity on plain sentences, through the engine: under ZeRO-3 its hooks
         # gather each layer's weights in turn (every rank takes part), so it sees the whole weights.
