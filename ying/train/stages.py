@@ -27,12 +27,17 @@ __all__ = ["stage_plan", "stage_tasks", "plan_hash", "fit", "run_stage", "traine
 
 
 def stage_tasks(cfg: YingConfig, stage: str) -> list[str]:
-    """Stage I: its configured tasks. Stage II: configured tasks, else all minus held-out/eval-only."""
+    """Stage I: its configured tasks. Stage II: configured tasks, else every built task minus the
+    held-out and eval-only ones and those outside the 40 tasks' mix (``TaskSpec.stage2_mix``: LAION,
+    LLaVA), which train only where a stage lists them."""
+    from ying.data.tasks import TASKS
+
     spec = getattr(cfg.train, stage)
     if spec.tasks is not None:
         return list(spec.tasks)
     excluded = set(cfg.data.held_out) | set(cfg.data.eval_only)
-    return [t for t in cfg.data.tasks if t not in excluded]
+    return [t for t in cfg.data.tasks
+            if t not in excluded and (t not in TASKS or TASKS[t].SPEC.stage2_mix)]
 
 
 def _init_identity(init_checkpoint: str | None) -> str | None:

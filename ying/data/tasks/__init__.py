@@ -23,6 +23,9 @@ class TaskSpec:
     lang: str  # "en" or "zh"
     splits: tuple[str, ...]  # record splits this source has, from train/validation/test
     rephrase: bool  # whether its short answers are meant to be rephrased into sentences
+    # Part of Stage II's default mix (``train.stage2.tasks: null``). False for data that trains only
+    # where a stage lists it: LAION's captions (Stage I) and LLaVA's conversations (the llava variant).
+    stage2_mix: bool = True
 
 
 def _discover() -> dict[str, ModuleType]:
