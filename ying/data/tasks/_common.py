@@ -17,7 +17,7 @@ from ... import storage
 from ..schema import Reject
 
 __all__ = ["SourceFileError", "load_json", "read_bytes", "list_names", "FolderIndex", "json_lines", "json_items",
-           "json_members", "csv_rows"]
+           "json_members", "csv_rows", "dialog_inputs"]
 
 
 class SourceFileError(Exception):
@@ -190,3 +190,22 @@ def csv_rows(path: str, required: set[str]) -> list[dict[str, str]]:
     if missing:
         raise SourceFileError(f"{path} lacks columns {sorted(missing)}")
     return rows
+
+
+def dialog_inputs(history: list[tuple[str, str]], question: str, caption: str | None = None) -> str:
+    """A dialogue turn's ``inputs``: the caption (where the source has one), the earlier rounds as
+    ``Q:``/``A:`` pairs under "Dialog so far:", then the current question. One layout for every
+    dialogue source (VisDial, LLaVA), so a model reads one shape of history whatever the task::
+
+        Caption: two shapes on a grey background
+        Dialog so far:
+        Q: what color is the circle
+        A: it is red
+        Question: is there a star
+    """
+    lines = [f"Caption: {caption}"] if caption is not None else []
+    if history:
+        lines.append("Dialog so far:")
+        lines += [f"Q: {q}\nA: {a}" for q, a in history]
+    lines.append(f"Question: {question}")
+    return "\n".join(lines)

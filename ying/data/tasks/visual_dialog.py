@@ -22,7 +22,7 @@ from typing import Iterator
 from ... import storage
 from ..schema import Reject, SourceInstance
 from . import TaskSpec
-from ._common import FolderIndex, json_items
+from ._common import FolderIndex, dialog_inputs, json_items
 
 SPEC = TaskSpec(key="visual-dialog", category="generation", lang="en", splits=("train", "validation", "test"), rephrase=False)
 
@@ -32,15 +32,6 @@ _IMAGE_DIRS = {
     "validation": ("VisualDialog_val2018/VisualDialog_val2018_%012d.jpg",),
     "test": ("VisualDialog_test2018/VisualDialog_test2018_%012d.jpg",),
 }
-
-
-def format_inputs(caption: str, history: list[tuple[str, str]], question: str) -> str:
-    lines = [f"Caption: {caption}"]
-    if history:
-        lines.append("Dialog so far:")
-        lines += [f"Q: {q}\nA: {a}" for q, a in history]
-    lines.append(f"Question: {question}")
-    return "\n".join(lines)
 
 
 def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
@@ -110,7 +101,7 @@ def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
                 split=split,
                 source_id=f"{image_id}-{r + 1}",
                 source=where,
-                inputs=format_inputs(caption.strip(), history, question.strip()),
+                inputs=dialog_inputs(history, question.strip(), caption=caption.strip()),
                 outputs=answer.strip(),
                 image_paths=[storage.join(root, rel)],
                 meta={
