@@ -58,13 +58,8 @@ import time
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local benchmark cluster needs no token
 
 from ying.config import MiniWorldConfig, YingConfig, load_config  # noqa: E402
-from ying.data.build import (  # noqa: E402
-    build_unified,
-    build_unified_local,
-    iter_listing,
-    read_records,
-    records_dir,
-)
+from ying.data.build import build_unified, build_unified_local, iter_listing  # noqa: E402
+from ying.data.records import read_records, split_dir  # noqa: E402
 from ying.data.m3it import export_m3it  # noqa: E402
 from ying.data.qc import check_records  # noqa: E402
 from ying.data.miniworld import MINIWORLD_TASKS, generate_miniworld  # noqa: E402
@@ -343,7 +338,7 @@ def main() -> None:
         grow1, growN = ray1["peak_rss"] - ray1["idle_rss"], rayN["peak_rss"] - rayN["idle_rss"]
 
         checked, identical = passthrough_share(cfg1, roots1, out("ray-1x"))
-        parquet = sum(dir_bytes(records_dir(out("ray-1x"), s)) for s in SPLITS)
+        parquet = sum(dir_bytes(split_dir(out("ray-1x"), s)) for s in SPLITS)
         shutil.rmtree(out("m3it-1x"), ignore_errors=True)
         export_m3it(out("ray-1x"), out("m3it-1x"), progress=None)
         jsonl = jsonl_bytes(out("m3it-1x"))  # the split files; instructions.json is not a record

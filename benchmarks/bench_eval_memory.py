@@ -96,7 +96,7 @@ def eval_config(run_dir: str, per_task: int):
 def run_child(mode: str, data_dir: str, ckpt: str, sources: dict, work: str, per_task: int, cpus: int,
               sample_s: float) -> dict:
     if mode == "whole_splits":
-        from ying.data.build import read_records
+        from ying.data.records import read_records
 
         with RssSampler(sample_s) as rss:
             idle = rss.sample()

@@ -196,7 +196,7 @@ def main() -> None:
     own_bytes = sum(fs.size(f) for f in coco_files)
     _, all_files = stage_files(data_dir, "train", cfg1.data.tasks)
     all_bytes = sum(fs.size(f) for f in all_files)
-    from ying.data.build import count_records
+    from ying.data.records import count_records
 
     epoch_steps = count_records(data_dir, "train", ["coco"]) // cfg1.train.stage1.batch_size
     counter_dir = workdir / "read-counts"

@@ -239,10 +239,10 @@ def write_records(data_dir: str, records: list[dict], files: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ying.data.build import records_dir
+    from ying.data.records import split_dir
     from ying.data.schema import RECORD_SCHEMA
 
-    out = Path(records_dir(data_dir, "train"))
+    out = Path(split_dir(data_dir, "train"))
     out.mkdir(parents=True, exist_ok=True)
     per_file = -(-len(records) // files)
     for k in range(0, len(records), per_file):

@@ -56,7 +56,8 @@ def test_a_question_on_a_clip_that_is_not_there_is_rejected():
 
 def test_the_fixture_builds_into_records_with_eight_frames(tmp_path):
     from ying.config import load_config
-    from ying.data.build import build_unified_local, read_records
+    from ying.data.build import build_unified_local
+    from ying.data.records import read_records
 
     cfg = load_config("tiny", overrides=["data.tasks=[msrvtt-qa]", "data.held_out=[]"])
     stats = build_unified_local(cfg, {TASK: ROOT}, str(tmp_path))

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from ying.config import MiniWorldConfig, load_config
-from ying.data.build import build_unified, read_records, read_rejects
+from ying.data.build import build_unified
+from ying.data.records import read_records, read_rejects
 from ying.data.miniworld import generate_miniworld
 from ying.data.qc import check_records
 

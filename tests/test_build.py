@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from ying.config import load_config
-from ying.data.build import (build_unified, build_unified_local, iter_listing, materialize_record, read_records,
-                              read_rejects, read_split, reject_kind, sample_key)
+from ying.data.build import build_unified, build_unified_local, iter_listing, materialize_record, reject_kind, sample_key
+from ying.data.records import read_records, read_rejects, read_split
 from ying.data.miniworld import generate_miniworld
 from ying.data.qc import check_records
 from ying.data.schema import RECORD_SCHEMA, validate_record

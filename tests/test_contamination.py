@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ying.data.build import read_records
+from ying.data.records import read_records
 from ying.data.contamination import CONTAMINATION_KINDS, ContaminationGuard, image_identities
 from ying.data.qc import check_records
 from ying.data.schema import RECORD_SCHEMA

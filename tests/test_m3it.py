@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from ying.cli import main
-from ying.data.build import read_records, read_rejects
+from ying.data.records import read_records, read_rejects
 from ying.data.instructions import load_pool
 from ying.data.m3it import RELEASE_FOLDERS, RELEASE_GROUPS, export_m3it, find_task_folders, import_m3it
 from ying.data.schema import RECORD_SCHEMA, SPLITS

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ying import storage
 from ying.config import load_config
-from ying.data.build import count_records, read_records
+from ying.data.records import count_records, read_records
 from ying.data.qc import check_records
 from ying.data.schema import RECORD_SCHEMA
 from ying.model.checkpoint import load_checkpoint, save_checkpoint

@@ -283,7 +283,7 @@ def test_training_instruction_subset_for_figure5():
 def test_evaluate_checkpoint_scores_one_model_as_the_stage_does(ray_cluster, tiny_run, tmp_path, capsys):
     """The entry point for Tune ablations: one checkpoint, chosen tasks and suites, a limit. Images
     reach the model actors by reference; the answers equal a direct predictor's on the same records."""
-    from ying.data.build import read_records
+    from ying.data.records import read_records
     from ying.eval import evaluate_checkpoint
     from ying.eval.report import score_predictions
     from ying.model.inference import YingPredictor

@@ -11,7 +11,8 @@
    rejects and counts come back to the driver, which prints one progress line.
 
 Memory stays bounded whatever the dataset's size: one annotation entry (or the sample) per listing
-task, a row group per actor, nothing big in the object store. Output layout:
+task, a row group per actor, nothing big in the object store. Output, in the records layout that
+``ying.data.records`` owns (and reads back: ``read_records``, ``read_split``, ``count_records``):
 
     <out_dir>/records/<split>/<task>-<split>-<index>.parquet   RECORD_SCHEMA rows, one file per chunk
     <out_dir>/rejects/rejects.jsonl   {task, split, source, reason}: adapter and build rejects
@@ -38,7 +39,8 @@ from PIL import Image
 
 from .. import storage
 from .instructions import pick_instruction
-from .schema import RECORD_SCHEMA, REJECT_SCHEMA, SPLITS, Reject, SourceInstance, make_record_id
+from .records import SplitFiles, clear_records, rejects_path
+from .schema import REJECT_SCHEMA, SPLITS, Reject, SourceInstance, make_record_id
 from .tasks import get_task
 from .visual_prompt import draw_region_box
 
@@ -55,20 +57,7 @@ __all__ = [
     "build_unified_local",
     "build_chunk",
     "iter_listing",
-    "read_split",
-    "read_records",
-    "read_rejects",
-    "count_records",
-    "records_dir",
-    "rejects_path",
 ]
-
-def records_dir(out_dir: str, split: str) -> str:
-    return storage.join(out_dir, "records", split)
-
-
-def rejects_path(out_dir: str) -> str:
-    return storage.join(out_dir, "rejects", "rejects.jsonl")
 
 
 def check_image_bytes(data: bytes, max_image_pixels: int) -> str | None:
@@ -310,12 +299,10 @@ class _SplitWriters:
     """One Parquet file per split for one chunk, written a row group at a time."""
 
     def __init__(self, out_dir: str, file_name: str):
-        self.out_dir = out_dir
-        self.file_name = file_name
+        self.files = SplitFiles(out_dir, file_name)
         self.pending: dict[str, list[dict]] = {}
         self.pending_bytes: dict[str, int] = {}
         self.written: dict[tuple[str, str], int] = {}
-        self._open: dict[str, tuple[Any, pq.ParquetWriter]] = {}
 
     def add(self, record: dict[str, Any]) -> None:
         split = record["split"]
@@ -329,23 +316,13 @@ class _SplitWriters:
     def _flush(self, split: str) -> None:
         rows = self.pending.pop(split, [])
         self.pending_bytes.pop(split, None)
-        if not rows:
-            return
-        if split not in self._open:
-            fs, d = storage.filesystem(records_dir(self.out_dir, split))
-            fs.makedirs(d, exist_ok=True)
-            fh = fs.open(f"{d.rstrip('/')}/{self.file_name}", "wb")
-            # zstd: the text columns shrink ~2x more than with snappy; JPEG bytes don't shrink either way.
-            self._open[split] = (fh, pq.ParquetWriter(fh, RECORD_SCHEMA, compression="zstd"))
-        self._open[split][1].write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))
+        if rows:
+            self.files.write(split, rows)
 
     def close(self) -> None:
         for split in list(self.pending):
             self._flush(split)
-        for fh, writer in self._open.values():
-            writer.close()
-            fh.close()
-        self._open.clear()
+        self.files.close()
 
 
 def build_chunk(
@@ -441,14 +418,6 @@ def _task_splits(cfg: YingConfig, sources: dict[str, str]) -> list[dict[str, str
     return out
 
 
-def _clear_records(out_dir: str) -> None:
-    for split in SPLITS:
-        d = records_dir(out_dir, split)
-        if storage.exists(d):  # a rebuild replaces, never mixes with, old shards
-            fs, p = storage.filesystem(d)
-            fs.rm(p, recursive=True)
-
-
 def _fresh_dir(path: str) -> None:
     fs, p = storage.filesystem(path)
     if fs.exists(p):
@@ -514,7 +483,7 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
     from ..progress import ProgressLine
 
     work = _task_splits(cfg, sources)  # a task without a source fails here, before anything is removed
-    _clear_records(out_dir)
+    clear_records(out_dir)  # a rebuild replaces, never mixes with, old shards
     listing_dir = storage.join(out_dir, "_listing")
     _fresh_dir(listing_dir)
     list_task = ray.remote(num_cpus=1)(list_split)
@@ -566,7 +535,7 @@ def build_unified_local(cfg: YingConfig, sources: dict[str, str], out_dir: str) 
     chunk files and record functions, one after another. Same outputs and counts; for debugging
     and as the benchmark's baseline."""
     work = _task_splits(cfg, sources)
-    _clear_records(out_dir)
+    clear_records(out_dir)  # a rebuild replaces, never mixes with, old shards
     listing_dir = storage.join(out_dir, "_listing")
     _fresh_dir(listing_dir)
     listings = [list_split(*_listing_args(cfg, w, listing_dir)) for w in work]
@@ -576,66 +545,6 @@ def build_unified_local(cfg: YingConfig, sources: dict[str, str], out_dir: str) 
     stats = _finish(out_dir, cfg, listings, outcomes)
     _remove(listing_dir)
     return stats
-
-
-def _parquet_files(path: str) -> tuple[Any, list[str]]:
-    fs, p = storage.filesystem(path)
-    if not fs.exists(p):
-        return fs, []
-    return fs, sorted(f for f in fs.find(p) if f.endswith(".parquet"))
-
-
-def read_split(out_dir: str, split: str, tasks: list[str] | None = None):
-    """The records of one split as a Ray Dataset, optionally only some tasks."""
-    import ray
-
-    path = records_dir(out_dir, split)
-    fs, files = _parquet_files(path)
-    if not files:
-        ds = ray.data.from_arrow(RECORD_SCHEMA.empty_table())
-    else:
-        rfs = fs if "://" in out_dir else None
-        ds = ray.data.read_parquet(files, filesystem=rfs, schema=RECORD_SCHEMA)
-    if tasks is not None:
-        from ray.data.expressions import col
-
-        ds = ds.filter(expr=col("task").is_in(list(tasks)))
-    return ds
-
-
-def read_records(out_dir: str, split: str, tasks: list[str] | None = None) -> list[dict]:
-    """The records of one split as a list of dicts, with pyarrow only (for small consumers)."""
-    fs, files = _parquet_files(records_dir(out_dir, split))
-    rows: list[dict] = []
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            table = pq.read_table(fh, schema=RECORD_SCHEMA)
-        rows.extend(table.to_pylist())
-    if tasks is not None:
-        wanted = set(tasks)
-        rows = [r for r in rows if r["task"] in wanted]
-    return rows
-
-
-def count_records(out_dir: str, split: str, tasks: list[str] | None = None) -> int:
-    """How many records a split holds, reading only the ``task`` column (no image bytes)."""
-    fs, files = _parquet_files(records_dir(out_dir, split))
-    wanted = None if tasks is None else set(tasks)
-    n = 0
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            column = pq.read_table(fh, columns=["task"]).column("task").to_pylist()
-        n += len(column) if wanted is None else sum(t in wanted for t in column)
-    return n
-
-
-def read_rejects(out_dir: str) -> list[dict]:
-    path = rejects_path(out_dir)
-    if not storage.exists(path):
-        return []
-    fs, p = storage.filesystem(path)
-    with fs.open(p, "r", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 _ = REJECT_SCHEMA  # rejects follow REJECT_SCHEMA's columns, stored as JSONL

@@ -60,7 +60,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from .. import storage
-from .build import _parquet_files, check_image_bytes, records_dir, rejects_path
+from . import records
+from .build import check_image_bytes
 from .schema import CATEGORIES, RECORD_SCHEMA, SPLITS, make_record_id, validate_record
 
 __all__ = ["RELEASE_GROUPS", "RELEASE_FOLDERS", "EXPORT_SPLIT_FILES", "find_task_folders", "parse_m3it_line",
@@ -500,11 +501,9 @@ def _drop_duplicate_ids(out_dir: str, stats: dict, rejects: list[dict[str, str]]
     import pyarrow.parquet as pq
 
     for split in SPLITS:
-        fs, files = _parquet_files(records_dir(out_dir, split))
-        tables = []
-        for n, f in enumerate(files):
-            with fs.open(f, "rb") as fh:
-                t = pq.read_table(fh, columns=["id", "task"])
+        files, tables = [], []
+        for n, (f, t) in enumerate(records.read_columns(out_dir, split, ["id", "task"])):
+            files.append(f)
             tables.append(t.append_column("file", pa.array([n] * t.num_rows, pa.int32()))
                            .append_column("row", pa.array(range(t.num_rows), pa.int64())))
         if not tables:
@@ -527,12 +526,17 @@ def _drop_duplicate_ids(out_dir: str, stats: dict, rejects: list[dict[str, str]]
             stats[task][split]["rejected"] += 1
             rejects.append({"task": task, "split": split, "source": files[n],
                             "reason": f"duplicate record id {rid!r} (another line of the split has it)"})
+        fs, _ = storage.filesystem(records.split_dir(out_dir, split))
         for n, rows in drop.items():
             with fs.open(files[n], "rb") as fh:
-                table = pq.read_table(fh)
-            keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(rows, pa.int64())))
-            with fs.open(files[n], "wb") as fh:
-                pq.write_table(table.filter(keep), fh)
+                pf = pq.ParquetFile(fh)
+                groups = [pf.read_row_group(i) for i in range(pf.num_row_groups)]
+            dropped, start = pa.array(rows, pa.int64()), 0
+            with records.RecordFile(fs.unstrip_protocol(files[n])) as out:
+                for group in groups:  # row group by row group: the sink's one task per row group stays so
+                    at = pa.array(range(start, start + group.num_rows), pa.int64())
+                    out.write(group.filter(pc.invert(pc.is_in(at, value_set=dropped))))
+                    start += group.num_rows
 
 
 def import_m3it(root: str, out_dir: str, tasks: list[str] | None = None, progress=True,
@@ -569,13 +573,7 @@ def import_m3it(root: str, out_dir: str, tasks: list[str] | None = None, progres
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
 
-    for split in SPLITS:
-        fs, p = storage.filesystem(records_dir(out_dir, split))
-        if fs.exists(p):  # a re-import replaces, never mixes with, old shards
-            fs.rm(p, recursive=True)
-    fs, parts = storage.filesystem(storage.join(out_dir, "rejects", "parts"))
-    if fs.exists(parts):
-        fs.rm(parts, recursive=True)
+    records.clear_records(out_dir)  # a re-import replaces, never mixes with, old shards
     chunks = _plan_chunks(folders, chunk_bytes)
     total_mb = max(1, sum(c["size"] for c in chunks) // 1_000_000)
     counter = ray.remote(num_cpus=0)(_BytesDone).remote()
@@ -618,7 +616,7 @@ def import_m3it(root: str, out_dir: str, tasks: list[str] | None = None, progres
     _drop_duplicate_ids(out_dir, stats, duplicates)
     merge_reject_parts(out_dir)
     if duplicates:
-        fs, p = storage.filesystem(rejects_path(out_dir))
+        fs, p = storage.filesystem(records.rejects_path(out_dir))
         with fs.open(p, "ab") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in duplicates).encode("utf-8"))
     return stats
@@ -667,7 +665,7 @@ def export_m3it(data_dir: str, out_root: str, tasks: list[str] | None = None, pr
     handles: dict[tuple[str, str], Any] = {}
     try:
         for split in SPLITS:
-            fs, files = _parquet_files(records_dir(data_dir, split))
+            fs, files = records.list_files(data_dir, split)
             for f in files:
                 with fs.open(f, "rb") as fh:
                     for batch in pq.ParquetFile(fh).iter_batches(batch_size=256, columns=RECORD_SCHEMA.names):

@@ -28,7 +28,8 @@ import json
 from typing import Any, Iterable
 
 from .. import storage
-from .build import _parquet_files, check_image_bytes, records_dir
+from . import records
+from .build import check_image_bytes
 from .contamination import (CONTAMINATION_KINDS, ContaminationGuard, contamination_kind, contamination_reason,
                             identity_key, image_digests, image_identities)
 from .schema import SPLITS, validate_record
@@ -100,10 +101,7 @@ def check_file(path: str, split: str, file_index: int, out_path: str | None, *, 
     records of evaluation-only tasks, before the train split is checked). A plain function: the
     local QC and the Ray Data workers both call it.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from .schema import RECORD_SCHEMA
 
     eval_only, allow = set(eval_only), set(allow)
     only = None if only_tasks is None else set(only_tasks)
@@ -141,17 +139,14 @@ def check_file(path: str, split: str, file_index: int, out_path: str | None, *, 
         return "passed", why, None
 
     fs, p = storage.filesystem(path)
-    writer = fh = None
+    writer = None
     try:
         with fs.open(p, "rb") as f:
             pf = pq.ParquetFile(f)
             if only is not None and not only & set(pf.read(columns=["task"]).column("task").to_pylist()):
                 return [{"row": "images", "split": split, "kind": "decoded", "n": 0, "file": file_index}]
             if out_path is not None:
-                ofs, op = storage.filesystem(out_path)
-                ofs.makedirs(op.rsplit("/", 1)[0], exist_ok=True)
-                fh = ofs.open(op, "wb")
-                writer = pq.ParquetWriter(fh, RECORD_SCHEMA, compression="zstd")
+                writer = records.RecordFile(out_path)
             columns = None if only is None else ["task", "split", "images", "meta"]
             position = 0
             for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
@@ -179,11 +174,10 @@ def check_file(path: str, split: str, file_index: int, out_path: str | None, *, 
                         rows.extend({"row": "identity", "key": identity_key(i), "used_by": f"{task}/{split}"}
                                     for i in image_identities(rec, digests))
                 if writer is not None and passed:
-                    writer.write_table(pa.Table.from_pylist(passed, schema=RECORD_SCHEMA))
+                    writer.write(passed)
     finally:
         if writer is not None:
             writer.close()  # an empty file still has the schema: a split with no passing record reads as empty
-            fh.close()
     rows += [{"row": "count", "task": t, "split": split, "kind": k, "why": w, "n": n} for (t, k, w), n in counts.items()]
     rows += [{"row": "images", "split": split, "kind": k, "n": n} for k, n in images.items()]
     for r in rows:
@@ -225,16 +219,6 @@ def _check_job(job: dict, guard: ContaminationGuard | None, kwargs: dict) -> lis
     only = json.loads(job["only"]) if job.get("only") else None
     return check_file(job["path"], job["split"], job["index"], job["out"] or None, guard=guard, only_tasks=only,
                       **kwargs)
-
-
-def _count_rows(fs, files: list[str]) -> int:
-    import pyarrow.parquet as pq
-
-    n = 0
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            n += pq.ParquetFile(fh).metadata.num_rows
-    return n
 
 
 def _run_files(jobs: list[dict], kwargs: dict, guard: ContaminationGuard | None, use_ray: bool, workers: int | None,
@@ -312,20 +296,15 @@ def check_records(in_dir: str, out_dir: str, max_image_pixels: int = 64_000_000,
     from ..progress import ProgressLine
 
     eval_only = sorted(set(eval_only))
-    files = {split: _parquet_files(records_dir(in_dir, split)) for split in SPLITS}
-    if "://" in in_dir:  # workers open each file by URL: give the object store's paths their protocol back
-        files = {split: (fs, [fs.unstrip_protocol(f) for f in fl]) for split, (fs, fl) in files.items()}
-    for split in SPLITS:
-        out_fs, out_path = storage.filesystem(records_dir(out_dir, split))
-        if out_fs.exists(out_path):
-            out_fs.rm(out_path, recursive=True)  # a re-run replaces the split, never appends to it
+    files = {split: records.file_urls(in_dir, split) for split in SPLITS}  # workers open each file by URL
+    records.clear_records(out_dir)  # a re-run replaces the splits, never appends to them
 
     def jobs_for(splits) -> list[dict]:
         return [{"path": f, "split": s, "index": n, "only": "",
-                 "out": storage.join(records_dir(out_dir, s), f"part-{n:05d}.parquet")}
-                for s in splits for n, f in enumerate(files[s][1])]
+                 "out": storage.join(records.split_dir(out_dir, s), f"part-{n:05d}.parquet")}
+                for s in splits for n, f in enumerate(files[s])]
 
-    total = sum(_count_rows(fs, fl) for fs, fl in files.values())
+    total = sum(records.count_records(in_dir, split) for split in SPLITS)
     line = ProgressLine("qc", total=total, unit="records", interval_s=progress_interval_s)
 
     def progress(rows: list[dict]) -> None:

@@ -22,7 +22,7 @@ import random
 from typing import Any, Iterator
 
 from .. import storage
-from .build import _parquet_files, records_dir
+from .records import read_columns, split_dir
 from .schema import RECORD_SCHEMA, SPLITS
 
 __all__ = ["sample_positions", "sample_records", "render_review_page", "render_review_index", "write_review_page"]
@@ -34,16 +34,13 @@ def sample_positions(data_dir: str, per_split: int = 20, seed: int = 0) -> dict[
     """``{(task, split): [(file, row in file), ...]}``: up to ``per_split`` rows drawn at random per
     task and split, in storage order, reading only the ``task`` column. The draw depends only on the
     seed, the task, the split and the records' order."""
-    import pyarrow.parquet as pq
-
     picks: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for split in SPLITS:
-        fs, files = _parquet_files(records_dir(data_dir, split))
+        files: list[str] = []
         positions: dict[str, list[tuple[int, int]]] = {}  # task -> [(file index, row in file)]
-        for fi, f in enumerate(files):
-            with fs.open(f, "rb") as fh:
-                tasks = pq.read_table(fh, columns=["task"]).column("task").to_pylist()
-            for row, task in enumerate(tasks):
+        for fi, (f, table) in enumerate(read_columns(data_dir, split, ["task"])):
+            files.append(f)
+            for row, task in enumerate(table.column("task").to_pylist()):
                 positions.setdefault(task, []).append((fi, row))
         for task, pos in sorted(positions.items()):
             rng = random.Random(f"{seed}\x00{task}\x00{split}")
@@ -55,7 +52,7 @@ def _read_rows(data_dir: str, split: str, positions: list[tuple[str, int]]) -> l
     """The records at ``positions`` (in that order), reading only the row groups that hold them."""
     import pyarrow.parquet as pq
 
-    fs, _ = storage.filesystem(records_dir(data_dir, split))
+    fs, _ = storage.filesystem(split_dir(data_dir, split))
     wanted: dict[str, set[int]] = {}
     for f, row in positions:
         wanted.setdefault(f, set()).add(row)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import storage
-from .build import _parquet_files, records_dir
+from . import records
 from .instructions import POOL_DIR
 from .schema import CATEGORIES, SPLITS
 
@@ -197,17 +197,10 @@ def instruction_stats(pool_dir: str | Path = POOL_DIR) -> dict[str, Any]:
 
 def instance_stats(data_dir: str) -> dict[str, Any]:
     """Tables 3 and 9: record counts by task, by category and in total, per split."""
-    import pyarrow.parquet as pq
-
     by_task: dict[str, dict[str, int]] = {}
     for split in SPLITS:
-        fs, files = _parquet_files(records_dir(data_dir, split))
-        for f in files:
-            with fs.open(f, "rb") as fh:
-                tasks = pq.read_table(fh, columns=["task"]).column("task").to_pylist()
-            for task in tasks:
-                row = by_task.setdefault(task, {s: 0 for s in SPLITS})
-                row[split] += 1
+        for task, n in records.task_counts(data_dir, split).items():
+            by_task.setdefault(task, {s: 0 for s in SPLITS})[split] += n
     by_category: dict[str, dict[str, int]] = {}
     task_category: dict[str, str] = {}
     for task, row in by_task.items():

@@ -28,24 +28,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import pyarrow.parquet as pq
 
 from ying import storage
+from ying.data.records import file_urls
 
-__all__ = ["TEXT_COLUMNS", "EVAL_SPLITS", "TrainingSummary", "EvalSelection", "record_files", "iter_columns",
+__all__ = ["TEXT_COLUMNS", "EVAL_SPLITS", "TrainingSummary", "EvalSelection", "iter_columns",
            "training_summary", "select_evaluation_records", "read_images", "image_key"]
 
 TEXT_COLUMNS = ("id", "task", "category", "lang", "split", "instruction", "inputs", "outputs", "meta")
 EVAL_SPLITS = ("test", "validation")  # a task is scored on its test split where it has one, else validation
 _READ_THREADS = 4  # row groups read at once when materialising selected rows (each holds one row group)
-
-
-def record_files(data_dir: str, split: str) -> list[str]:
-    """The split's Parquet files as URLs any process can open (``storage.filesystem``), sorted."""
-    from ying.data.build import records_dir
-
-    fs, root = storage.filesystem(records_dir(data_dir, split))
-    if not fs.exists(root):
-        return []
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    return [f if local else fs.unstrip_protocol(f) for f in sorted(fs.find(root)) if f.endswith(".parquet")]
 
 
 def _open(url: str):
@@ -109,7 +99,7 @@ def training_summary(data_dir: str, split: str = "train") -> TrainingSummary:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    files = record_files(data_dir, split)
+    files = file_urls(data_dir, split)
     hashes: dict[str, array] = {}
     instructions: dict[str, set[str]] = {}
     n = 0
@@ -217,7 +207,7 @@ def select_evaluation_records(data_dir: str, tasks: Iterable[str], limit: int,
     per_image = set(by_image_tasks) & wanted
     candidates: dict[tuple[str, str], _Candidates] = {}
     first_of_image: dict[tuple[str, str], dict[str, str]] = {}
-    files = {split: record_files(data_dir, split) for split in EVAL_SPLITS}
+    files = {split: file_urls(data_dir, split) for split in EVAL_SPLITS}
 
     def need_meta(table) -> list[str] | None:
         present = set(table.column("task").unique().to_pylist())

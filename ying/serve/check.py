@@ -16,7 +16,7 @@ import time
 import httpx
 
 from ying.config import YingConfig
-from ying.data.build import read_records
+from ying.data.records import read_records
 
 __all__ = ["serve_and_check", "chat_body"]
 

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ying import storage
+from ying.data.records import list_files
 
 __all__ = [
     "RecordPolicy",
@@ -38,7 +39,6 @@ __all__ = [
     "instruction_draw",
     "IngestOptions",
     "read_stage_rows",
-    "data_identity",
     "TRAIN_COLUMNS",
     "UNSEEN_FROM",
 ]
@@ -67,10 +67,6 @@ class RecordPolicy:
         return TRAIN_COLUMNS + (["meta"] if self.answers == "original" else [])
 
 
-def _split_dir(data_dir: str, split: str) -> str:
-    return storage.join(data_dir, "records", split)
-
-
 def stage_files(data_dir: str, split: str, tasks: list[str]) -> tuple[Any, list[str]]:
     """(fsspec filesystem, files) of ``split`` that may hold rows of ``tasks``.
 
@@ -79,12 +75,10 @@ def stage_files(data_dir: str, split: str, tasks: list[str]) -> tuple[Any, list[
     """
     import pyarrow.parquet as pq
 
-    fs, path = storage.filesystem(_split_dir(data_dir, split))
-    if not fs.exists(path):
-        return fs, []
+    fs, files = list_files(data_dir, split)
     wanted = sorted(set(tasks))
     keep = []
-    for f in sorted(p for p in fs.find(path) if p.endswith(".parquet")):
+    for f in files:
         with fs.open(f, "rb") as fh:
             meta = pq.ParquetFile(fh).metadata
         column = meta.schema.names.index("task") if "task" in meta.schema.names else None
@@ -114,17 +108,6 @@ def select_ids(data_dir: str, split: str, tasks: list[str], per_task: int, seed:
             if task in wanted:
                 ranked[task].append((_rank_key(seed, record_id), record_id))
     return {t: [rid for _, rid in sorted(rows)[:per_task]] for t, rows in ranked.items()}
-
-
-def data_identity(data_dir: str) -> str:
-    """What the training data is, for the plan hash: the writing stage's fingerprint when it left a
-    manifest, else the names and sizes of the record files."""
-    manifest = storage.read_manifest(data_dir)
-    if manifest and manifest.get("fingerprint"):
-        return f"manifest:{manifest['fingerprint']}"
-    fs, path = storage.filesystem(storage.join(data_dir, "records"))
-    listing = sorted((f, fs.size(f)) for f in fs.find(path) if f.endswith(".parquet")) if fs.exists(path) else []
-    return "files:" + storage.fingerprint([[f.rsplit("/records/", 1)[-1], n] for f, n in listing])
 
 
 def read_stage_rows(fs, path: str, columns: list[str], tasks: set[str], ids: set[str] | None,

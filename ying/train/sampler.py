@@ -61,11 +61,12 @@ def record_index(data_dir: str, split: str, tasks: list[str], ids: Iterable[str]
     import pyarrow.parquet as pq
 
     from ying import storage
+    from ying.data.records import split_dir
     from ying.train.ingest import stage_files
 
-    split_dir = storage.join(data_dir, "records", split)
+    folder = split_dir(data_dir, split)
     fs, files = stage_files(data_dir, split, tasks)
-    _, root = storage.filesystem(split_dir)
+    _, root = storage.filesystem(folder)
     wanted_ids = tuple(sorted(set(ids))) if ids is not None else None
     task_set, id_set = pa.array(sorted(set(tasks))), pa.array(wanted_ids) if wanted_ids is not None else None
     kept, counts = [], []
@@ -79,7 +80,7 @@ def record_index(data_dir: str, split: str, tasks: list[str], ids: Iterable[str]
         if n:
             kept.append(f[len(root.rstrip("/")) + 1:])
             counts.append(n)
-    return RecordIndex(split_dir, tuple(kept), tuple(counts), tuple(sorted(set(tasks))), wanted_ids)
+    return RecordIndex(folder, tuple(kept), tuple(counts), tuple(sorted(set(tasks))), wanted_ids)
 
 
 def rank_share(total: int, world: int) -> int:

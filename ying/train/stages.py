@@ -18,8 +18,8 @@ import math
 from ying import storage
 from ying.config import YingConfig
 from ying.console import TRAIN_LOG_LEVEL
-from ying.data.build import count_records
-from ying.train.ingest import IngestOptions, RecordPolicy, data_identity, select_ids
+from ying.data.records import count_records, data_fingerprint
+from ying.train.ingest import IngestOptions, RecordPolicy, select_ids
 from ying.train.loop import StagePlan, plan_fields, train_loop_per_worker
 from ying.train.sampler import record_index
 
@@ -56,7 +56,7 @@ def plan_hash(plan: StagePlan, context: str = "") -> str:
     stage's fingerprint, which also covers the code)."""
     return storage.fingerprint({
         "plan": plan_fields(plan),
-        "data": data_identity(plan.data_dir),
+        "data": data_fingerprint(plan.data_dir),
         "init": _init_identity(plan.init_checkpoint),
         "context": context,
     })
