@@ -20,7 +20,10 @@ task, a row group per actor, nothing big in the object store. Output, in the rec
 Records name their source file relative to the source root (``meta.source``), so the same inputs
 give the same rows on any machine, and carry ``meta.image_sha256``, the digests of the image bytes
 this build decoded, so QC need not decode them again. For every task and split,
-read = written + rejected (checked, not assumed).
+listed = written + rejected (checked, not assumed): ``listed`` counts the listing's rows, the
+adapter's instances kept and its rejects. ``read`` counts source records: the same number, except
+where an adapter gives one record's instances a ``SourceInstance.group`` (a LLaVA conversation's
+rounds), which is one record read.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from .. import storage
 from .instructions import pick_instruction
 from .records import SplitFiles, clear_records, rejects_path
 from .schema import REJECT_SCHEMA, SPLITS, Reject, SourceInstance, make_record_id
-from .tasks import get_task
+from .tasks import adapter_options, get_task
 from .visual_prompt import draw_region_box
 
 if TYPE_CHECKING:  # Ray workers import this module; they need no pydantic config classes
@@ -181,10 +184,12 @@ def materialize_record(
 # Listing rows: what a listing task writes into chunk files for the builders, one per source record
 # kept: kind "instance" carries a SourceInstance as JSON, "reject" an adapter reject with its reason.
 # ``index`` is the record's position in the adapter's stream (unique per task and split), ``root`` the
-# task's source root (taken off meta.source).
+# task's source root (taken off meta.source), ``group`` the instance's SourceInstance.group ("" for
+# none: the row is a source record of its own).
 _LISTING_SCHEMA = pa.schema(
     [("kind", pa.string()), ("task", pa.string()), ("split", pa.string()), ("index", pa.int64()),
-     ("root", pa.string()), ("instance", pa.string()), ("source", pa.string()), ("reason", pa.string())]
+     ("root", pa.string()), ("instance", pa.string()), ("source", pa.string()), ("reason", pa.string()),
+     ("group", pa.string())]
 )
 # What a build chunk reports back to the driver: rejects with their reasons and records written per
 # task and split. Small whatever the chunk: images never travel back through the object store.
@@ -205,7 +210,8 @@ def sample_key(seed: int, task: str, split: str, source_id: str) -> int:
 
 
 def iter_listing(task: str, root: str, split: str, cap: int | None = None, seed: int = 0,
-                 tally: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+                 tally: dict[str, int] | None = None,
+                 options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Listing rows of one task's split: its adapter's rejects as they come and its instances,
     all of them, or with ``cap`` a seeded random sample of ``cap`` (in source order, after the
     rejects). Parses annotations only; no image is opened.
@@ -213,7 +219,8 @@ def iter_listing(task: str, root: str, split: str, cap: int | None = None, seed:
     The sample is the ``cap`` instances with the smallest ``sample_key``: a heap of ``cap`` entries
     is all it holds, however long the split, and growing a release changes it only where the new
     records land. Adapter rejects are all kept (they say what is wrong with the source).
-    ``tally`` (if given) gets ``offered``: the instances the sample was drawn from.
+    ``tally`` (if given) gets ``offered``: the instances the sample was drawn from. ``options``: the
+    adapter's keyword options (``tasks.adapter_options``).
     """
     adapter = get_task(task)
     offered = 0
@@ -221,15 +228,16 @@ def iter_listing(task: str, root: str, split: str, cap: int | None = None, seed:
 
     def row(n: int) -> dict[str, Any]:
         return {"kind": "instance", "task": task, "split": split, "index": n, "root": root, "instance": "",
-                "source": "", "reason": ""}
+                "source": "", "reason": "", "group": ""}
 
-    for n, item in enumerate(adapter.read_instances(root, split)):
+    for n, item in enumerate(adapter.read_instances(root, split, **(options or {}))):
         r = row(n)
         if isinstance(item, Reject):
             r.update(kind="reject", source=item.source, reason=item.reason)
             yield r
             continue
         offered += 1
+        r["group"] = item.group or ""
         if cap is None:
             # vars(), not dataclasses.asdict: asdict deep-copies every nested list, and cost a third
             # of the listing's time.
@@ -251,17 +259,19 @@ def iter_listing(task: str, root: str, split: str, cap: int | None = None, seed:
 
 
 def list_split(task: str, root: str, split: str, cap: int | None, seed: int, listing_dir: str,
-               chunk_rows: int) -> dict[str, Any]:
+               chunk_rows: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write one task's split as listing chunk files of ``chunk_rows`` rows under
-    ``<listing_dir>/<task>--<split>/``; returns ``{task, split, paths, read, offered}`` (``read``:
-    rows listed, i.e. instances kept plus adapter rejects). The unit of work of the listing step
-    (a Ray task in ``build_unified``)."""
+    ``<listing_dir>/<task>--<split>/``; returns ``{task, split, paths, read, listed, offered}``
+    (``listed``: rows listed, i.e. instances kept plus adapter rejects; ``read``: the source records
+    among them, a group's rows, which come one after another, being one). The unit of work of the
+    listing step (a Ray task in ``build_unified``)."""
     base = storage.join(listing_dir, f"{task}--{split}")
     fs, p = storage.filesystem(base)
     fs.makedirs(p, exist_ok=True)
     paths: list[str] = []
     tally: dict[str, int] = {}
-    read = 0
+    read = listed = 0
+    group = ""
 
     def flush(rows: list[dict]) -> None:
         path = storage.join(base, f"chunk-{len(paths):07d}.parquet")
@@ -271,15 +281,19 @@ def list_split(task: str, root: str, split: str, cap: int | None, seed: int, lis
         paths.append(path)
 
     chunk: list[dict] = []
-    for r in iter_listing(task, root, split, cap, seed, tally):
+    for r in iter_listing(task, root, split, cap, seed, tally, options):
         chunk.append(r)
-        read += 1
+        listed += 1
+        if not r["group"] or r["group"] != group:
+            read += 1  # a row of its own, or the first of its group
+        group = r["group"]
         if len(chunk) >= chunk_rows:
             flush(chunk)
             chunk = []
     if chunk:
         flush(chunk)
-    return {"task": task, "split": split, "paths": paths, "read": read, "offered": tally.get("offered", 0)}
+    return {"task": task, "split": split, "paths": paths, "read": read, "listed": listed,
+            "offered": tally.get("offered", 0)}
 
 
 _PATHLIKE = re.compile(r"\S*[/\\]\S*")
@@ -432,7 +446,8 @@ def _remove(path: str) -> None:
 
 
 def _listing_args(cfg: YingConfig, w: dict[str, str], listing_dir: str) -> tuple:
-    return (w["task"], w["root"], w["split"], cfg.data.max_per_split, cfg.run.seed, listing_dir, cfg.data.chunk_rows)
+    return (w["task"], w["root"], w["split"], cfg.data.max_per_split, cfg.run.seed, listing_dir, cfg.data.chunk_rows,
+            adapter_options(w["task"], cfg.data))
 
 
 def _build_kwargs(cfg: YingConfig, out_dir: str) -> dict[str, Any]:
@@ -441,14 +456,16 @@ def _build_kwargs(cfg: YingConfig, out_dir: str) -> dict[str, Any]:
 
 
 def _finish(out_dir: str, cfg: YingConfig, listings: list[dict], outcomes: list[dict]) -> dict:
-    """Fold the listings' read counts and the chunks' outcomes into ``{task: {split: {read,
-    written, rejected, offered}}}``, check read = written + rejected, and write rejects.jsonl (in
-    task, split and source order, whatever order chunks ended)."""
-    stats = {t: {s: {"read": 0, "written": 0, "rejected": 0, "offered": 0} for s in get_task(t).SPEC.splits}
-             for t in cfg.data.tasks}
+    """Fold the listings' counts and the chunks' outcomes into ``{task: {split: {read, listed,
+    written, rejected, offered}}}``, check listed = written + rejected (every row listed ends as a
+    record or a reject), and write rejects.jsonl (in task, split and source order, whatever order
+    chunks ended)."""
+    stats = {t: {s: {"read": 0, "listed": 0, "written": 0, "rejected": 0, "offered": 0}
+                 for s in get_task(t).SPEC.splits} for t in cfg.data.tasks}
     for listing in listings:
         c = stats[listing["task"]][listing["split"]]
         c["read"] += listing["read"]
+        c["listed"] += listing["listed"]
         c["offered"] += listing["offered"]
     task_order = {t: i for i, t in enumerate(cfg.data.tasks)}
     split_order = {s: i for i, s in enumerate(SPLITS)}
@@ -460,9 +477,9 @@ def _finish(out_dir: str, cfg: YingConfig, listings: list[dict], outcomes: list[
             rejects.append(Reject(o["task"], o["split"], o["source"], o["reason"]))
             c["rejected"] += 1
     bad = {f"{t}/{s}": c for t, splits in stats.items() for s, c in splits.items()
-           if c["read"] != c["written"] + c["rejected"]}
+           if c["listed"] != c["written"] + c["rejected"]}
     if bad:  # a lost or duplicated chunk; never report counts that don't add up
-        raise RuntimeError(f"build counts don't reconcile (read != written + rejected): {bad}")
+        raise RuntimeError(f"build counts don't reconcile (listed != written + rejected): {bad}")
     lines = "".join(json.dumps(r.to_row(), ensure_ascii=False) + "\n" for r in rejects)
     storage.write_bytes_atomic(rejects_path(out_dir), lines.encode("utf-8"))
     return stats
@@ -470,8 +487,10 @@ def _finish(out_dir: str, cfg: YingConfig, listings: list[dict], outcomes: list[
 
 def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dict:
     """Build every task in ``cfg.data.tasks`` from ``sources`` (task -> root); returns
-    ``{task: {split: {read, written, rejected, offered}}}`` (``offered``: the instances the adapter
-    gave, which ``data.max_per_split`` samples from).
+    ``{task: {split: {read, listed, written, rejected, offered}}}`` (``read``: source records, a
+    LLaVA conversation one however many rounds it gives; ``listed`` = written + rejected: instances
+    kept plus adapter rejects; ``offered``: the instances the adapter gave, which
+    ``data.max_per_split`` samples from).
 
     Listing runs as one Ray task (one CPU) per (task, split), all at once where CPUs allow; then one
     Ray Data map (an actor per CPU, or ``data.workers``) builds chunk after chunk, each call
@@ -516,7 +535,7 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
             fn_kwargs=_build_kwargs(cfg, out_dir),
         )
         rejected = 0
-        line = ProgressLine("unify", total=sum(listing["read"] for listing in listings), unit="records",
+        line = ProgressLine("unify", total=sum(listing["listed"] for listing in listings), unit="records",
                             interval_s=cfg.data.progress_interval_s, extra=lambda: f"{rejected:,} rejected")
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = batch.to_pylist()

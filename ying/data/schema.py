@@ -73,6 +73,9 @@ class SourceInstance:
     boxes: list | None = None
     box_labels: list[list[str]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Instances from one source record (a LLaVA conversation's rounds) share a group, given one after
+    # another: the build counts the record once in ``read``. None: the instance is its own record.
+    group: str | None = None
 
 
 @dataclass

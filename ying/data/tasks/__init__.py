@@ -2,6 +2,9 @@
 
 Each module exposes ``SPEC`` (a ``TaskSpec``) and ``read_instances(root, split)``, which yields
 ``SourceInstance`` for good records and ``Reject`` for bad ones and never raises on bad data.
+An adapter with settings of its own (LLaVA's image folder) also exposes ``options(data_cfg)``: the
+keyword arguments its ``read_instances`` takes, picked from the data config once, at the build's
+edge (``adapter_options``), so the build passes them on without knowing any task by name.
 The registry below is a plain dict, filled by listing this package's modules: adding a dataset
 is one new module and one instruction pool.
 """
@@ -12,8 +15,9 @@ from dataclasses import dataclass
 import importlib
 import pkgutil
 from types import ModuleType
+from typing import Any
 
-__all__ = ["TaskSpec", "TASKS", "get_task"]
+__all__ = ["TaskSpec", "TASKS", "get_task", "adapter_options"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,13 @@ def get_task(key: str) -> ModuleType:
         return TASKS[key]
     except KeyError:
         raise KeyError(f"unknown task {key!r}; known tasks: {sorted(TASKS)}") from None
+
+
+def adapter_options(key: str, data_cfg: Any) -> dict[str, Any]:
+    """Keyword options for task ``key``'s ``read_instances`` from ``data_cfg`` (a ``DataConfig``):
+    its module's ``options(data_cfg)``, or none for an adapter that has no settings."""
+    options = getattr(get_task(key), "options", None)
+    return dict(options(data_cfg)) if callable(options) else {}
 
 
 def rephrased_tasks(configured: list[str] | None = None) -> list[str]:
