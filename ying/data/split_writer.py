@@ -1,4 +1,5 @@
-"""A Ray Data sink that writes records into ``<out_dir>/records/<split>/`` and set-aside rows into reject shards.
+"""A Ray Data sink that writes records into ``<out_dir>/records/<split>/`` and set-aside rows into reject shards
+(the layout and the file writer are ``ying.data.records``'s).
 
 One Ray Data pipeline can then carry every split (the rows say their split), so a stage reads, maps
 and writes all of them in one pass with its actors started once, instead of one pipeline per split.
@@ -18,11 +19,11 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from ying import storage
+from ying.data.records import SplitFiles, reject_parts_dir, rejects_path
 from ying.data.schema import RECORD_SCHEMA, Reject
 
 __all__ = ["SplitRecordsSink", "write_split_records", "merge_reject_parts", "KIND", "REASON", "SOURCE", "READ"]
@@ -65,17 +66,15 @@ class SplitRecordsSink(Datasink):
                 by_split.setdefault(split, []).append(part)
                 for task, n in Counter(part.column("task").to_pylist()).items():
                     written[_key(task, split)] += n
-        for split, parts in by_split.items():
-            fs, path = storage.filesystem(storage.join(self.out_dir, "records", split))
-            fs.makedirs(path, exist_ok=True)
-            table = pa.concat_tables(parts)
-            # One task per row group: readers of some tasks (a training stage) skip the rest from
-            # the row groups' statistics, without reading their images.
-            with fs.open(f"{path}/{name}.parquet", "wb") as fh, pq.ParquetWriter(fh, table.schema) as writer:
+        with SplitFiles(self.out_dir, f"{name}.parquet") as files:
+            for split, parts in by_split.items():
+                table = pa.concat_tables(parts)
+                # One task per row group: readers of some tasks (a training stage) skip the rest from
+                # the row groups' statistics, without reading their images.
                 for task in sorted(pc.unique(table.column("task")).to_pylist()):
-                    writer.write_table(table.filter(pc.equal(table.column("task"), task)))
+                    files.write(split, table.filter(pc.equal(table.column("task"), task)))
         if reject_lines:
-            storage.write_bytes_atomic(storage.join(self.out_dir, "rejects", "parts", f"{name}.jsonl"),
+            storage.write_bytes_atomic(storage.join(reject_parts_dir(self.out_dir), f"{name}.jsonl"),
                                        ("\n".join(reject_lines) + "\n").encode("utf-8"))
         return {"written": dict(written), "rejected": dict(rejected), "read": dict(read)}
 
@@ -103,10 +102,9 @@ def write_split_records(ds, out_dir: str) -> dict[str, dict[str, dict[str, int]]
 
 def merge_reject_parts(out_dir: str) -> int:
     """Concatenate ``rejects/parts/*.jsonl`` into ``rejects/rejects.jsonl`` (streamed); returns the lines."""
-    fs, parts_dir = storage.filesystem(storage.join(out_dir, "rejects", "parts"))
+    fs, parts_dir = storage.filesystem(reject_parts_dir(out_dir))
     parts = sorted(f for f in fs.find(parts_dir) if f.endswith(".jsonl")) if fs.exists(parts_dir) else []
-    target = storage.join(out_dir, "rejects", "rejects.jsonl")
-    tfs, tpath = storage.filesystem(target)
+    tfs, tpath = storage.filesystem(rejects_path(out_dir))
     tfs.makedirs(tpath.rpartition("/")[0], exist_ok=True)
     lines = 0
     with tfs.open(tpath, "wb") as out:

@@ -28,7 +28,7 @@ import ray
 from ying import storage
 from ying.config import YingConfig
 
-__all__ = ["paper_suite_names", "resolve_suite", "evaluation_id", "data_fingerprint", "run_evaluation",
+__all__ = ["paper_suite_names", "resolve_suite", "evaluation_id", "run_evaluation",
            "EvaluationRegistry", "results_dir"]
 
 logger = logging.getLogger(__name__)
@@ -71,13 +71,14 @@ def results_dir(cfg: YingConfig) -> str:
     return storage.join(eval_cache_dir(cfg), "serve-evaluations")
 
 
-def data_fingerprint(data_dir: str) -> str:
-    """Names and sizes of the data dir's record files (the qc stage's fingerprint is used when known)."""
-    fs, root = storage.filesystem(storage.join(data_dir, "records"))
-    if not fs.exists(root):
-        raise FileNotFoundError(f"{data_dir} has no records/ folder")
-    listing = sorted((info["name"][len(root):], info.get("size")) for info in fs.find(root, detail=True).values())
-    return storage.fingerprint(listing)
+def _data_fingerprint(data_dir: str) -> str:
+    """``records.data_fingerprint`` of a data dir to evaluate on, which must hold records."""
+    from ying.data.records import data_fingerprint, list_files
+    from ying.data.schema import SPLITS
+
+    if not any(list_files(data_dir, split)[1] for split in SPLITS):
+        raise FileNotFoundError(f"{data_dir} holds no records (records/<split>/*.parquet)")
+    return data_fingerprint(data_dir)
 
 
 def evaluation_id(model_fingerprint: str, suite: str, tasks: list[str], data_fp: str, limit: int,
@@ -157,7 +158,7 @@ class EvaluationRegistry:
                              "or give data_dir")
         model_fp, data_fp = await asyncio.gather(
             asyncio.to_thread(model_fingerprint, ModelSpec(model, "ying", checkpoint)),
-            asyncio.to_thread(lambda: self.data_fp or data_fingerprint(self.data_dir)))
+            asyncio.to_thread(lambda: self.data_fp or _data_fingerprint(self.data_dir)))
         eval_id = evaluation_id(model_fp, suite, tasks, data_fp, limit, self.cfg)
         job = self.jobs.get(eval_id)
         if job is not None and job["state"] != "failed":

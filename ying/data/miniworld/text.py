@@ -222,11 +222,9 @@ def write_text_records(out_dir: str, seed: int, sizes: dict[str, int]) -> dict[s
     what was there before is replaced. Returns ``{task: {split: written}}``."""
     import ray.data
 
-    from ying import storage
+    from ying.data.records import clear_records
     from ying.data.split_writer import write_split_records
 
-    fs, path = storage.filesystem(storage.join(out_dir, "records"))
-    if fs.exists(path):  # the sink names its files anew: a re-run would add to the old ones
-        fs.rm(path, recursive=True)
+    clear_records(out_dir)  # the sink names its files anew: a re-run would add to the old ones
     counts = write_split_records(ray.data.from_items(text_records(seed, sizes)), out_dir)
     return {task: {split: c["written"] for split, c in splits.items()} for task, splits in counts.items()}

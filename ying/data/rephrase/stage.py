@@ -46,6 +46,7 @@ import pyarrow as pa
 
 from ying import storage
 from ying.config import RephraseConfig
+from ying.data import records
 from ying.data.rephrase.cache import CacheWriter, cache_key, cache_settings, load_cache, owner_of
 from ying.data.rephrase.limiter import RateLimiterActor
 from ying.data.rephrase.prompt import RephraseItem, RephraseResult, build_prompt, context_from_meta, prompt_sha256
@@ -259,29 +260,14 @@ class _Relay:
 # -- inputs, context, progress, counts --------------------------------------------------------------
 
 
-def _arrow_fs(path: str):
-    """(pyarrow filesystem, path, fsspec filesystem) for a local path or fsspec URL."""
+def _arrow_fs(fs):
+    """The pyarrow filesystem of an fsspec one (Ray Data's reader takes pyarrow's)."""
     import pyarrow.fs as pafs
     from fsspec.implementations.local import LocalFileSystem
 
-    fs, p = storage.filesystem(path)
     if isinstance(fs, LocalFileSystem):
-        return pafs.LocalFileSystem(), p, fs
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), p, fs
-
-
-def _parquet_files(fs, path: str) -> list[str]:
-    if not fs.exists(path):
-        return []
-    return sorted(f for f in fs.find(path) if f.endswith(".parquet"))
-
-
-def _read_columns(fs, files: list[str], columns: list[str]):
-    import pyarrow.parquet as pq
-
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            yield f, pq.read_table(fh, columns=columns)
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def load_coco_captions(cfg: RephraseConfig, in_dir: str) -> dict[int, list[str]]:
@@ -299,8 +285,7 @@ def load_coco_captions(cfg: RephraseConfig, in_dir: str) -> dict[int, list[str]]
                 captions[int(ann["image_id"])].append(ann["caption"].strip())
         return dict(captions)
     for split in SPLITS:
-        _, path, fs = _arrow_fs(storage.join(in_dir, "records", split))
-        for _, table in _read_columns(fs, _parquet_files(fs, path), ["task", "outputs", "meta"]):
+        for _, table in records.read_columns(in_dir, split, ["task", "outputs", "meta"]):
             for task, text, meta in zip(*(table.column(c).to_pylist() for c in ("task", "outputs", "meta"))):
                 if task != "coco":
                     continue
@@ -352,8 +337,8 @@ class _ProgressPoller(threading.Thread):
         self.progress.finish()
 
 
-def _count(fs, files: list[str], tasks: set[str], counts: dict[str, Any]) -> None:
-    for f, table in _read_columns(fs, files, ["task", "meta"]):
+def _count(out_dir: str, split: str, tasks: set[str], counts: dict[str, Any]) -> None:
+    for _, table in records.read_columns(out_dir, split, ["task", "meta"]):
         for task, meta in zip(table.column("task").to_pylist(), table.column("meta").to_pylist()):
             if task not in tasks:
                 counts["untouched"] += 1
@@ -396,14 +381,11 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
     counts: dict[str, Any] = {"rephrased": 0, "fallback": 0, "untouched": 0, "by_status": Counter(),
                               "requests": 0, "cache_hits": 0, "deduped": 0, "failures": {}, "prompt_tokens": 0,
                               "completion_tokens": 0, "requests_per_min": 0.0}
-    src_fs, files, fsspec_in = None, [], None
+    files: list[str] = []
     for split in SPLITS:
-        src_fs, path, fsspec_in = _arrow_fs(storage.join(in_dir, "records", split))
-        files += _parquet_files(fsspec_in, path)
-    for split in SPLITS:  # a re-run replaces every split, never appends to one
-        _, dst_path, dst_fsspec = _arrow_fs(storage.join(out_dir, "records", split))
-        if dst_fsspec.exists(dst_path):
-            dst_fsspec.rm(dst_path, recursive=True)
+        fsspec_in, split_files = records.list_files(in_dir, split)
+        files += split_files
+    records.clear_records(out_dir)  # a re-run replaces every split, never appends to one
     if not files:
         counts["by_status"] = {}
         return counts
@@ -425,14 +407,13 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
     started = time.monotonic()
     limiter = owners = poller = None
     try:
-        ds = ray.data.read_parquet(files, filesystem=src_fs, schema=RECORD_SCHEMA, partitioning=None)
+        ds = ray.data.read_parquet(files, filesystem=_arrow_fs(fsspec_in), schema=RECORD_SCHEMA, partitioning=None)
         if llm:
             cache_dir = cfg.cache_dir or storage.join(out_dir, "cache")
             limiter, owners = _start_actors(cfg, cache_dir)  # they start and load the cache meanwhile
             captions = load_coco_captions(cfg, in_dir) if set(cfg.caption_tasks) & set(tasks) else {}
             wanted = set(tasks)
-            total = sum(sum(1 for t in table.column("task").to_pylist() if t in wanted)
-                        for _, table in _read_columns(fsspec_in, files, ["task"]))
+            total = sum(n for split in SPLITS for t, n in records.task_counts(in_dir, split).items() if t in wanted)
             cached = sum(ray.get([o.cached.remote() for o in owners]))
             log.info("rephrase: %d answers to rephrase, %d cached outcomes in %s, %d prompt owners, captions for "
                      "%d images", total, cached, cache_dir, len(owners), len(captions))
@@ -485,7 +466,6 @@ def rephrase_records(cfg: RephraseConfig, in_dir: str, out_dir: str) -> dict[str
         for actor in (owners or []) + ([limiter] if limiter is not None else []):
             ray.kill(actor)
     for split in SPLITS:
-        _, dst_path, dst_fsspec = _arrow_fs(storage.join(out_dir, "records", split))
-        _count(dst_fsspec, _parquet_files(dst_fsspec, dst_path), set(tasks), counts)
+        _count(out_dir, split, set(tasks), counts)
     counts["by_status"] = dict(sorted(counts["by_status"].items()))
     return counts
