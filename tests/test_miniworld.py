@@ -20,7 +20,8 @@ def small_cfg(n: int = 12) -> MiniWorldConfig:
                   "vqa-v2/validation": 4, "coco-goi/train": n, "coco-goi/validation": 3,
                   "flickr8k-cn/train": 4, "flickr8k-cn/validation": 2, "flickr8k-cn/test": 2,
                   "okvqa/train": n, "okvqa/validation": 4, "clevr/train": n, "clevr/validation": 3,
-                  "visual-dialog/train": 20, "visual-dialog/validation": 3, "visual-dialog/test": 3},
+                  "visual-dialog/train": 20, "visual-dialog/validation": 3, "visual-dialog/test": 3,
+                  "llava/train": 8},
         n_videos={"msrvtt-qa/train": 3, "msrvtt-qa/validation": 2, "msrvtt-qa/test": 2},
     )
 

@@ -16,6 +16,9 @@ from ying.data.schema import RECORD_SCHEMA
 from ying.data.stats import PAPER_TABLE9, count_instruction_tokens, instance_stats, instruction_stats, write_stats
 from ying.data.tasks import TASKS
 
+# The paper's 40 tasks: the registry without the data outside Stage II's mix (LAION, LLaVA).
+PAPER_TASKS = sorted(t for t, m in TASKS.items() if m.SPEC.stage2_mix)
+
 
 def _png(key: str) -> bytes:
     """A small image of its own per record (QC's contamination guard blocks shared images)."""
@@ -51,14 +54,15 @@ def data_dir(tmp_path):
 
 def test_table2_over_the_shipped_pools_counts_every_instruction_by_registry_category():
     s = instruction_stats()
-    assert s["tasks"] == 40 and s["instructions"] == 400
+    n = len(TASKS)  # every task has its pool: the paper's 40 and the others (LAION, LLaVA)
+    assert len(PAPER_TASKS) == 40 and s["tasks"] == n and s["instructions"] == 10 * n
     expected = {}
     for module in TASKS.values():
         expected[module.SPEC.category] = expected.get(module.SPEC.category, 0) + 10
     assert s["instructions_per_category"] == expected
-    assert sum(s["instructions_per_category"].values()) == 400
-    assert s["edit_distance_within_task"]["n"] == 40 * 45  # every pair inside each task
-    assert s["edit_distance_across_tasks"]["n"] == 400 * 399 // 2 - 40 * 45
+    assert sum(s["instructions_per_category"].values()) == 10 * n
+    assert s["edit_distance_within_task"]["n"] == n * 45  # every pair inside each task
+    assert s["edit_distance_across_tasks"]["n"] == 10 * n * (10 * n - 1) // 2 - n * 45
     # Hand-written pools of distinct sentences: real distances and lengths, not degenerate ones.
     assert s["tokens_per_instruction"]["mean"] > 5
     assert s["edit_distance_across_tasks"]["mean"] > s["edit_distance_within_task"]["mean"] > 10
@@ -102,7 +106,7 @@ def test_cli_prints_tables_and_writes_json_and_markdown(data_dir, tmp_path, caps
     assert "Instructions (paper Table 2)" in printed and "| captioning | coco | 4 | 1 | 0 | 5 |" in printed
     saved = json.load(open(os.path.join(out, "stats.json")))
     assert saved["instances"]["total"]["total"] == 9
-    assert saved["instructions"]["instructions"] == 400
+    assert saved["instructions"]["instructions"] == 10 * len(TASKS)
     md = open(os.path.join(out, "stats.md"), encoding="utf-8").read()
     assert "| **total** | 6 | 1 | 2 | 9 |" in md
     assert "tokens per instruction" in md and "jieba" in md
@@ -119,9 +123,9 @@ def test_table9_of_the_paper_sums_to_its_table3():
     table3 = {"captioning": (679_087, 41_462, 27_499), "classification": (238_303, 100_069, 21_206),
               "vqa": (177_633, 46_314, 10_828), "kvqa": (39_981, 11_682, 5_477), "generation": (145_000, 11_315, 17_350),
               "video": (20_868, 7_542, 9_294)}
-    assert set(PAPER_TABLE9) == set(TASKS)
+    assert set(PAPER_TABLE9) == set(PAPER_TASKS)
     for category, totals in table3.items():
-        tasks = [t for t, m in TASKS.items() if m.SPEC.category == category]
+        tasks = [t for t in PAPER_TASKS if TASKS[t].SPEC.category == category]
         assert tuple(sum(PAPER_TABLE9[t][i] for t in tasks) for i in range(3)) == totals, category
 
 

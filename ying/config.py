@@ -118,6 +118,14 @@ class DataConfig(_Strict):
     # Held-out policy (paper Figure 8): tasks never trained on in Stage II, evaluated zero-shot.
     held_out: list[str] = Field(default_factory=list)
     eval_only: list[str] = Field(default_factory=list)  # tasks whose every split is evaluation data
+    # LLaVA-Instruct-150K's images (COCO train2017 files, local or s3://): None reads them from
+    # <data.sources.llava>/images/; set it to use a COCO train2017 folder you already have.
+    llava_image_dir: str | None = None
+
+    @field_validator("llava_image_dir")
+    @classmethod
+    def _pin_llava_image_dir(cls, v: str | None) -> str | None:
+        return _absolute_if_local(v) if v else v
 
     @field_validator("contamination_guard", mode="before")
     @classmethod

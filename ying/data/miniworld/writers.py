@@ -29,6 +29,7 @@ Every writer takes a ``_Sink`` (where to put files), the split sizes, an image s
   answer lists, dialogs of index pairs; the last test round has no answer), with train images in
   ``train2014/`` and ``val2014/`` (COCO names), val in ``VisualDialog_val2018/`` and test in
   ``VisualDialog_test2018/``.
+- ``llava``: LLaVA-Instruct-150K's ``llava_instruct_150k.json`` and ``images/`` (``llava.py``).
 
 Shared COCO val2014 pictures: as in the real releases, a COCO val2014 image can appear in several
 datasets. OK-VQA validation and one in ten Visual Dialog training dialogs draw on the same pool of
@@ -59,6 +60,7 @@ from .scenes import (
     random_scene,
     vqa_questions,
 )
+from .llava import write_llava
 from .video import clip_frames, clip_questions, encode_mp4, random_clip
 
 __all__ = ["WRITERS", "SEEDED_WRITERS", "COCO_VAL_POOL_FIRST_ID", "coco_val_pool_scene"]
@@ -417,6 +419,7 @@ WRITERS = {
     "okvqa": write_okvqa,
     "clevr": write_clevr,
     "visual-dialog": write_visual_dialog,
+    "llava": write_llava,  # LLaVA-Instruct-150K's conversations: see llava.py
 }
 # Writers that need the run seed itself (for the shared COCO val2014 pool), not only their own rngs.
 SEEDED_WRITERS = {"okvqa", "visual-dialog"}
