@@ -59,6 +59,8 @@ __all__ = [
     "build_unified",
     "build_unified_local",
     "build_chunk",
+    "build_dataset_batch",
+    "reads_dataset",
     "iter_listing",
 ]
 
@@ -104,13 +106,15 @@ def relative_source(source: str, root: str | None) -> str:
 def materialize_record(
     instance_dict: dict[str, Any], seed: int, frames_per_video: int, max_image_pixels: int,
     train_instructions: int | None = None, source_root: str | None = None,
+    image_bytes: list[bytes] | None = None,
 ) -> dict[str, Any]:
     """A SourceInstance (as a dict) -> a RECORD_SCHEMA row, or a REJECT_SCHEMA row with its reason.
 
     ``train_instructions``: training records draw from that many of their pool's instructions
     (paper Figure 5); evaluation records always draw from the whole pool. ``source_root``: the
     task's source root, taken off ``meta.source`` (rejects keep the full path, for the person who
-    has to open the file).
+    has to open the file). ``image_bytes``: the images' bytes where the adapter read them itself
+    (members of an archive, which ``image_paths`` then only names); checked like files read here.
     """
     inst = SourceInstance(**instance_dict)
 
@@ -128,9 +132,11 @@ def materialize_record(
         except VideoReadError as e:
             return reject(str(e))
         frame_count = len(images)
+    if image_bytes is not None and len(image_bytes) != len(inst.image_paths):
+        return reject(f"instance names {len(inst.image_paths)} images but carries {len(image_bytes)}")
     for k, path in enumerate(inst.image_paths):
         try:
-            data = _read(path)
+            data = _read(path) if image_bytes is None else image_bytes[k]
         except (FileNotFoundError, OSError) as e:
             return reject(f"can't read image {path}: {e}")
         problem = check_image_bytes(data, max_image_pixels)
@@ -193,9 +199,11 @@ _LISTING_SCHEMA = pa.schema(
 )
 # What a build chunk reports back to the driver: rejects with their reasons and records written per
 # task and split. Small whatever the chunk: images never travel back through the object store.
+# ``listed``/``offered`` (null elsewhere): a dataset batch's tally row, the counts a listing gives for
+# listed tasks (``build_dataset_batch``).
 _OUTCOME_SCHEMA = pa.schema(
     [("task", pa.string()), ("split", pa.string()), ("index", pa.int64()), ("source", pa.string()),
-     ("reason", pa.string()), ("written", pa.int64())]
+     ("reason", pa.string()), ("written", pa.int64()), ("listed", pa.int64()), ("offered", pa.int64())]
 )
 # Parquet row groups are flushed at whichever limit comes first: memory per builder stays bounded
 # by one row group, however big the chunk or the images.
@@ -341,17 +349,17 @@ class _SplitWriters:
 
 def build_chunk(
     rows: list[dict[str, Any]], out_dir: str, seed: int, frames_per_video: int, max_image_pixels: int,
-    train_instructions: int | None = None,
+    train_instructions: int | None = None, file_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """Materialize a chunk of listing rows and write its records straight to
     ``<out_dir>/records/<split>/<task>-<split>-<index>.parquet`` (named by the chunk's first row, so
-    a retried task overwrites its own file instead of adding a duplicate). Returns outcome rows:
-    rejects with their reasons, records written per task and split, and read counts. The unit of
-    work of both builds."""
+    a retried task overwrites its own file instead of adding a duplicate; or ``file_name``). Returns
+    outcome rows: rejects with their reasons, records written per task and split, and read counts.
+    A row's ``images`` (dataset rows) are its instance's image bytes. The unit of work of all builds."""
     if not rows:
         return []
     first = rows[0]
-    writers = _SplitWriters(out_dir, f"{first['task']}-{first['split']}-{first['index']:09d}.parquet")
+    writers = _SplitWriters(out_dir, file_name or f"{first['task']}-{first['split']}-{first['index']:09d}.parquet")
     outcomes: list[dict[str, Any]] = []
 
     def outcome(row: dict, source: str = "", reason: str = "", written: int = 0) -> dict:
@@ -366,7 +374,7 @@ def build_chunk(
             inst = json.loads(row["instance"])
             try:
                 out = materialize_record(inst, seed, frames_per_video, max_image_pixels, train_instructions,
-                                         source_root=row.get("root"))
+                                         source_root=row.get("root"), image_bytes=row.get("images"))
             except Exception as e:  # one broken instance (or an adapter's bug) must not kill the run
                 out = {"source": inst.get("source", ""), "reason": f"build failed: {type(e).__name__}: {e}"}
             if "reason" in out:
@@ -422,6 +430,108 @@ class _ChunkBuilder:
         return outcomes
 
 
+# Dataset tasks: a source whose images live inside archives (LAION's webdataset shards) can't be
+# listed as paths. Its adapter has ``read_dataset(root, split) -> ray.data.Dataset`` with
+# rows {source, reason, instance, images}: an adapter reject where ``reason`` is set, else a
+# SourceInstance as JSON (``image_paths`` naming the images) and its image bytes. The build runs each
+# batch through ``build_chunk`` in the read's own task (fused by Ray Data: the bytes never enter the
+# object store), with the same record functions, writers, counters and rejects as listed tasks.
+
+
+def reads_dataset(task: str) -> bool:
+    """Whether ``task``'s adapter is read as a Ray Dataset (``read_dataset``) rather than listed."""
+    return callable(getattr(get_task(task), "read_dataset", None))
+
+
+def _dataset_file_name(task: str, split: str, source: str, root: str) -> str:
+    """A batch's records file, named by its first row's source ("laion-train-00000.tar-000000003.parquet"):
+    batches come from the shards alone (one read task per shard), so a rebuild names them alike."""
+    return f"{task}-{split}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', relative_source(source, root)).strip('-')}.parquet"
+
+
+def build_dataset_batch(
+    rows: list[dict[str, Any]], task: str, split: str, root: str, out_dir: str, seed: int, frames_per_video: int,
+    max_image_pixels: int, train_instructions: int | None = None, keep: set[str] | frozenset | None = None,
+) -> list[dict[str, Any]]:
+    """Build a batch of a dataset task's rows (see above) as ``build_chunk`` builds listing rows;
+    ``keep``: the source ids ``data.max_per_split`` sampled (None: all). Returns ``build_chunk``'s
+    outcome rows and a tally row: ``listed`` (rows built: instances kept and rejects) and ``offered``
+    (instances given)."""
+    listed: list[dict[str, Any]] = []
+    offered = 0
+    for r in rows:
+        row = {"kind": "reject" if r["reason"] else "instance", "task": task, "split": split, "index": 0,
+               "root": root, "instance": r["instance"], "source": r["source"], "reason": r["reason"]}
+        if not r["reason"]:
+            offered += 1
+            if keep is not None and json.loads(r["instance"])["source_id"] not in keep:
+                continue
+            row["images"] = r["images"]
+        listed.append(row)
+    name = _dataset_file_name(task, split, listed[0]["source"], root) if listed else None
+    outcomes = build_chunk(listed, out_dir, seed, frames_per_video, max_image_pixels, train_instructions,
+                           file_name=name)
+    return outcomes + [{"task": task, "split": split, "index": 0, "source": "", "reason": "", "written": 0,
+                        "listed": len(listed), "offered": offered}]
+
+
+def _build_dataset_rows(batch: pa.Table, **kwargs: Any) -> pa.Table:
+    """Ray Data wrapper around ``build_dataset_batch``: dataset rows in, outcome rows out."""
+    outcomes = pa.Table.from_pylist(build_dataset_batch(batch.to_pylist(), **kwargs), schema=_OUTCOME_SCHEMA)
+    _emit_metrics(outcomes)
+    return outcomes
+
+
+def _smallest_sample_keys(batch: pa.Table, task: str, split: str, seed: int, cap: int) -> pa.Table:
+    """The batch's ``cap`` instances with the smallest ``sample_key``: its part of the seeded sample."""
+    keyed = [(sample_key(seed, task, split, sid), sid) for sid in
+             (json.loads(i)["source_id"] for i, why in zip(batch.column("instance").to_pylist(),
+                                                            batch.column("reason").to_pylist()) if not why)]
+    best = heapq.nsmallest(cap, keyed)
+    return pa.table({"key": pa.array([k for k, _ in best], pa.uint64()), "source_id": [s for _, s in best]})
+
+
+def _dataset_sample(ds: Any, task: str, split: str, cap: int, seed: int) -> frozenset[str]:
+    """The source ids of ``data.max_per_split``'s sample of a dataset task: the ``cap`` smallest
+    ``sample_key``, as ``iter_listing`` draws for listed tasks. A first pass over the source (each
+    batch sends back at most ``cap`` ids; the images stay in the read tasks)."""
+    keys = ds.map_batches(_smallest_sample_keys, batch_size=None, batch_format="pyarrow", num_cpus=1,
+                          fn_kwargs={"task": task, "split": split, "seed": seed, "cap": cap})
+    best = heapq.nsmallest(cap, ((r["key"], r["source_id"]) for r in keys.iter_rows()))
+    return frozenset(sid for _, sid in best)
+
+
+def _build_dataset_split(cfg: YingConfig, w: dict[str, str], out_dir: str) -> tuple[dict, list[dict]]:
+    """Build one dataset task's split: its listing-like counts (``{task, split, read, listed, offered}``:
+    a sample is one source record) and its outcome rows."""
+    from ..progress import ProgressLine
+
+    task, root, split = w["task"], w["root"], w["split"]
+    ds = get_task(task).read_dataset(root, split)
+    cap = cfg.data.max_per_split
+    keep = None if cap is None else _dataset_sample(ds, task, split, cap, cfg.run.seed)
+    built = ds.map_batches(
+        _build_dataset_rows, batch_size=None, batch_format="pyarrow", num_cpus=1, concurrency=cfg.data.workers,
+        fn_kwargs={"task": task, "split": split, "root": root, "keep": keep, **_build_kwargs(cfg, out_dir)})
+    counts = {"task": task, "split": split, "read": 0, "listed": 0, "offered": 0}
+    outcomes: list[dict] = []
+    rejected = 0
+    line = ProgressLine(f"unify: {task}/{split}", total=None, unit="records",
+                        interval_s=cfg.data.progress_interval_s, extra=lambda: f"{rejected:,} rejected")
+    for batch in built.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for o in batch.to_pylist():
+            if o["listed"] is not None:  # the batch's tally
+                counts["listed"] += o["listed"]
+                counts["offered"] += o["offered"]
+                continue
+            outcomes.append(o)
+            rejected += bool(o["reason"])
+            line.update(o["written"] + bool(o["reason"]))
+    line.finish()
+    counts["read"] = counts["listed"]
+    return counts, outcomes
+
+
 def _task_splits(cfg: YingConfig, sources: dict[str, str]) -> list[dict[str, str]]:
     """Every (task, root, split) to read, in config order; fails early on a task without a source."""
     out = []
@@ -470,7 +580,8 @@ def _finish(out_dir: str, cfg: YingConfig, listings: list[dict], outcomes: list[
     task_order = {t: i for i, t in enumerate(cfg.data.tasks)}
     split_order = {s: i for i, s in enumerate(SPLITS)}
     rejects: list[Reject] = []
-    for o in sorted(outcomes, key=lambda o: (task_order[o["task"]], split_order[o["split"]], o["index"])):
+    # (source: dataset rows carry no stream index; their rejects go in source order)
+    for o in sorted(outcomes, key=lambda o: (task_order[o["task"]], split_order[o["split"]], o["index"], o["source"])):
         c = stats[o["task"]][o["split"]]
         c["written"] += o["written"]
         if o["reason"]:
@@ -495,7 +606,8 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
     Listing runs as one Ray task (one CPU) per (task, split), all at once where CPUs allow; then one
     Ray Data map (an actor per CPU, or ``data.workers``) builds chunk after chunk, each call
     writing its records to Parquet itself and sending back only rejects and counts. The driver
-    (the stage's own 0-CPU task) only folds counts and prints progress.
+    (the stage's own 0-CPU task) only folds counts and prints progress. Dataset tasks (an adapter
+    with ``read_dataset``: LAION's shards) follow, each a Ray Dataset whose read tasks build too.
     """
     import ray
 
@@ -505,6 +617,8 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
     clear_records(out_dir)  # a rebuild replaces, never mixes with, old shards
     listing_dir = storage.join(out_dir, "_listing")
     _fresh_dir(listing_dir)
+    datasets = [w for w in work if reads_dataset(w["task"])]  # read as Ray Datasets, after the listed ones
+    work = [w for w in work if not reads_dataset(w["task"])]
     list_task = ray.remote(num_cpus=1)(list_split)
     pending = {list_task.remote(*_listing_args(cfg, w, listing_dir)): i for i, w in enumerate(work)}
     listed = ProgressLine("unify: listing", total=len(work), unit="task splits",
@@ -544,6 +658,10 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
             rejected += n_rejected
             line.update(sum(o["written"] for o in rows) + n_rejected)
         line.finish()
+    for w in datasets:
+        counts, dataset_outcomes = _build_dataset_split(cfg, w, out_dir)
+        listings.append(counts)
+        outcomes += dataset_outcomes
     stats = _finish(out_dir, cfg, listings, outcomes)
     _remove(listing_dir)
     return stats

@@ -60,6 +60,7 @@ from .scenes import (
     random_scene,
     vqa_questions,
 )
+from .laion import write_laion
 from .llava import write_llava
 from .video import clip_frames, clip_questions, encode_mp4, random_clip
 
@@ -420,6 +421,7 @@ WRITERS = {
     "clevr": write_clevr,
     "visual-dialog": write_visual_dialog,
     "llava": write_llava,  # LLaVA-Instruct-150K's conversations: see llava.py
+    "laion": write_laion,  # img2dataset webdataset shards: see laion.py
 }
 # Writers that need the run seed itself (for the shared COCO val2014 pool), not only their own rngs.
 SEEDED_WRITERS = {"okvqa", "visual-dialog"}
