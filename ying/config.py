@@ -96,6 +96,16 @@ class DataConfig(_Strict):
     @classmethod
     def _pin_sources(cls, v: dict[str, str]) -> dict[str, str]:
         return {task: _absolute_if_local(path) for task, path in v.items()}
+    # The released M3IT (its data/<group>/<task>/*.jsonl tree; local or s3://): when set, the DAG's
+    # records come from it instead of the raw releases (data.sources and the mini-world are not read).
+    # The release's tasks in data.tasks are imported, and every task Ying does not know (these train
+    # in Stage II and are named in the report). Its answers are final: none is rephrased again.
+    m3it: str | None = None
+
+    @field_validator("m3it")
+    @classmethod
+    def _pin_m3it(cls, v: str | None) -> str | None:
+        return _absolute_if_local(v) if v else v
     frames_per_video: int = 8  # the paper samples 8 frames uniformly
     max_image_pixels: int = 64_000_000  # larger images are rejected as decompression bombs
     # Cap instances per task and split with a seeded random sample (run.seed), as the paper sampled
@@ -413,6 +423,35 @@ class AblationsConfig(_Strict):
     keep_checkpoints: bool = execution_only(False)  # keep each trial's checkpoints (deleted once evaluated)
 
 
+VARIANT_NAMES = ("llava", "zh", "video")
+
+
+class VariantRun(_Strict):
+    """One of the paper's model variants: Stage II's recipe (batch, warm-up, trainable set) on other
+    tasks, from another checkpoint (``ying.train.variants`` says which)."""
+
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; None: train.stage2's
+    lr: float | None = None  # peak lr; None: Stage II's (searched or set)
+    tasks: list[str] | None = None  # None: the variant's own set (ying.train.variants.variant_tasks)
+
+
+class VariantsConfig(_Strict):
+    """The paper's variants (Tables 5-8), each a DAG stage, evaluated beside Ying-VLM on the same suites:
+
+    - ``llava``: Stage II from Stage I on the LLaVA conversations only (Ying-VLM_LLaVA);
+    - ``zh``: continual training from Stage II on the Chinese tasks' training splits (Ying-VLM_zh, Table 6);
+    - ``video``: Stage II from Stage I on Stage II's mix plus the video tasks (Ying-VLM_video, Table 7).
+    """
+
+    enabled: list[Literal["llava", "zh", "video"]] = Field(default_factory=list)
+    llava: VariantRun = VariantRun()
+    zh: VariantRun = VariantRun()
+    video: VariantRun = VariantRun()
+    # Train beside each other where the cluster has room; False runs them one after another
+    # (a 2-CPU machine holds one training at a time).
+    parallel: bool = execution_only(True)
+
+
 class JudgeConfig(_Strict):
     """The LLM judge (paper §4 Figure 4, Appendix G; Table 8). Off unless ``base_url`` is set."""
 
@@ -549,6 +588,7 @@ class YingConfig(_Strict):
     train: TrainConfig
     tune: TuneConfig
     ablations: AblationsConfig = AblationsConfig()
+    variants: VariantsConfig = VariantsConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
 
@@ -560,6 +600,10 @@ class YingConfig(_Strict):
             problems.append(
                 f"data.held_out/eval_only name tasks that are not in data.tasks: {sorted(unknown_held)}"
             )
+        if self.data.m3it and self.data.sources:
+            problems.append(
+                f"data.m3it={self.data.m3it} replaces the raw releases, so data.sources "
+                f"({', '.join(sorted(self.data.sources))}) would not be read: drop data.sources, or data.m3it")
         if self.model.vision.image_size % self.model.vision.patch_size:
             problems.append(
                 f"model.vision.image_size={self.model.vision.image_size} is not a multiple of "

@@ -1,13 +1,18 @@
 r"""Ying's stage table: the paper's pipeline, stage by stage, in dependency order.
 
     sources -> unify -> rephrase -> qc -> stage1 -> tune -> stage2 -> eval -> report -> serve
-                                 pretrain --/         \-> ablations --------/
+                                 pretrain --/         |\-> ablations --------/
+                                                      \--> variant_llava, variant_video, variant_zh (-> eval)
 
 ``pretrain`` (text-only bilingual pretraining of a random-init LLM) reads only the config; it runs
 after qc (ordering only) and Stage I starts from its checkpoint; a pretrained LLM skips it.
 
 The ablations branch after Stage I (and the LR search, whose lr they train at) and run beside
 Stage II where the cluster has room (``ablations.parallel``); the report waits for both.
+
+The paper's variants (``variants.enabled``: llava, zh, video; ``ying.train.variants``) are stages of
+their own, from Stage I or Stage II; the eval scores their checkpoints beside Stage II's. A variant
+that is not enabled finishes at once and costs nothing.
 
 Each stage is a plain function of a ``StageContext`` that calls one module's entry point and
 returns what later stages and the report need (paths, counts, metrics). ``ying.workflow`` runs
@@ -28,6 +33,10 @@ __all__ = ["STAGES", "stage_names", "missing_sources"]
 def missing_sources(cfg: YingConfig) -> list[str]:
     """Before Ray starts: tasks with no source data, and local source dirs that are not there."""
     problems = []
+    if cfg.data.m3it:  # the records come from the release; no raw source is read
+        if storage.is_local(cfg.data.m3it) and not os.path.isdir(cfg.data.m3it):
+            problems.append(f"data.m3it={cfg.data.m3it}: no such directory")
+        return problems
     missing = [t for t in cfg.data.tasks if t not in cfg.data.sources]
     if missing and not cfg.miniworld.enabled:
         shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
@@ -43,13 +52,18 @@ def missing_sources(cfg: YingConfig) -> list[str]:
 
 
 def run_sources(ctx: StageContext) -> dict:
-    """Real releases where the config names them; the mini-world generates the rest."""
+    """Real releases where the config names them; the mini-world generates the rest. With
+    ``data.m3it`` the records come from that M3IT release instead, and no raw source is read."""
     from ying.data.miniworld import generate_miniworld
 
     cfg = ctx.cfg
     problems = missing_sources(cfg)
     if problems:
         raise ValueError("; ".join(problems))
+    if cfg.data.m3it:
+        print(f"[ying] sources: the M3IT release at {cfg.data.m3it}; the raw releases and the mini-world are not "
+              "read", flush=True)
+        return {"sources": {}, "miniworld_tasks": [], "m3it": cfg.data.m3it}
     sources = {t: p for t, p in cfg.data.sources.items() if t in cfg.data.tasks}
     missing = [t for t in cfg.data.tasks if t not in sources]
     if missing:  # drawing scenes and encoding images and videos: CPU work, scheduled as such
@@ -58,6 +72,15 @@ def run_sources(ctx: StageContext) -> dict:
 
 
 def run_unify(ctx: StageContext) -> dict:
+    """The raw releases through their adapters (``ying.data.build``), or an M3IT release through its
+    import (``ying.data.m3it``): the same records either way."""
+    m3it = ctx.inputs["sources"]["outputs"].get("m3it")
+    if m3it:
+        from ying.data.m3it import import_release
+
+        imported = import_release(m3it, ctx.stage_dir, ctx.cfg.data.tasks)
+        return {"data_dir": ctx.stage_dir, "stats": imported.pop("stats"), "m3it": imported}
+
     from ying.data.build import build_unified
 
     # The build emits the records built/rejected counters itself, chunk by chunk, and prints progress.
@@ -68,7 +91,14 @@ def run_unify(ctx: StageContext) -> dict:
 def run_rephrase(ctx: StageContext) -> dict:
     from ying.data.rephrase import rephrase_records
 
-    counts = rephrase_records(ctx.cfg.rephrase, ctx.output_of("unify", "data_dir"), ctx.stage_dir)
+    rcfg = ctx.cfg.rephrase
+    if ctx.inputs["unify"]["outputs"].get("m3it"):
+        # M3IT's answers are the release's final ones (rephrased there where the task rephrases):
+        # none is rephrased again; the records pass through as they are.
+        print("[ying] rephrase: the records come from an M3IT release, whose answers are final; none is rephrased "
+              "again", flush=True)
+        rcfg = rcfg.model_copy(update={"tasks": []})
+    counts = rephrase_records(rcfg, ctx.output_of("unify", "data_dir"), ctx.stage_dir)
     return {"data_dir": ctx.stage_dir, "counts": counts}
 
 
@@ -161,12 +191,43 @@ def run_stage2(ctx: StageContext) -> dict:
     return {**summary, "lr": lr, "lr_source": source}
 
 
+def _run_variant(ctx: StageContext, name: str) -> dict:
+    """One of the paper's variants (``ying.train.variants``), when ``variants.enabled`` lists it."""
+    from ying.train.variants import VARIANT_INIT, train_variant
+
+    if name not in ctx.cfg.variants.enabled:
+        return {"enabled": False}
+    summary = train_variant(ctx.cfg, name, ctx.output_of("qc", "data_dir"), ctx.stage_dir,
+                            ctx.output_of(VARIANT_INIT[name], "checkpoint"), ctx.output_of("tune", "best_lr"),
+                            context=ctx.fingerprint, fresh=ctx.force)
+    return {"enabled": True, **summary}
+
+
+def run_variant_llava(ctx: StageContext) -> dict:
+    return _run_variant(ctx, "llava")
+
+
+def run_variant_zh(ctx: StageContext) -> dict:
+    return _run_variant(ctx, "zh")
+
+
+def run_variant_video(ctx: StageContext) -> dict:
+    return _run_variant(ctx, "video")
+
+
+VARIANT_STAGES = ("variant_llava", "variant_video", "variant_zh")
+
+
 def run_eval(ctx: StageContext) -> dict:
     from ying.eval.evaluate import evaluate_models
 
     checkpoints = {"stage1": ctx.output_of("stage1", "checkpoint"), "stage2": ctx.output_of("stage2", "checkpoint")}
+    for stage in VARIANT_STAGES:  # the paper's variants, scored beside Ying-VLM on the same suites
+        variant = ctx.inputs[stage]["outputs"]
+        if variant.get("enabled"):
+            checkpoints[variant["model"]] = variant["checkpoint"]
     return evaluate_models(ctx.cfg, ctx.output_of("qc", "data_dir"), checkpoints, ctx.stage_dir,
-                           sources=ctx.output_of("sources", "sources"))
+                           sources=ctx.output_of("sources", "sources"), ours="stage2")
 
 
 def run_ablations(ctx: StageContext) -> dict:
@@ -210,6 +271,9 @@ def run_serve(ctx: StageContext) -> dict:
 _TRAIN_COMMON = ["run.seed", "model", "train.num_workers", "train.use_gpu", "train.zero_stage",
                  "train.weight_decay", "train.grad_clip", "train.shuffle_buffer"]
 
+# A variant reads whether it is enabled and Stage II's recipe (its tasks come from data.*).
+_VARIANT_CONFIG = _TRAIN_COMMON + ["variants.enabled", "train.stage2", "data.held_out", "data.eval_only"]
+
 STAGES: list[Stage] = [
     Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources"], check=missing_sources),
     Stage("unify", run_unify, ["sources"], ["run.seed", "data"]),
@@ -221,12 +285,21 @@ STAGES: list[Stage] = [
     Stage("stage1", run_stage1, ["qc", "pretrain"], _TRAIN_COMMON + ["train.stage1"]),
     Stage("tune", run_tune, ["qc", "stage1"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only", "tune"]),
     Stage("stage2", run_stage2, ["qc", "stage1", "tune"], _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only"]),
-    Stage("eval", run_eval, ["qc", "stage1", "stage2", "sources"], ["eval", "data.tasks", "data.held_out", "data.eval_only"]),
+    # The paper's variants (off unless variants.enabled lists them): Stage II's recipe on other tasks.
+    Stage("variant_llava", run_variant_llava, ["qc", "stage1", "tune"], _VARIANT_CONFIG + ["variants.llava"],
+          after=lambda cfg: [] if cfg.variants.parallel else ["stage2"]),
+    Stage("variant_video", run_variant_video, ["qc", "stage1", "tune"], _VARIANT_CONFIG + ["variants.video"],
+          after=lambda cfg: [] if cfg.variants.parallel else ["stage2", "variant_llava"]),
+    Stage("variant_zh", run_variant_zh, ["qc", "stage2", "tune"], _VARIANT_CONFIG + ["variants.zh"],
+          after=lambda cfg: [] if cfg.variants.parallel else ["variant_video"]),
+    Stage("eval", run_eval, ["qc", "stage1", "stage2", "sources", *VARIANT_STAGES],
+          ["eval", "data.tasks", "data.held_out", "data.eval_only"]),
     Stage("ablations", run_ablations, ["qc", "stage1", "tune"],
           _TRAIN_COMMON + ["train.stage2", "data.held_out", "data.eval_only", "eval", "ablations"],
           # On a machine that cannot hold two trainings at once, after Stage II and the eval.
           after=lambda cfg: [] if cfg.ablations.parallel else ["stage2", "eval"]),
-    Stage("report", run_report, ["sources", "unify", "rephrase", "qc", "stage1", "tune", "stage2", "eval", "ablations"],
+    Stage("report", run_report, ["sources", "unify", "rephrase", "qc", "stage1", "tune", "stage2", *VARIANT_STAGES,
+                                 "eval", "ablations"],
           ["run.seed", "data.tasks", "data.held_out", "rephrase.provider", "rephrase.model"]),
     Stage("serve", run_serve, ["qc", "stage2", "report"], ["serve"]),
 ]

@@ -65,7 +65,7 @@ from .build import check_image_bytes
 from .schema import CATEGORIES, RECORD_SCHEMA, SPLITS, make_record_id, validate_record
 
 __all__ = ["RELEASE_GROUPS", "RELEASE_FOLDERS", "EXPORT_SPLIT_FILES", "find_task_folders", "parse_m3it_line",
-           "import_m3it", "export_m3it", "M3ITLineError"]
+           "import_m3it", "import_release", "export_m3it", "M3ITLineError"]
 
 log = logging.getLogger(__name__)
 
@@ -620,6 +620,34 @@ def import_m3it(root: str, out_dir: str, tasks: list[str] | None = None, progres
         with fs.open(p, "ab") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in duplicates).encode("utf-8"))
     return stats
+
+
+def import_release(root: str, out_dir: str, wanted: list[str]) -> dict[str, Any]:
+    """The DAG's unify step when ``data.m3it`` names a release: ``import_m3it`` of the release's tasks
+    that are in ``wanted`` (``data.tasks``) plus every task Ying does not know (no adapter: those can
+    be named nowhere else, so they train in Stage II and the report names them).
+
+    Returns ``{"root", "stats", "imported", "unknown", "left_aside", "missing"}``: ``left_aside`` are
+    known tasks of the release outside ``wanted``, ``missing`` are ``wanted`` tasks it lacks.
+    """
+    from .tasks import TASKS
+
+    found = list(dict.fromkeys(f["task"] for f in find_task_folders(root)))
+    wanted_set = set(wanted)
+    unknown = sorted(t for t in found if t not in TASKS)
+    imported = [t for t in found if t in wanted_set] + unknown
+    left_aside = sorted(t for t in found if t in TASKS and t not in wanted_set)
+    missing = [t for t in wanted if t not in found]
+    if not imported:
+        raise ValueError(f"the M3IT release at {root} has none of data.tasks ({', '.join(wanted)}); it has "
+                         f"{', '.join(sorted(found)) or 'no task folders'}: set data.tasks to some of those")
+    print(f"[ying] unify: importing {len(imported)} tasks of the M3IT release at {root}"
+          + (f"; unknown to Ying (trained in Stage II, in no suite): {', '.join(unknown)}" if unknown else "")
+          + (f"; not in data.tasks, left aside: {', '.join(left_aside)}" if left_aside else "")
+          + (f"; in data.tasks but not in the release: {', '.join(missing)}" if missing else ""), flush=True)
+    stats = import_m3it(root, out_dir, tasks=imported)
+    return {"root": root, "stats": stats, "imported": imported, "unknown": unknown, "left_aside": left_aside,
+            "missing": missing}
 
 
 # -- export ---------------------------------------------------------------------------------------

@@ -236,10 +236,11 @@ def _hf_notes(hf_models: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 
 def evaluate_models(cfg: YingConfig, data_dir: str, checkpoints: dict[str, str], out_dir: str,
-                    sources: dict[str, str] | None = None) -> dict:
+                    sources: dict[str, str] | None = None, ours: str | None = None) -> dict:
     """Score the baseline, each checkpoint and each ``eval.hf_models`` entry on the tasks and suites.
 
-    ``sources`` ({task: source root}) lets CHAIR read the mini-world's scene file.
+    ``sources`` ({task: source root}) lets CHAIR read the mini-world's scene file. ``ours``: the
+    checkpoint the LLM judge compares every other model with (default: the last one).
     Returns {"metrics", "n_records", "models", "suites", "judge", "prediction_cache", "hf_models"}.
     """
     ecfg = cfg.eval
@@ -275,7 +276,8 @@ def evaluate_models(cfg: YingConfig, data_dir: str, checkpoints: dict[str, str],
     suites_out = {name: suite_table(plan, name, {model: s["suites"][name] for model, s in scores.items()})
                   for name in ecfg.suites}
 
-    judge_out = _run_judge(cfg, plan.suites, answers, checkpoints, cache_dir)
+    judge_out = _run_judge(cfg, plan.suites, answers, ours or (list(checkpoints)[-1] if checkpoints else None),
+                           cache_dir)
 
     records = plan.suites[TASKS_SUITE].examples
     lines = []
@@ -291,15 +293,14 @@ def evaluate_models(cfg: YingConfig, data_dir: str, checkpoints: dict[str, str],
     return results
 
 
-def _run_judge(cfg: YingConfig, plans: dict, answers: dict, checkpoints: dict[str, str], cache_dir: str) -> dict:
+def _run_judge(cfg: YingConfig, plans: dict, answers: dict, ours: str | None, cache_dir: str) -> dict:
     from ying.eval.judge import JudgeClient, judge_pairwise, judge_settings, judge_video_accuracy
 
     jcfg = cfg.eval.judge
     if not jcfg.base_url:
         return {"status": "not configured"}
     client = JudgeClient.from_config(jcfg, cache_dir)
-    ours = list(checkpoints)[-1] if checkpoints else None
-    # "Ours" in Figure 4 is the last Ying checkpoint (Stage II in the DAG); every other model is a baseline.
+    # "Ours" in Figure 4 is Stage II in the DAG; every other model (variants included) is a baseline.
     out: dict[str, Any] = {"status": "ok", "settings": judge_settings(jcfg), "ours": ours, "pairwise": {},
                            "video_accuracy": {}}
     base_examples = plans[TASKS_SUITE].examples

@@ -144,8 +144,25 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
         f"- tasks: {', '.join(cfg.data.tasks)}; held out of Stage II (zero-shot): "
         f"{', '.join(cfg.data.held_out) or 'none'}\n"
         "- models: `majority-answer` predicts each task's most common training output; `stage1` is the "
-        "aligned model (captioning only); `stage2` is the instruction-tuned model. Greedy decoding."
+        "aligned model (captioning only); `stage2` is the instruction-tuned model (Ying-VLM). Greedy decoding."
     )
+    variants = {v["model"]: v for name, v in outputs.items() if name.startswith("variant_") and v.get("enabled")}
+    if variants:  # the paper's variants: rows beside stage2 in every table below
+        extras["Run"] += "
+- variants (rows beside `stage2` in the tables): " + "; ".join(
+            f"`{model}` from {v['init']} on {', '.join(v['tasks'])}" for model, v in variants.items())
+    m3it = (outputs.get("unify") or {}).get("m3it")
+    if m3it:
+        extras["Run"] += (f"
+- records from the M3IT release at `{m3it['root']}`: {len(m3it['imported'])} tasks "
+                          "imported, answers as released (none rephrased again)")
+        if m3it.get("unknown"):
+            extras["Run"] += (f"; tasks Ying does not know, trained in Stage II and in no suite: "
+                              f"{', '.join(m3it['unknown'])}")
+        if m3it.get("left_aside"):
+            extras["Run"] += f"; in the release but not in data.tasks, left aside: {', '.join(m3it['left_aside'])}"
+        if m3it.get("missing"):
+            extras["Run"] += f"; in data.tasks but not in the release: {', '.join(m3it['missing'])}"
     if "unify" in outputs:
         extras["Data (unify: read = written + rejected)"] = _data_table(outputs["unify"]["stats"])
     if "rephrase" in outputs:
@@ -162,7 +179,8 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
     if stages:
         plot_path = storage.join(plot_dir, "loss.png")
         storage.write_bytes_atomic(plot_path, _loss_plot(stages))
-        extras["Training"] = _training_table(stages) + f"\n\n![training loss]({_link(cfg.run.run_dir, plot_path)})"
+        extras["Training"] = (_training_table({**stages, **variants})
+                              + f"\n\n![training loss]({_link(cfg.run.run_dir, plot_path)})")
     if "tune" in outputs:
         extras["Learning-rate search (Ray Tune)"] = _tune_table(outputs["tune"])
     results_path = storage.join(eval_dir, "paper_results.json")

@@ -14,6 +14,7 @@ checkpoint itself also carries the plan hash and refuses a mismatch (``PlanMisma
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 from ying import storage
 from ying.config import YingConfig
@@ -26,18 +27,22 @@ from ying.train.sampler import record_index
 __all__ = ["stage_plan", "stage_tasks", "plan_hash", "fit", "run_stage", "trainer_for", "resume_dir"]
 
 
-def stage_tasks(cfg: YingConfig, stage: str) -> list[str]:
+def stage_tasks(cfg: YingConfig, stage: str, present: Mapping[str, int] | None = None) -> list[str]:
     """Stage I: its configured tasks. Stage II: configured tasks, else every built task minus the
     held-out and eval-only ones and those outside the 40 tasks' mix (``TaskSpec.stage2_mix``: LAION,
-    LLaVA), which train only where a stage lists them."""
+    LLaVA), which train only where a stage lists them.
+
+    ``present`` (task -> training records, from the data dir) makes "every built task" the tasks the
+    data holds: an M3IT release's tasks that Ying does not know train too (after data.tasks' order)."""
     from ying.data.tasks import TASKS
 
     spec = getattr(cfg.train, stage)
     if spec.tasks is not None:
         return list(spec.tasks)
     excluded = set(cfg.data.held_out) | set(cfg.data.eval_only)
-    return [t for t in cfg.data.tasks
-            if t not in excluded and (t not in TASKS or TASKS[t].SPEC.stage2_mix)]
+    built = list(cfg.data.tasks) if present is None else (
+        [t for t in cfg.data.tasks if present.get(t)] + sorted(t for t in present if t not in cfg.data.tasks))
+    return [t for t in built if t not in excluded and (t not in TASKS or TASKS[t].SPEC.stage2_mix)]
 
 
 def _init_identity(init_checkpoint: str | None) -> str | None:
@@ -67,9 +72,12 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
     """The plan of ``stage`` (``overrides`` replace fields, e.g. a Tune trial's lr, steps and seed),
     with its record indexes, hashed. The config is read here and nowhere below: the workers get
     typed fields."""
+    from ying.data.records import task_counts
+
     spec = getattr(cfg.train, stage)
     t = cfg.train
-    tasks = overrides.pop("tasks", None) or stage_tasks(cfg, stage)
+    tasks = overrides.pop("tasks", None) or (list(spec.tasks) if spec.tasks is not None
+                                             else stage_tasks(cfg, stage, task_counts(data_dir, "train")))
     lr = overrides.pop("lr", None) or spec.lr
     if lr is None:
         raise ValueError(f"train.{stage}.lr is not set and no searched learning rate was given: set "

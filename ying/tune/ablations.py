@@ -215,13 +215,14 @@ def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: fl
     plots under ``out_dir``; return the results."""
     import ray.tune
 
+    from ying.data.records import task_counts
     from ying.eval.ablation_report import plot_figure
     from ying.train.stages import stage_tasks
     from ying.tune.runner import last_results, run_experiment
 
     a = cfg.ablations
     grid = grid or a.grid
-    stage2_tasks = stage_tasks(cfg, "stage2")
+    stage2_tasks = stage_tasks(cfg, "stage2", task_counts(data_dir, "train"))
     trial_cfg = cfg
     if a.num_workers:
         trial_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": a.num_workers})})
