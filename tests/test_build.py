@@ -50,6 +50,10 @@ def test_counts_reconcile(built):
     assert stats["vqa-v2"]["train"]["rejected"] == sum(
         3 for _ in broken)  # every question on the two broken images
     assert stats["coco"]["train"]["written"] == 10
+    # read counts source records: a LLaVA conversation once, however many rounds (records) it gives
+    llava = stats["llava"]["train"]
+    assert llava["read"] == small_cfg(5).n_images["llava/train"] < llava["listed"] == llava["written"]
+    assert stats["coco"]["train"]["read"] == stats["coco"]["train"]["listed"]
 
 
 def test_parquet_has_record_schema(built):
