@@ -22,7 +22,8 @@ from test_miniworld import TASKS as ALL, small_cfg
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, ray_cluster):
     base = tmp_path_factory.mktemp("build")
-    cfg = load_config("tiny", overrides=["run.seed=5"])
+    # The mini-world's listed tasks (laion, read as a Ray Dataset, is test_adapter_laion's)
+    cfg = load_config("tiny", overrides=["run.seed=5", f"data.tasks=[{','.join(ALL)}]"])
     roots = generate_miniworld(str(base / "sources"), small_cfg(5), seed=0, tasks=ALL)
     # break two VQA images: a corrupt JPEG and an empty file
     qs = json.load(open(os.path.join(roots["vqa-v2"], "v2_OpenEnded_mscoco_train2014_questions.json")))["questions"]

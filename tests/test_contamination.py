@@ -213,7 +213,9 @@ def test_paper_preset_holds_out_chinese_and_video_and_keeps_viquae_winoground_fo
     from ying.train.stages import stage_tasks
 
     cfg = load_config("paper")
-    assert sorted(cfg.data.tasks) == sorted(t for t, m in TASKS.items() if m.SPEC.stage2_mix)  # Table 9: all 40
+    assert sorted(t for t in cfg.data.tasks if get_task(t).SPEC.stage2_mix) == sorted(
+        t for t, m in TASKS.items() if m.SPEC.stage2_mix)  # Table 9: all 40
+    assert "laion" in cfg.data.tasks and cfg.train.stage1.tasks == ["coco", "laion"]  # §3.1.1's Stage I data
     by_category = {t: get_task(t).SPEC.category for t in cfg.data.tasks}
     assert sorted(cfg.data.held_out) == sorted(t for t, c in by_category.items() if c in ("chinese", "video"))
     assert cfg.data.eval_only == ["viquae", "winoground"]

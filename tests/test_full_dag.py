@@ -31,7 +31,7 @@ SMALL = [
     "miniworld.n_images={coco/train: 40, coco/validation: 8, coco/test: 8, vqa-v2/train: 30, vqa-v2/validation: 8,"
     " coco-goi/train: 10, coco-goi/validation: 4, flickr8k-cn/train: 4, flickr8k-cn/validation: 4,"
     " flickr8k-cn/test: 4, okvqa/train: 6, okvqa/validation: 3, clevr/train: 4, clevr/validation: 2,"
-    " visual-dialog/train: 10, visual-dialog/validation: 2, visual-dialog/test: 2}",
+    " visual-dialog/train: 10, visual-dialog/validation: 2, visual-dialog/test: 2, laion/train: 8}",
     "miniworld.n_videos={msrvtt-qa/train: 2, msrvtt-qa/validation: 2, msrvtt-qa/test: 2}",
     "train.pretrain.texts=64", "train.pretrain.validation_texts=16", "train.pretrain.max_steps=4",
     "train.pretrain.warmup_steps=1", "train.pretrain.batch_size=8", "train.pretrain.val_examples=8",
@@ -170,6 +170,9 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     s1 = json.loads(Path(run_dir, "stage1", "_manifest.json").read_text())["outputs"]
     assert pretrain["step"] == 4 and set(pretrain["plan"]["tasks"]) == {"text-en", "text-zh"}
     assert s1["plan"]["init_checkpoint"] == pretrain["checkpoint"]
+    assert set(s1["plan"]["tasks"]) == {"coco", "laion"}  # §3.1.1: COCO's captions and LAION's
+    laion = json.loads(Path(run_dir, "unify", "_manifest.json").read_text())["outputs"]["stats"]["laion"]
+    assert set(laion) == {"train"} and laion["train"]["read"] == laion["train"]["written"] == 8
     assert pretrain["checkpoint"].endswith(os.path.join("pretrain", "hf"))
     assert set(s2["plan"]["tasks"]) == {"coco", "vqa-v2", "coco-goi", "okvqa", "clevr", "visual-dialog"}
     # The contamination guard took out the one VisDial training dialog on an OK-VQA val image.
