@@ -19,10 +19,13 @@ __all__ = ["write_run_report", "reproduction"]
 
 
 def _data_table(stats: dict) -> str:
-    lines = ["| task | split | read | written | rejected |", "|---|---|---:|---:|---:|"]
+    """read: source records (a LLaVA conversation is one, however many rounds it has); listed: the
+    instances and rejects they gave, each of which was written or rejected."""
+    lines = ["| task | split | read | listed | written | rejected |", "|---|---|---:|---:|---:|---:|"]
     for task, splits in sorted(stats.items()):
         for split, c in sorted(splits.items()):
-            lines.append(f"| {task} | {split} | {c['read']} | {c['written']} | {c['rejected']} |")
+            lines.append(f"| {task} | {split} | {c['read']} | {c.get('listed', c['read'])} | {c['written']} | "
+                         f"{c['rejected']} |")
     return "\n".join(lines)
 
 
@@ -148,13 +151,11 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
     )
     variants = {v["model"]: v for name, v in outputs.items() if name.startswith("variant_") and v.get("enabled")}
     if variants:  # the paper's variants: rows beside stage2 in every table below
-        extras["Run"] += "
-- variants (rows beside `stage2` in the tables): " + "; ".join(
+        extras["Run"] += "\n- variants (rows beside `stage2` in the tables): " + "; ".join(
             f"`{model}` from {v['init']} on {', '.join(v['tasks'])}" for model, v in variants.items())
     m3it = (outputs.get("unify") or {}).get("m3it")
     if m3it:
-        extras["Run"] += (f"
-- records from the M3IT release at `{m3it['root']}`: {len(m3it['imported'])} tasks "
+        extras["Run"] += (f"\n- records from the M3IT release at `{m3it['root']}`: {len(m3it['imported'])} tasks "
                           "imported, answers as released (none rephrased again)")
         if m3it.get("unknown"):
             extras["Run"] += (f"; tasks Ying does not know, trained in Stage II and in no suite: "
@@ -164,7 +165,7 @@ def write_run_report(cfg: YingConfig, inputs: dict[str, dict], metrics: dict, ev
         if m3it.get("missing"):
             extras["Run"] += f"; in data.tasks but not in the release: {', '.join(m3it['missing'])}"
     if "unify" in outputs:
-        extras["Data (unify: read = written + rejected)"] = _data_table(outputs["unify"]["stats"])
+        extras["Data (unify: listed = written + rejected)"] = _data_table(outputs["unify"]["stats"])
     if "rephrase" in outputs:
         c = outputs["rephrase"]["counts"]
         extras["Rephrase"] = _rephrase_summary(cfg.rephrase.provider, cfg.rephrase.model, c)
