@@ -218,3 +218,13 @@ def test_miniworld_release_reads_cleanly_deterministically_and_truly(tmp_path):
             assert any(answer.endswith(f"{c} {k}.") or answer == f"The {c} object is a {k}." for c, k in shapes)
         else:  # a description: every shape named, and the background
             assert all(f"{c} {k}" in answer for c, k in shapes) and scene["background"] in answer
+
+
+def test_a_llava_image_is_known_by_its_coco_id_to_the_contamination_guard():
+    """LLaVA trains on COCO train2017, which holds most of val2014: the guard must see the COCO id in a
+    LLaVA record to keep a VQA v2 evaluation image out of the llava variant's training."""
+    from ying.data.contamination import image_identities
+
+    llava = {"task": "llava", "split": "train", "meta": json.dumps({"image_id": 33471})}
+    vqa_eval = {"task": "vqa-v2", "split": "validation", "meta": json.dumps({"image_id": 33471})}
+    assert "coco:33471" in image_identities(llava, digests=["aa"]) & image_identities(vqa_eval, digests=["bb"])

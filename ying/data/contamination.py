@@ -60,6 +60,9 @@ COCO_ID_FIELDS: dict[str, tuple[str, frozenset[str] | None]] = {
     "coco-cn": ("image_id", None),
     "fm-iqa": ("image_id", None),
     "visual-dialog": ("image_id", frozenset({"train"})),
+    # LLaVA-Instruct's images are COCO train2017, which took in most of val2014 (COCO 2017 keeps the
+    # 2014 ids): a VQA v2 or OK-VQA evaluation image can be in a LLaVA conversation.
+    "llava": ("image_id", None),
 }
 CONTAMINATION_KINDS = ("karpathy-restval", "visdial-val2014", "eval-only-image", "shared-coco-image", "same-image-bytes")
 # COCO 2014 file names carry the id: COCO_val2014_000000290008(.jpg)
