@@ -93,8 +93,8 @@ def test_a_failed_stage_leaves_no_manifest_and_the_next_run_resumes_there(ray_cl
 def test_every_shipped_stage_fingerprints_its_config():
     cfg = load_config("tiny")
     names = [s.name for s in STAGES]
-    assert names == ["sources", "unify", "rephrase", "qc", "pretrain", "stage1", "tune", "stage2", "eval", "ablations",
-                     "report", "serve"]
+    assert names == ["sources", "unify", "rephrase", "qc", "pretrain", "stage1", "tune", "stage2", "variant_llava",
+                     "variant_video", "variant_zh", "eval", "ablations", "report", "serve"]
     fake_inputs = {}
     for stage in STAGES:
         fp = stage_fingerprint(stage, cfg, {d: fake_inputs[d] for d in stage.deps})
@@ -168,8 +168,9 @@ def test_no_shipped_stage_fingerprints_an_execution_only_setting():
     assert changed == base
     # While a setting that changes results changes the stage reading it and all after it.
     other = plan_fingerprints(STAGES, load_config("tiny", overrides=["rephrase.model=other-llm"]))
-    assert [n for n in base if other[n]["fingerprint"] != base[n]] == ["rephrase", "qc", "stage1", "tune", "stage2",
-                                                                        "eval", "ablations", "report", "serve"]
+    assert [n for n in base if other[n]["fingerprint"] != base[n]] == [
+        "rephrase", "qc", "stage1", "tune", "stage2", "variant_llava", "variant_video", "variant_zh", "eval", "ablations",
+        "report", "serve"]
 
 
 @pytest.fixture

@@ -142,7 +142,7 @@ def _index_records(plan: StagePlan) -> None:
     plan.train_index = record_index(plan.data_dir, "train", plan.tasks, train_ids)
     if not plan.train_index.total:
         raise ValueError(f"no training records of tasks {plan.tasks} under "
-                         f"{storage.join(plan.data_dir, 'records', 'train')}")
+                         f"{plan.train_index.split_dir}")
     plan.val_index = None
     if plan.val_examples > 0:
         per_task = math.ceil(plan.val_examples / max(1, len(plan.tasks)))
