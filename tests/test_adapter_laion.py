@@ -163,6 +163,23 @@ def test_no_shards_is_one_reject(ray_cluster, tmp_path):
     assert "no webdataset shards" in read_rejects(str(tmp_path / "out"))[0]["reason"]
 
 
+def test_a_truncated_shard_is_one_reject_naming_it_and_the_others_build(release, ray_cluster, tmp_path):
+    root, _ = release
+    cut = str(tmp_path / "cut")
+    os.makedirs(cut)
+    for name in os.listdir(root):
+        data = open(os.path.join(root, name), "rb").read()
+        if name == "00001.tar":  # cut at a block boundary inside a member: only the missing end says so
+            data = data[:2048]
+        open(os.path.join(cut, name), "wb").write(data)
+    cfg = load_config("tiny", overrides=["data.tasks=[laion]", "data.held_out=[]"])
+    stats = build_unified(cfg, {TASK: cut}, str(tmp_path / "out"))
+    assert (stats[TASK]["train"]["written"], stats[TASK]["train"]["rejected"]) == (3, 3)  # shard 0: 3 good, 2 bad
+    rejects = read_rejects(str(tmp_path / "out"))
+    assert rejects[-1] == {"task": TASK, "split": "train", "source": f"{cut}/00001.tar",
+                           "reason": "shard is truncated: it lacks the tar's end-of-archive blocks"}
+
+
 def test_sample_item_and_the_batch_builder_without_ray(tmp_path):
     rng = random.Random(0)
     _, m = good(rng, "k1")

@@ -8,7 +8,8 @@ downloads were never samples and are not read (each sample's ``.json`` carries i
 
 The images live inside the tars, not at paths, so the build reads this source as a Ray Dataset
 (``read_dataset``, on ``ray.data.read_webdataset``: one read task per shard, streamed), not through
-the instance listing that ``read_instances`` feeds. One instance per sample, all in ``train``
+the instance listing that ``read_instances`` feeds. A shard cut short is one reject naming it
+(checked up front on its last KiB), the others are read. One instance per sample, all in ``train``
 (LAION has no other split); the Stage I alignment data of the paper (§3.1.1), outside Stage II's mix.
 """
 
@@ -24,21 +25,38 @@ from . import TaskSpec
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["SPEC", "read_instances", "read_dataset", "shard_paths", "sample_item"]
+__all__ = ["SPEC", "read_instances", "read_dataset", "shard_paths", "truncated_shards", "sample_item"]
 
 SPEC = TaskSpec(key="laion", category="captioning", lang="en", splits=("train",), rephrase=False, stage2_mix=False)
 
 _IMAGE_MEMBERS = ("jpg", "png", "webp")  # img2dataset's --encode_format choices, its default first
+_TAR_END = 1024  # a tar ends with two zero blocks; a shard cut short (an interrupted copy) lacks them
 
 
-def shard_paths(root: str) -> list[str]:
-    """The release's ``*.tar`` shards directly under ``root``, in name order (full paths or URLs)."""
+def shard_paths(root: str) -> dict[str, int]:
+    """The release's ``*.tar`` shards directly under ``root`` (full paths or URLs), in name order,
+    with their sizes."""
     fs, p = storage.filesystem(root)
     try:
-        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=False)]
+        entries = fs.ls(p, detail=True)
     except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [storage.join(root, n) for n in sorted(names) if n.endswith(".tar")]
+        return {}
+    sizes = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e.get("size") or 0 for e in entries if e.get("type") != "directory"}
+    return {storage.join(root, n): sizes[n] for n in sorted(sizes) if n.endswith(".tar")}
+
+
+def truncated_shards(shards: dict[str, int]) -> dict[str, str]:
+    """Shard -> why it ends early, from each shard's last KiB (fetched together): a tar read
+    mid-stream would otherwise fail the whole read at the cut, naming no file."""
+    whole = {s: n for s, n in shards.items() if n >= _TAR_END and n % 512 == 0}
+    problems = {s: f"shard is truncated: {n} bytes is not a whole tar" for s, n in shards.items() if s not in whole}
+    if whole:
+        fs, _ = storage.filesystem(next(iter(whole)))
+        tails = fs.cat_ranges([storage.filesystem(s)[1] for s in whole], [n - _TAR_END for n in whole.values()],
+                              list(whole.values()))
+        problems.update({s: "shard is truncated: it lacks the tar's end-of-archive blocks"
+                         for s, tail in zip(whole, tails) if tail.strip(b"\0")})
+    return problems
 
 
 def _raw_sample(sample: dict[str, Any]) -> dict[str, Any]:
@@ -114,16 +132,19 @@ def read_dataset(root: str, split: str) -> "ray.data.Dataset":
     if split not in SPEC.splits:
         raise ValueError(f"laion has splits {SPEC.splits}; got {split!r}")
     shards = shard_paths(root)
+    cut = truncated_shards(shards)
+    rejects = [{"source": s, "reason": why, "instance": "", "images": []} for s, why in cut.items()]
     if not shards:
-        return ray.data.from_items([{"source": root, "reason": f"no webdataset shards (*.tar) under {root}",
-                                     "instance": "", "images": []}])
+        rejects = [{"source": root, "reason": f"no webdataset shards (*.tar) under {root}", "instance": "", "images": []}]
+    paths = [storage.filesystem(s)[1] for s in shards if s not in cut]
+    if not paths:
+        return ray.data.from_items(rejects)
     fs, _ = storage.filesystem(root)
-    paths = [storage.filesystem(s)[1] for s in shards]
     ds = ray.data.read_webdataset(
         paths, filesystem=None if storage.is_local(root) else fs, decoder=_raw_sample,
         override_num_blocks=len(paths),
-    )
-    return ds.map(_source_row, fn_kwargs={"root": root, "split": split})
+    ).map(_source_row, fn_kwargs={"root": root, "split": split})
+    return ds.union(ray.data.from_items(rejects)) if rejects else ds  # (a union: rare, and unfused)
 
 
 def read_instances(root: str, split: str) -> Iterator[SourceInstance | Reject]:
