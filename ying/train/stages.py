@@ -68,9 +68,11 @@ def plan_hash(plan: StagePlan, context: str = "") -> str:
 
 
 def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
-               init_checkpoint: str | None = None, context: str = "", **overrides) -> StagePlan:
+               init_checkpoint: str | None = None, context: str = "", name: str | None = None,
+               **overrides) -> StagePlan:
     """The plan of ``stage`` (``overrides`` replace fields, e.g. a Tune trial's lr, steps and seed),
-    with its record indexes, hashed. The config is read here and nowhere below: the workers get
+    with its record indexes, hashed. ``name``: the plan's own name where it is not ``stage`` (a
+    variant trains with Stage II's settings under its own name). The config is read here and nowhere below: the workers get
     typed fields."""
     from ying.data.records import task_counts
 
@@ -92,7 +94,7 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
     micro = (overrides.pop("micro_batch_size", None)
              or (spec.micro_batch_size if batch_size == spec.batch_size else None) or batch_size // workers)
     plan = StagePlan(
-        stage=stage,
+        stage=name or stage,
         data_dir=data_dir,
         tasks=tasks,
         trainable=list(spec.trainable),
@@ -215,10 +217,12 @@ def fit(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str | None = 
 
 
 def run_stage(cfg: YingConfig, stage: str, data_dir: str, stage_dir: str,
-              init_checkpoint: str | None = None, context: str = "", fresh: bool = False, **overrides) -> dict:
-    """Train one stage; its final HF checkpoint lands in ``<stage_dir>/hf``."""
+              init_checkpoint: str | None = None, context: str = "", fresh: bool = False, name: str | None = None,
+              **overrides) -> dict:
+    """Train one stage (``train.<stage>``'s settings; ``name``: the run's own name, default ``stage``);
+    its final HF checkpoint lands in ``<stage_dir>/hf``."""
     hf_dir = storage.join(stage_dir, "hf")
-    plan = stage_plan(cfg, stage, data_dir, hf_dir, init_checkpoint, context=context, **overrides)
+    plan = stage_plan(cfg, stage, data_dir, hf_dir, init_checkpoint, context=context, name=name, **overrides)
     summary = fit(cfg, plan, storage.join(stage_dir, "ray_train"), fresh=fresh)
     summary["checkpoint"] = hf_dir
     summary["run_name"] = run_name(plan)

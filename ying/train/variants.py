@@ -67,6 +67,6 @@ def train_variant(cfg: YingConfig, name: str, data_dir: str, stage_dir: str, ini
     print(f"[ying] variant {name} ({VARIANT_MODELS[name]}): from {VARIANT_INIT[name]}, {length} at lr {lr:g} "
           f"on {', '.join(f'{t} ({present.get(t, 0):,} records)' for t in tasks)}", flush=True)
     summary = run_stage(cfg, "stage2", data_dir, stage_dir, init_checkpoint=init_checkpoint, context=context,
-                        fresh=fresh, lr=lr, tasks=tasks, max_steps=steps, stage=name)
+                        fresh=fresh, lr=lr, tasks=tasks, max_steps=steps, name=name)
     return {**summary, "variant": name, "model": VARIANT_MODELS[name], "tasks": tasks, "lr": lr,
             "init": VARIANT_INIT[name]}
