@@ -31,7 +31,8 @@ SMALL = [
     "miniworld.n_images={coco/train: 40, coco/validation: 8, coco/test: 8, vqa-v2/train: 30, vqa-v2/validation: 8,"
     " coco-goi/train: 10, coco-goi/validation: 4, flickr8k-cn/train: 4, flickr8k-cn/validation: 4,"
     " flickr8k-cn/test: 4, okvqa/train: 6, okvqa/validation: 3, clevr/train: 4, clevr/validation: 2,"
-    " visual-dialog/train: 10, visual-dialog/validation: 2, visual-dialog/test: 2, laion/train: 8}",
+    " visual-dialog/train: 10, visual-dialog/validation: 2, visual-dialog/test: 2, laion/train: 8,"
+    " llava/train: 8}",
     "miniworld.n_videos={msrvtt-qa/train: 2, msrvtt-qa/validation: 2, msrvtt-qa/test: 2}",
     "train.pretrain.texts=64", "train.pretrain.validation_texts=16", "train.pretrain.max_steps=4",
     "train.pretrain.warmup_steps=1", "train.pretrain.batch_size=8", "train.pretrain.val_examples=8",
@@ -42,6 +43,9 @@ SMALL = [
     # One trained trial (Figure 9 at k=1) and Figure 10's untrained 0-task point: the stage's place in
     # the DAG and its report sections; interrupted grids are test_ablations_run's.
     "ablations.grid={instructions_per_task: [1], task_counts: [0], answers: false, seeds: [0]}",
+    # The paper's three variants (Tables 5-8), a few steps each: their stages and their rows in the report.
+    "variants.enabled=[llava, zh, video]", "variants.llava.max_steps=3", "variants.zh.max_steps=3",
+    "variants.video.max_steps=3",
 ]
 
 
@@ -109,8 +113,8 @@ def first_run(dag_cluster, tmp_path_factory, llm):
             "scrapes": scraper.scrapes}
 
 
-STAGES = ["sources", "unify", "rephrase", "qc", "pretrain", "stage1", "tune", "stage2", "eval", "ablations", "report",
-          "serve"]
+STAGES = ["sources", "unify", "rephrase", "qc", "pretrain", "stage1", "tune", "stage2", "variant_llava", "variant_video",
+          "variant_zh", "eval", "ablations", "report", "serve"]
 
 
 def test_first_run_executes_every_stage_and_reports(first_run):
@@ -130,7 +134,7 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     # The serve stage's check of the app: Serve's INFO lines and access log stay in Serve's log files.
     assert "Deploying new version of Deployment" not in logs and "POST /v1/chat/completions 200" not in logs
     metrics = json.loads(Path(run_dir, "eval", "metrics.json").read_text())
-    assert set(metrics) == {"majority-answer", "stage1", "stage2"}
+    assert set(metrics) == {"majority-answer", "stage1", "stage2", "ying-vlm-llava", "ying-vlm-video", "ying-vlm-zh"}
     for model in metrics.values():
         assert set(model) == {"coco", "vqa-v2", "coco-goi", "flickr8k-cn", "msrvtt-qa", "okvqa", "clevr",
                               "visual-dialog"}
@@ -175,6 +179,22 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     assert set(laion) == {"train"} and laion["train"]["read"] == laion["train"]["written"] == 8
     assert pretrain["checkpoint"].endswith(os.path.join("pretrain", "hf"))
     assert set(s2["plan"]["tasks"]) == {"coco", "vqa-v2", "coco-goi", "okvqa", "clevr", "visual-dialog"}
+    # The paper's variants: each from its own checkpoint on its own tasks, and a row beside stage2 in the
+    # paper's tables (Table 6, Chinese, has Ying-VLM_zh's; Table 7, video, Ying-VLM_video's).
+    variants = {name: json.loads(Path(run_dir, f"variant_{name}", "_manifest.json").read_text())["outputs"]
+                for name in ("llava", "zh", "video")}
+    assert set(variants["llava"]["plan"]["tasks"]) == {"llava"}
+    assert variants["llava"]["plan"]["init_checkpoint"].endswith(os.path.join("stage1", "hf"))
+    assert set(variants["zh"]["plan"]["tasks"]) == {"flickr8k-cn"}
+    assert variants["zh"]["plan"]["init_checkpoint"].endswith(os.path.join("stage2", "hf"))
+    assert set(variants["video"]["plan"]["tasks"]) == set(s2["plan"]["tasks"]) | {"msrvtt-qa"}
+    assert all(v["step"] == 3 and v["lr"] == tune["best_lr"] for v in variants.values())
+    for model in ("ying-vlm-llava", "ying-vlm-zh", "ying-vlm-video"):
+        assert report.count(f"| {model} |") >= 3, model  # the tasks table and the paper's suites
+    tables = report.split("### ")
+    for table in ("Table 6", "Table 7"):
+        body = next(t for t in tables if t.startswith(table))
+        assert all(f"| {m} |" in body for m in ("stage2", "ying-vlm-zh", "ying-vlm-video")), body
     # The contamination guard took out the one VisDial training dialog on an OK-VQA val image.
     qc = json.loads(Path(run_dir, "qc", "_manifest.json").read_text())["outputs"]["counts"]
     assert qc["contamination_blocked"] == {"visual-dialog": 2}
@@ -204,3 +224,39 @@ def test_second_run_skips_every_stage(first_run):
         assert f"[ying] {stage}: up to date" in logs, stage
         assert Path(run_dir, stage, "_manifest.json").read_text() == before[stage]
     assert "running" not in "".join(line for line in logs.splitlines() if line.startswith("[ying] ") and ": " in line)
+
+
+def test_an_exported_m3it_release_trains_through_stage2(first_run, tmp_path):
+    """A run's QC'd records exported with `ying m3it export`, plus a task folder Ying has no adapter
+    for, become the next run's data through `data.m3it`: imported as its unify step, not rephrased
+    again, and trained through Stage II (the unknown task too)."""
+    import shutil
+    import subprocess
+    import sys
+
+    release = tmp_path / "M3IT"
+    subprocess.run([sys.executable, "-m", "ying.cli", "m3it", "export", "--data-dir",
+                    str(Path(first_run["run_dir"], "qc")), "--out", str(release)], check=True, cwd=REPO)
+    exported = sorted(p.name for p in release.glob("data/*/*") if p.is_dir())
+    assert "vqav2" in exported and "coco" in exported
+    # A task of the release that Ying has no adapter for: it trains, and the run says so.
+    shutil.copytree(release / "data" / "vqa" / "vqav2", release / "data" / "vqa" / "shape-count")
+    run_dir = str(tmp_path / "run")
+    _, logs = _submit(first_run["client"], run_dir, [*first_run["overrides"], f"data.m3it={release}"],
+                      flags="--until stage2")
+    assert "unknown to Ying (trained in Stage II, in no suite): shape-count" in logs
+    sources = json.loads(Path(run_dir, "sources", "_manifest.json").read_text())["outputs"]
+    assert sources["sources"] == {} and not Path(run_dir, "sources", "coco").exists()  # no raw source read
+    unify = json.loads(Path(run_dir, "unify", "_manifest.json").read_text())["outputs"]
+    assert unify["m3it"]["unknown"] == ["shape-count"]
+    stats = unify["stats"]
+    assert all(c["read"] == c["written"] + c["rejected"] for splits in stats.values() for c in splits.values())
+    qc_before = json.loads(Path(first_run["run_dir"], "qc", "_manifest.json").read_text())["outputs"]["counts"]
+    assert stats["vqa-v2"]["train"]["written"] == qc_before["tasks"]["vqa-v2"]["train"]["passed"]
+    rephrase = json.loads(Path(run_dir, "rephrase", "_manifest.json").read_text())["outputs"]["counts"]
+    assert rephrase["rephrased"] == 0 and rephrase["requests"] == 0  # the release's answers are final
+    s2 = json.loads(Path(run_dir, "stage2", "_manifest.json").read_text())["outputs"]
+    assert set(s2["plan"]["tasks"]) == {"coco", "vqa-v2", "coco-goi", "okvqa", "clevr", "visual-dialog", "shape-count"}
+    s1 = json.loads(Path(run_dir, "stage1", "_manifest.json").read_text())["outputs"]
+    assert set(s1["plan"]["tasks"]) == {"coco", "laion"}  # LAION's captions came through the export too
+    assert Path(run_dir, "stage2", "hf", "model.safetensors").exists()

@@ -54,14 +54,20 @@ def _qc_table(counts: dict) -> str:
     return "\n".join(lines)
 
 
+def _num(value: float | None, fmt: str) -> str:
+    """A number as ``fmt``; "–" where there is none (a run without validation data has no val loss)."""
+    return "–" if value is None else format(value, fmt)
+
+
 def _training_table(stages: dict[str, dict]) -> str:
     lines = ["| stage | tasks | steps | peak lr | final train loss | val answer loss | samples/s | trainable tensors |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in stages.items():
         plan = s.get("plan", {})
         lines.append(
-            f"| {name} | {', '.join(plan.get('tasks', []))} | {s['step']} | {plan.get('lr', 0):.1e} | "
-            f"{s['loss']:.3f} | {s['val_loss']:.3f} | {s['samples_per_s']:.0f} | {len(s.get('trainable', []))} |"
+            f"| {name} | {', '.join(plan.get('tasks', []))} | {s['step']} | {_num(plan.get('lr'), '.1e')} | "
+            f"{_num(s['loss'], '.3f')} | {_num(s['val_loss'], '.3f')} | {_num(s['samples_per_s'], '.0f')} | "
+            f"{len(s.get('trainable', []))} |"
         )
     return "\n".join(lines)
 
