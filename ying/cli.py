@@ -44,8 +44,10 @@ def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ying run",
         description="Run Ying's DAG: sources -> unify -> rephrase -> qc -> stage1 -> tune -> stage2 -> eval -> "
-        "report -> serve, with the ablations branching after tune. Finished stages whose config, code and inputs "
-        "are unchanged are skipped.",
+        "report -> serve, with the ablations branching after tune and the paper's variants (--set "
+        "'variants.enabled=[llava,zh,video]') trained before the eval. --set data.m3it=DIR trains on an M3IT "
+        "release instead of the raw releases. Finished stages whose config, code and inputs are unchanged are "
+        "skipped.",
     )
     _add_config_args(p)
     p.add_argument("--until", default=None, help="stop after this stage")
