@@ -85,3 +85,15 @@ def test_too_few_records_for_a_micro_batch_is_refused_before_any_worker_starts(t
         stage_plan(cfg, "stage2", str(tmp_path), None, lr=1e-3, tasks=["llava"], name="llava")
     plan = stage_plan(cfg, "stage2", str(tmp_path), None, lr=1e-3, tasks=["llava"], name="llava", batch_size=4)
     assert plan.stage == "llava" and plan.train_index.total == 7 and plan.micro_batch_size == 2
+
+
+def test_switching_to_an_m3it_release_reruns_the_sources_stage(tmp_path):
+    """A run dir first built from the raw releases must not keep its sources (and unify from them) once
+    data.m3it names a release: the sources stage's fingerprint covers data.m3it."""
+    from ying.pipeline import STAGES
+    from ying.workflow import plan_fingerprints
+
+    raw = plan_fingerprints(STAGES, load_config("tiny"))
+    m3it = plan_fingerprints(STAGES, load_config("tiny", overrides=[f"data.m3it={tmp_path}"]))
+    assert m3it["sources"]["fingerprint"] != raw["sources"]["fingerprint"]
+    assert m3it["unify"]["fingerprint"] != raw["unify"]["fingerprint"]

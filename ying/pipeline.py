@@ -275,7 +275,8 @@ _TRAIN_COMMON = ["run.seed", "model", "train.num_workers", "train.use_gpu", "tra
 _VARIANT_CONFIG = _TRAIN_COMMON + ["variants.enabled", "train.stage2", "data.held_out", "data.eval_only"]
 
 STAGES: list[Stage] = [
-    Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources"], check=missing_sources),
+    Stage("sources", run_sources, [], ["run.seed", "miniworld", "data.tasks", "data.sources", "data.m3it"],
+          check=missing_sources),
     Stage("unify", run_unify, ["sources"], ["run.seed", "data"]),
     Stage("rephrase", run_rephrase, ["unify"], ["rephrase"]),
     Stage("qc", run_qc, ["rephrase"], ["data.max_image_pixels", "data.eval_only", "data.contamination_guard",
