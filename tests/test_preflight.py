@@ -40,7 +40,7 @@ def test_a_shared_run_dir_inside_the_jobs_working_dir_is_refused(tmp_path):
 def test_missing_sources_are_found_before_the_run(tmp_path):
     cfg = load_config("paper")
     (problem,) = config_problems(cfg, STAGES)
-    assert "no source data for 40 of the 40 tasks" in problem and "--set data.sources.coco=" in problem
+    assert "no source data for 41 of the 41 tasks" in problem and "--set data.sources.coco=" in problem
     # Only the stages that will run are checked: nothing is missing for a run that builds nothing.
     assert config_problems(load_config("tiny", overrides=["miniworld.enabled=false"]), STAGES, until="sources")
     real = tmp_path / "coco"
