@@ -71,7 +71,7 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine():
 
 def test_stage_tasks_follow_the_held_out_policy():
     cfg = load_config("tiny")
-    assert stage_tasks(cfg, "stage1") == ["coco"]
+    assert stage_tasks(cfg, "stage1") == ["coco", "laion"]  # §3.1.1: COCO and LAION captions
     # no Chinese, no video (Figure 8)
     assert stage_tasks(cfg, "stage2") == ["coco", "vqa-v2", "coco-goi", "okvqa", "clevr", "visual-dialog"]
     cfg = load_config("tiny", overrides=["data.held_out=[msrvtt-qa]"])
