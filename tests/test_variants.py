@@ -66,27 +66,6 @@ def test_m3it_mode_checks_its_folder_before_ray_starts(tmp_path):
     assert missing_sources(load_config("tiny", overrides=[f"data.m3it={tmp_path}", "miniworld.enabled=false"])) == []
 
 
-def test_too_few_records_for_a_micro_batch_is_refused_before_any_worker_starts(tmp_path):
-    """A variant on a small task (7 LLaVA rounds, 2 workers, micro-batch 16) fails in the plan, naming
-    the tasks, the count and the fix, not after a worker group and DeepSpeed have started."""
-    import json
-
-    from ying.data.records import SplitFiles
-    from ying.train.stages import stage_plan
-
-    rows = [{"id": f"llava-train-{i}", "task": "llava", "category": "generation", "lang": "en", "split": "train",
-             "images": [b"\xff\xd8"], "instruction": "Talk.", "inputs": "Q: hi", "outputs": "Hello.",
-             "meta": json.dumps({})} for i in range(7)]
-    with SplitFiles(str(tmp_path), "llava.parquet") as out:
-        out.write("train", rows)
-    cfg = load_config("tiny")
-    with pytest.raises(ValueError, match=r"7 training records of tasks \['llava'\] .* give each of 2 workers 3: "
-                                         r"less than one micro-batch of 16; lower the batch size or add data"):
-        stage_plan(cfg, "stage2", str(tmp_path), None, lr=1e-3, tasks=["llava"], name="llava")
-    plan = stage_plan(cfg, "stage2", str(tmp_path), None, lr=1e-3, tasks=["llava"], name="llava", batch_size=4)
-    assert plan.stage == "llava" and plan.train_index.total == 7 and plan.micro_batch_size == 2
-
-
 def test_switching_to_an_m3it_release_reruns_the_sources_stage(tmp_path):
     """A run dir first built from the raw releases must not keep its sources (and unify from them) once
     data.m3it names a release: the sources stage's fingerprint covers data.m3it."""

@@ -415,11 +415,12 @@ def train(plan: StagePlan, run: _Run, state: _State) -> float:
     from ying.train.sampler import rank_share
 
     engine, micro, world = run.engine, run.micro, run.world
-    # stage_plan checked this on the driver, before any worker started; a world of another size may not pass.
     share = rank_share(plan.train_index.total, world)
     if share < micro:
-        raise ValueError(f"[{plan.stage}] each of {world} workers gets {share} training records: less than one "
-                         f"micro-batch of {micro}")
+        raise ValueError(
+            f"[{plan.stage}] {plan.train_index.total} training records of tasks {plan.tasks} under {plan.data_dir} "
+            f"give each of {world} workers {share}: less than one micro-batch of {micro}; lower the batch size "
+            "or add data")
     engine.train()
     t0 = t_window = time.time()
     window_loss, window_micro, window_samples = 0.0, 0, 0

@@ -22,7 +22,7 @@ from ying.console import TRAIN_LOG_LEVEL
 from ying.data.records import count_records, data_fingerprint
 from ying.train.ingest import IngestOptions, RecordPolicy, select_ids
 from ying.train.loop import StagePlan, plan_fields, train_loop_per_worker
-from ying.train.sampler import rank_share, record_index
+from ying.train.sampler import record_index
 
 __all__ = ["stage_plan", "stage_tasks", "plan_hash", "fit", "run_stage", "trainer_for", "resume_dir"]
 
@@ -130,12 +130,6 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
         raise ValueError(f"{stage}: batch_size {plan.batch_size} is not micro_batch_size {plan.micro_batch_size} "
                          f"x {workers} workers x a whole number of accumulation steps")
     _index_records(plan)
-    share = rank_share(plan.train_index.total, plan.num_workers)
-    if share < plan.micro_batch_size:  # said here, before a worker group starts, not by each worker
-        raise ValueError(
-            f"[{plan.stage}] {plan.train_index.total} training records of tasks {plan.tasks} under {plan.data_dir} "
-            f"give each of {plan.num_workers} workers {share}: less than one micro-batch of {plan.micro_batch_size}; "
-            "lower the batch size or add data")
     plan.plan_hash = plan_hash(plan, context)
     return plan
 
