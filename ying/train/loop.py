@@ -187,6 +187,20 @@ def _download_dir(remote: str, local: str) -> None:
 
 
 # --- the recipe ---------------------------------------------------------------------------------
+class _Clock:
+    """Wall-clock seconds of one worker's steps outside training (the manifest's ``timings``): where a
+    stage's start-up and wind-down go (``benchmarks/bench_train.py`` reads them)."""
+
+    def __init__(self) -> None:
+        self.entered = self.last = time.time()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, step: str) -> None:
+        now = time.time()
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self.last, 3)
+        self.last = now
+
+
 @dataclass
 class _Run:
     """What setup builds and the other steps use."""
@@ -200,6 +214,7 @@ class _Run:
     world: int
     device: torch.device
     micro: int
+    clock: _Clock = field(default_factory=_Clock)
     val_batches: list | None = None
 
 
@@ -242,8 +257,9 @@ def _build(plan: StagePlan, device, ds_config: dict):
     return model.train(), tokenizer
 
 
-def setup(plan: StagePlan) -> _Run:
+def setup(plan: StagePlan, clock: _Clock | None = None) -> _Run:
     """Model, freeze policy, DeepSpeed engine, optimizer and schedule, processor."""
+    clock = clock or _Clock()
     import deepspeed
     import ray.train
     import transformers
@@ -253,11 +269,13 @@ def setup(plan: StagePlan) -> _Run:
     from ying.model.vlm import apply_freeze_policy, count_parameters
     from ying.train.extension_lock import load_deepspeed_ops
 
+    clock.mark("imports")
     transformers.utils.logging.disable_progress_bar()  # one line per step is ours to print
     quiet_stage_process()  # this worker's own Ray Data reads print no bars
     # Before anything starts DeepSpeed's comm backend (zero.Init, initialize): its op is loaded here under
     # a flock, so a torch build lock left by a killed run is cleared instead of waited on forever.
     load_deepspeed_ops()
+    clock.mark("deepspeed_ops")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if world != plan.num_workers:
@@ -269,6 +287,7 @@ def setup(plan: StagePlan) -> _Run:
     ds_config = deepspeed_config(micro, accumulation, plan.zero_stage, plan.grad_clip, plan.model.dtype)
 
     model, tokenizer = _build(plan, device, ds_config)
+    clock.mark("model")
     trainable = apply_freeze_policy(model, plan.trainable)
     if plan.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -287,6 +306,7 @@ def setup(plan: StagePlan) -> _Run:
 
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                    config=ds_config)
+    clock.mark("deepspeed_initialize")
     # Dropout draws from these: seeded by (seed, rank), never left to the process's random start (a
     # stage from an init checkpoint builds nothing seeded). A resume then restores the saved states.
     random.seed(plan.seed * 1_000_003 + rank)
@@ -301,13 +321,15 @@ def setup(plan: StagePlan) -> _Run:
         if rank == 0:
             print(f"[{plan.stage}] LLM from {plan.model.llm_path}: perplexity {ppl:,.1f} on the sanity sentences",
                   flush=True)
-    return _Run(engine, scheduler, tokenizer, processor, trainable, rank, world, device, micro)
+        clock.mark("llm_sanity")
+    return _Run(engine, scheduler, tokenizer, processor, trainable, rank, world, device, micro, clock)
 
 
 def restore(plan: StagePlan, run: _Run) -> _State:
     """The latest complete resume checkpoint of this plan (a restart after a failure, or a re-run)."""
     found = latest_resume_checkpoint(plan.resume_dir)
     if not found:
+        run.clock.mark("restore")
         return _State()
     step_dir, meta = found
     if meta.get("plan_hash") != plan.plan_hash:
@@ -327,6 +349,7 @@ def restore(plan: StagePlan, run: _Run) -> _State:
     if run.rank == 0:
         print(f"[{plan.stage}] resumed at step {state.step}/{plan.max_steps} from {step_dir} (epoch {state.epoch}, "
               f"next record {state.position} of each rank's share)", flush=True)
+    run.clock.mark("restore")
     return state
 
 
@@ -473,6 +496,7 @@ def train(plan: StagePlan, run: _Run, state: _State) -> float:
                 break
         if state.step < plan.max_steps:
             state.epoch, state.position = state.epoch + 1, 0
+    run.clock.mark("train")
     return time.time() - t0
 
 
@@ -483,6 +507,7 @@ def save(plan: StagePlan, run: _Run, state: _State, train_seconds: float) -> dic
     from ying.model.checkpoint import save_checkpoint
 
     val_loss = validate(plan, run)
+    run.clock.mark("validate")
     trained = [h for h in state.history if "loss" in h]
     final = {
         "step": state.step,
@@ -507,20 +532,34 @@ def save(plan: StagePlan, run: _Run, state: _State, train_seconds: float) -> dic
                 save_checkpoint(engine.module, run.tokenizer, plan.model, plan.out_dir, extra, state_dict=state_dict)
         elif run.rank == 0:
             save_checkpoint(engine.module, run.tokenizer, plan.model, plan.out_dir, extra)
+        run.clock.mark("hf_checkpoint")
     # A re-run of a finished plan (its driver died before the manifest) restores this and trains nothing.
     if state.resumed_from != state.step:
         save_resume_checkpoint(plan, run, state)
+        run.clock.mark("resume_checkpoint")
     ray.train.report(final)
+    run.clock.mark("report")
     if run.rank != 0:
         return None
-    return {**final, "history": state.history, "trainable": run.trainable, "plan": plan.summary()}
+    return {**final, "history": state.history, "trainable": run.trainable, "plan": plan.summary(),
+            "timings": worker_timings(run.clock)}
+
+
+def worker_timings(clock: _Clock) -> dict:
+    """Rank 0's clock: its process's start to the loop's entry (Ray's worker start, the loop module's
+    imports), then each step's seconds, and when the loop returned (the driver adds its own ends)."""
+    import psutil
+
+    return {"process_to_loop": round(clock.entered - psutil.Process().create_time(), 3),
+            "loop_entered_at": clock.entered, "loop_returned_at": time.time(), "worker": dict(clock.seconds)}
 
 
 def train_loop_per_worker(config: dict) -> dict | None:
     """Ray Train's entry point: ``config["plan"]`` is the StagePlan."""
     plan: StagePlan = config["plan"]
+    clock = _Clock()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if plan.use_gpu else "cpu")
-    run = setup(plan)
+    run = setup(plan, clock)
     state = restore(plan, run)
     seconds = train(plan, run, state)
     return save(plan, run, state, seconds)

@@ -14,6 +14,7 @@ checkpoint itself also carries the plan hash and refuses a mismatch (``PlanMisma
 from __future__ import annotations
 
 import math
+import time
 from typing import Mapping
 
 from ying import storage
@@ -207,13 +208,28 @@ def fit(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str | None = 
             if (stale != name or fresh) and fs.isdir(entry) and stale.startswith(f"{plan.stage}-"):
                 print(f"[ying] {plan.stage}: removing Ray Train run {stale} (another plan, or --force)", flush=True)
                 fs.rm(entry, recursive=True)
+    started = time.time()
     result = trainer_for(cfg, plan, storage_path, name, callbacks=callbacks).fit()
     if result.error:
         raise result.error
     summary = result.return_value
     if summary is None:
         raise RuntimeError(f"{name}: training returned no summary (rank 0 loop did not finish)")
+    summary["timings"] = fit_timings(summary.get("timings") or {}, started, time.time())
     return summary
+
+
+def fit_timings(worker: dict, started: float, ended: float) -> dict:
+    """Where one ``fit`` went, in seconds: ``to_loop`` (the controller, the worker group and its
+    processes, until rank 0's loop starts), rank 0's steps (``worker``: imports, DeepSpeed's ops, the
+    model, ``deepspeed.initialize``, restore, train, validate, checkpoints, the last report), and
+    ``after_loop`` (the group's shutdown); ``overhead`` is all but training."""
+    entered, returned = worker.get("loop_entered_at", started), worker.get("loop_returned_at", ended)
+    steps = dict(worker.get("worker", {}))
+    total = ended - started
+    return {"fit": round(total, 3), "to_loop": round(entered - started, 3),
+            "process_to_loop": worker.get("process_to_loop"), "worker": steps,
+            "after_loop": round(ended - returned, 3), "overhead": round(total - steps.get("train", 0.0), 3)}
 
 
 def run_stage(cfg: YingConfig, stage: str, data_dir: str, stage_dir: str,
@@ -222,8 +238,11 @@ def run_stage(cfg: YingConfig, stage: str, data_dir: str, stage_dir: str,
     """Train one stage (``train.<stage>``'s settings; ``name``: the run's own name, default ``stage``);
     its final HF checkpoint lands in ``<stage_dir>/hf``."""
     hf_dir = storage.join(stage_dir, "hf")
+    started = time.time()
     plan = stage_plan(cfg, stage, data_dir, hf_dir, init_checkpoint, context=context, name=name, **overrides)
+    planned = time.time() - started
     summary = fit(cfg, plan, storage.join(stage_dir, "ray_train"), fresh=fresh)
+    summary["timings"]["plan"] = round(planned, 3)  # reading the data dir's footers: the record indexes
     summary["checkpoint"] = hf_dir
     summary["run_name"] = run_name(plan)
     # How the weights were held: what a reader of the manifest needs to compare two runs' speed and memory.
