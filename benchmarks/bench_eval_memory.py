@@ -34,52 +34,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+from proc_tree import TreeSampler  # benchmarks/ is on sys.path when this file runs as a script
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local benchmark cluster needs no token
 
 GOALS = {"rss_ratio_10x": ("<=", 1.2)}
 MIB = 2**20
-
-
-class RssSampler:
-    """Peak RSS of this process alone and summed with all its descendants, sampled on a thread."""
-
-    def __init__(self, every_s: float):
-        import psutil
-
-        self.psutil = psutil
-        self.every_s = every_s
-        self.peak_tree = self.peak_driver = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> int:
-        me = self.psutil.Process()
-        driver = me.memory_info().rss
-        total = driver
-        for p in me.children(recursive=True):
-            try:
-                total += p.memory_info().rss
-            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
-                continue  # a worker that exited between listing and reading
-        self.peak_tree, self.peak_driver = max(self.peak_tree, total), max(self.peak_driver, driver)
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.every_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
 
 # ---------------------------------------------------------------- child: one measurement
@@ -98,14 +60,14 @@ def run_child(mode: str, data_dir: str, ckpt: str, sources: dict, work: str, per
     if mode == "whole_splits":
         from ying.data.records import read_records
 
-        with RssSampler(sample_s) as rss:
+        with TreeSampler(sample_s, cpu=False) as rss:
             idle = rss.sample()
             t0 = time.perf_counter()
             held = {split: read_records(data_dir, split) for split in ("test", "validation", "train")}
             seconds = time.perf_counter() - t0
             n = sum(len(v) for v in held.values())
-        return {"mode": mode, "seconds": seconds, "records": n, "peak_tree": rss.peak_tree,
-                "peak_driver": rss.peak_driver, "idle": idle}
+        return {"mode": mode, "seconds": seconds, "records": n, "peak_tree": rss.peak,
+                "peak_driver": rss.peak_root, "idle": idle}
     import ray
 
     from ying.eval.evaluate import evaluate_models
@@ -122,7 +84,7 @@ def run_child(mode: str, data_dir: str, ckpt: str, sources: dict, work: str, per
     ray.data.DataContext.get_current().enable_progress_bars = False
     time.sleep(1.0)  # let the cluster's agents finish starting, so "idle" is idle
     cfg = eval_config(os.path.join(work, "run"), per_task)
-    with RssSampler(sample_s) as rss:
+    with TreeSampler(sample_s, cpu=False) as rss:
         idle = rss.sample()
         t0 = time.perf_counter()
         res = evaluate_models(cfg, data_dir, {"bench": ckpt}, os.path.join(work, "eval"), sources=sources)
@@ -130,7 +92,7 @@ def run_child(mode: str, data_dir: str, ckpt: str, sources: dict, work: str, per
     ray.shutdown()
     n_examples = sum(s["n_examples"] for s in res["suites"].values()) + res["n_records"]
     return {"mode": mode, "seconds": seconds, "examples": n_examples, "generated": res["prediction_cache"]["bench"],
-            "peak_tree": rss.peak_tree, "peak_driver": rss.peak_driver, "idle": idle}
+            "peak_tree": rss.peak, "peak_driver": rss.peak_root, "idle": idle}
 
 
 def spawn_child(mode: str, data_dir: str, ckpt: str, sources: dict, work: str, args) -> dict:
