@@ -3,8 +3,9 @@ data a stage reads, and whether a killed worker costs more than one checkpoint i
 
     python benchmarks/bench_train.py --workdir /tmp/bench_train          # ~10 minutes on 2 cores
 
-Runs, side by side, the tiny preset's model, batch and steps (Stage I: coco captions of the
-default mini-world, built once into WORKDIR/data):
+Runs, side by side, the tiny preset's model, batch and steps (Stage I on coco captions of the
+default mini-world, built once into WORKDIR/data by the one-process build: laion, Stage I's other
+task in the preset, is read as a Ray Dataset and has no one-process build, so it is left out):
   (a) bare   a plain torch loop in this process: reads and encodes its records inline, AdamW, the
              same schedule; ``--threads`` torch threads
   (b) ray-1  Ray Train + DeepSpeed, one worker with ``--threads`` torch threads, records through
@@ -12,12 +13,17 @@ default mini-world, built once into WORKDIR/data):
   (c) ray-2  the same with two workers
   read       one epoch of (b) with a filesystem that counts the bytes Ray Data's readers read,
              divided by the bytes of the stage's own training files (coco train); the data dir also
-             holds every other task's files, which Stage I must not read
+             holds every other task's files, which Stage I must not read. The driver's record
+             index (every train file's footer, once) is counted apart: index_read_amplification
   kill       (c) with a checkpoint every --checkpoint-every steps; one worker is SIGKILLed after
              the first checkpoint; steps redone = last step trained before the kill - resume step
-samples/s excludes each run's first logging window (start-up, first compile). The last line is
-JSON with ray_vs_bare (b / a), read_amplification, kill_resume_finished, steps_redone_after_kill,
-checkpoint_every and the raw rates. Run it alone on the machine: other load skews every ratio.
+samples/s excludes each run's first logging window (start-up, first compile). startup_s per Ray
+run: the fit's seconds minus rank 0's training seconds (the summary's timings["overhead"]: worker
+group, imports, DeepSpeed, model, checkpoints, shutdown), the breakdown printed for ray-1; the kill
+run's also holds the first attempt and the restart. The last line is JSON with ray_vs_bare
+(b / a), read_amplification, index_read_amplification, startup_s, kill_resume_finished,
+steps_redone_after_kill, checkpoint_every and the raw rates. Run it alone on the machine: other
+load skews every ratio.
 """
 
 from __future__ import annotations
@@ -42,15 +48,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def build_data(workdir: Path) -> str:
-    """The default mini-world, built in one process (no Ray), reused across runs."""
+    """The default mini-world, built in one process (no Ray), reused across runs: every task the
+    one-process build can read (not laion, which unify reads as a Ray Dataset)."""
     from ying.config import load_config
-    from ying.data.build import build_unified_local
+    from ying.data.build import build_unified_local, reads_dataset
     from ying.data.miniworld import generate_miniworld
 
     data_dir = workdir / "data"
     if (data_dir / "records" / "train").exists():
         return str(data_dir)
-    cfg = load_config("tiny", overrides=[f"run.run_dir={workdir}"])
+    tasks = [t for t in load_config("tiny").data.tasks if not reads_dataset(t)]
+    cfg = load_config("tiny", overrides=[f"run.run_dir={workdir}", f"data.tasks=[{','.join(tasks)}]"])
     sources = generate_miniworld(str(workdir / "sources"), cfg.miniworld, cfg.run.seed, cfg.data.tasks)
     build_unified_local(cfg, sources, str(data_dir))
     return str(data_dir)
@@ -75,14 +83,14 @@ def bare_loop(cfg, data_dir: str, steps: int, threads: int, log_every: int) -> f
     proc = YingProcessor.from_model_config(tok, cfg.model)
     opt = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=spec.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, spec.warmup_steps, steps))
-    fs, files = stage_files(data_dir, "train", ["coco"])
+    fs, files = stage_files(data_dir, "train", spec.tasks)
 
     def records():
         while True:
             for f in files:
                 with fs.open(f, "rb") as fh:
                     for row in pq.read_table(fh).to_pylist():
-                        if row["task"] == "coco":
+                        if row["task"] in spec.tasks:
                             yield row
 
     stream = records()
@@ -116,9 +124,11 @@ def step_log_callback(path: str):
 def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every: int,
             checkpoint_every: int = 0, filesystem=None, callbacks=None, kill_after_checkpoint: bool = False,
             dashboard: str = ""):
-    """One Stage I run on Ray Train; returns (summary, seconds)."""
-    from ying.train.stages import stage_plan, trainer_for
+    """One Stage I run on Ray Train; returns (summary, seconds); the summary's timings as
+    ``ying.train.stages.fit`` reports them (``fit_timings``), plus the plan's seconds."""
+    from ying.train.stages import fit_timings, stage_plan, trainer_for
 
+    planned = time.time()
     # ``filesystem``: the workers' Ray Data readers open the records through it (it counts bytes).
     plan = stage_plan(cfg, "stage1", data_dir, None, max_steps=steps, log_every=log_every,
                       checkpoint_every=checkpoint_every, val_examples=0, context=name, filesystem=filesystem)
@@ -131,10 +141,14 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
                                   daemon=True)
         killer.start()
     t0 = time.time()
+    planned = t0 - planned
     result = trainer.fit()
     if result.error:
         raise result.error
-    return result.return_value, time.time() - t0
+    summary = result.return_value
+    summary["timings"] = fit_timings(summary.get("timings") or {}, t0, time.time())
+    summary["timings"]["plan"] = round(planned, 3)
+    return summary, time.time() - t0
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, dashboard: str) -> None:
@@ -148,6 +162,14 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, dashboard: str) -> None
                if a.pid]
     os.kill(workers[-1].pid, signal.SIGKILL)
     print(f"[bench] killed training worker pid {workers[-1].pid}", flush=True)
+
+
+def startup_breakdown(timings: dict) -> dict:
+    """A fit's seconds outside training, by step (rank 0's steps but ``train`` nested under ``worker``)."""
+    worker = {k: v for k, v in (timings.get("worker") or {}).items() if k != "train"}
+    return {"overhead": timings["overhead"], "plan": timings.get("plan"), "to_loop": timings["to_loop"],
+            "process_to_loop": timings.get("process_to_loop"), "worker": worker,
+            "after_loop": timings["after_loop"], "train": (timings.get("worker") or {}).get("train")}
 
 
 def mean_rate(summary: dict) -> float:
@@ -174,6 +196,7 @@ def main() -> None:
 
     data_dir = build_data(workdir)
     base = ["train.max_failures=2", f"train.torch_threads={args.threads}", "train.stage1.val_examples=0"]
+    base += ["train.stage1.tasks=[coco]"]  # the data holds no laion (see build_data)
     cfg1 = load_config("tiny", overrides=base + ["train.num_workers=1", f"train.cpus_per_worker={args.threads}",
                                                   f"train.data_cpus={max(0.5, os.cpu_count() - args.threads)}"])
     cfg2 = load_config("tiny", overrides=base)
@@ -187,28 +210,40 @@ def main() -> None:
                        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}})
     dashboard = f"http://{context.dashboard_url}"
     one, _ = ray_run(cfg1, data_dir, workdir, "one", args.steps, args.log_every)
-    print(f"[bench] (b) Ray Train + DeepSpeed, 1 worker: {mean_rate(one):.1f} samples/s", flush=True)
+    print(f"[bench] (b) Ray Train + DeepSpeed, 1 worker: {mean_rate(one):.1f} samples/s; start-up "
+          f"{one['timings']['overhead']:.1f} s", flush=True)
+    print(f"[bench] (b)'s start-up breakdown (s): {json.dumps(startup_breakdown(one['timings']))}", flush=True)
     two, _ = ray_run(cfg2, data_dir, workdir, "two", args.steps, args.log_every)
-    print(f"[bench] (c) Ray Train + DeepSpeed, 2 workers: {mean_rate(two):.1f} samples/s", flush=True)
+    print(f"[bench] (c) Ray Train + DeepSpeed, 2 workers: {mean_rate(two):.1f} samples/s; start-up "
+          f"{two['timings']['overhead']:.1f} s", flush=True)
 
     # One epoch of the stage's records through a filesystem that counts what the readers read.
-    fs, coco_files = stage_files(data_dir, "train", ["coco"])
-    own_bytes = sum(fs.size(f) for f in coco_files)
+    stage_tasks = list(cfg1.train.stage1.tasks)
+    fs, own_files = stage_files(data_dir, "train", stage_tasks)
+    own_bytes = sum(fs.size(f) for f in own_files)
     _, all_files = stage_files(data_dir, "train", cfg1.data.tasks)
     all_bytes = sum(fs.size(f) for f in all_files)
     from ying.data.records import count_records
 
-    epoch_steps = count_records(data_dir, "train", ["coco"]) // cfg1.train.stage1.batch_size
+    from ying.train.sampler import record_index
+
+    epoch_steps = count_records(data_dir, "train", stage_tasks) // cfg1.train.stage1.batch_size
     counter_dir = workdir / "read-counts"
-    counter_dir.mkdir(exist_ok=True)
-    for f in counter_dir.glob("*"):
-        f.unlink()
-    ray_run(cfg1, data_dir, workdir, "read", epoch_steps, epoch_steps,
-            filesystem=CountingLocalFileSystem(counter_dir=str(counter_dir)))
+    index_counter_dir = workdir / "index-read-counts"
+    for folder in (counter_dir, index_counter_dir):
+        folder.mkdir(exist_ok=True)
+        for f in folder.glob("*"):
+            f.unlink()
+    # The driver's index (stage_plan builds it from every train file's footer) read through a
+    # counting filesystem too, so that no read of the stage's data goes uncounted.
+    record_index(data_dir, "train", stage_tasks, filesystem=CountingLocalFileSystem(counter_dir=str(index_counter_dir)))
+    index_read = bytes_read(str(index_counter_dir))
+    read_run, _ = ray_run(cfg1, data_dir, workdir, "read", epoch_steps, epoch_steps,
+                          filesystem=CountingLocalFileSystem(counter_dir=str(counter_dir)))
     read = bytes_read(str(counter_dir))
     amplification = read / own_bytes
     print(f"[bench] one epoch ({epoch_steps} steps) read {read:,} bytes; the stage's own files {own_bytes:,}; "
-          f"every task's train files {all_bytes:,}", flush=True)
+          f"every task's train files {all_bytes:,}; the driver's index read {index_read:,}", flush=True)
 
     log = workdir / "kill-steps.jsonl"
     log.unlink(missing_ok=True)
@@ -227,9 +262,14 @@ def main() -> None:
           f"step(s), finished {summary['step']}/{kill_steps}", flush=True)
     ray.shutdown()
 
+    startup = {kind: run["timings"]["overhead"]
+               for kind, run in (("ray-1", one), ("ray-2", two), ("read", read_run), ("kill", summary))}
+    print(f"[bench] start-up (fit seconds minus training seconds): {json.dumps(startup)}", flush=True)
     result = {
         "ray_vs_bare": round(mean_rate(one) / bare, 3),
         "read_amplification": round(amplification, 3),
+        "index_read_amplification": round(index_read / own_bytes, 3),
+        "startup_s": startup,
         "kill_resume_finished": finished,
         "steps_redone_after_kill": redone,
         "checkpoint_every": args.checkpoint_every,

@@ -72,3 +72,91 @@ def test_record_index_counts_the_stage_rows_of_each_file(tmp_path):
     assert index.files == ("coco-train-0.parquet", "vqa-v2-train-0.parquet") and index.counts == (6, 4)
     only = record_index(data_dir, "train", ["coco"], ids=["coco-train-1", "coco-train-4", "vqa-v2-train-0"])
     assert only.files == ("coco-train-0.parquet",) and only.counts == (2,)
+
+
+class _ReadLog:
+    """An open file that logs each read as (path, offset, bytes)."""
+
+    def __init__(self, f, path, log):
+        self._f, self._path, self._log = f, path, log
+
+    def read(self, *args):
+        at = self._f.tell()
+        data = self._f.read(*args)
+        self._log.append((self._path, at, len(data)))
+        return data
+
+    def readinto(self, buffer):
+        at = self._f.tell()
+        n = self._f.readinto(buffer) or 0
+        self._log.append((self._path, at, n))
+        return n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _logging_fs(log):
+    from fsspec.implementations.local import LocalFileSystem
+
+    class LoggingFS(LocalFileSystem):
+        cachable = False
+
+        def _open(self, path, mode="rb", **kwargs):
+            return _ReadLog(super()._open(path, mode=mode, **kwargs), path.rsplit("/", 1)[-1], log)
+
+    return LoggingFS()
+
+
+class _ShapeOnlyProcessor:
+    """Encodes nothing: the test is about which bytes are read, not about tokens."""
+
+    def encode_train_arrays(self, record):
+        import numpy as np
+
+        return {"input_ids": np.zeros(1, np.int64), "labels": np.zeros(1, np.int64),
+                "pixels": np.zeros((len(record["images"]), 3, 2, 2), np.uint8)}
+
+
+def test_a_stage_reads_each_file_footer_once_and_no_byte_twice(tmp_path):
+    """The index reads each file's footer once (a VQA file's footer only, for Stage I), and a
+    rank's epoch reads each file's footer once more and every other byte it needs once: what
+    bench_train's read_amplification measures, checked here per read."""
+    import os
+
+    from tests.test_train import write_records
+    from ying.train.ingest import EncodeRecords, RecordPolicy
+
+    data_dir = write_records(tmp_path, {"coco": {"train": 20}, "vqa-v2": {"train": 8}})
+    folder = os.path.join(data_dir, "records", "train")
+    sizes = {f: os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)}
+    log = []
+    index = record_index(data_dir, "train", ["coco"], filesystem=_logging_fs(log))
+    assert index.files == ("coco-train-0.parquet",) and index.counts == (20,)
+    # The index: each footer in one read of its exact size after the 8-byte length (pyarrow alone
+    # reads a 64 KiB tail), and no rows: the coco file's statistics say all its rows are coco.
+    for f, size in sizes.items():
+        reads = [(at, n) for path, at, n in log if path == f]
+        assert reads[0] == (size - 8, 8) and len(reads) == 2 and reads[1][0] + reads[1][1] == size, reads
+        if f == "coco-train-0.parquet":
+            assert reads[1][1] == index.footer_size(0)
+
+    log.clear()
+    encode = EncodeRecords(_ShapeOnlyProcessor(), RecordPolicy(), 0, index, filesystem=_logging_fs(log))
+    segments = rank_segments(index, 0, 0, 0, 1)
+    batch = {"file": [s.file for s in segments], "start": [s.start for s in segments],
+             "count": [s.count for s in segments]}
+    read_ids = [i for out in encode(batch) for i in out["id"]]
+    assert sorted(read_ids) == sorted(f"coco-train-{i}" for i in range(20))
+    assert {path for path, _, _ in log} == {"coco-train-0.parquet"}  # the VQA file is not opened
+    size = sizes["coco-train-0.parquet"]
+    spans = sorted((at, at + n) for _, at, n in log if n)
+    assert spans[-1] == (size - index.footer_size(0), size)  # the footer, in one exact read
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # no byte read twice
+    assert sum(n for _, _, n in log) <= size

@@ -1,11 +1,15 @@
 """Reading and encoding a stage's records for its training workers (Ray Data on CPU workers).
 
-    stage_files      files holding the stage's tasks, from Parquet footers (row-group statistics of
-                     the ``task`` column): Stage I never opens a VQA file
+    read_footer      one file's Parquet footer in one exact read (two when its size is unknown),
+                     instead of pyarrow's 64 KiB speculative read of the file's tail
+    stage_footers    the footers of the files holding the stage's tasks (row-group statistics of the
+                     ``task`` column): Stage I reads a VQA file's footer only, never its rows
+    stage_files      the same, as paths
     select_ids       seeded choices from text columns only (no image bytes): the validation sample,
                      stratified across the stage's tasks, and per-task caps for the ablations
     read_stage_rows  one file's rows of the stage, from a given stage row on (row groups before it
-                     skipped from their id/task columns, image columns read only where needed)
+                     skipped from their id/task columns, image columns read only where needed);
+                     every byte it reads, the footer included, is read once
     EncodeRecords    rows in, encoded training examples out: images decoded and resized (uint8),
                      text tokenized, labels masked; an ablation's record policy (k instructions per
                      task drawn at random from the pool; raw instead of rephrased answers) applied
@@ -30,7 +34,10 @@ from ying.data.records import list_files
 
 __all__ = [
     "RecordPolicy",
+    "read_footer",
+    "stage_footers",
     "stage_files",
+    "rows_of_tasks",
     "select_ids",
     "EncodeRecords",
     "encode_segments",
@@ -67,27 +74,90 @@ class RecordPolicy:
         return TRAIN_COLUMNS + (["meta"] if self.answers == "original" else [])
 
 
-def stage_files(data_dir: str, split: str, tasks: list[str]) -> tuple[Any, list[str]]:
-    """(fsspec filesystem, files) of ``split`` that may hold rows of ``tasks``.
+_MAGIC = b"PAR1"
 
-    Footers only: a file is kept when a row group's ``task`` statistics overlap the stage's tasks
-    (or a row group has no statistics). Writers that keep a task per row group make this exact.
+
+def read_footer(fh, footer_size: int | None = None):
+    """``(pyarrow FileMetaData, bytes of the footer's tail read)`` of an open Parquet file.
+
+    pyarrow reads a footer by fetching the file's last 64 KiB on the chance the footer fits: on
+    files of a few hundred KiB that is a quarter of the file read for a 7 KiB footer, and it was
+    read again for every open. Here the tail (footer, its length and the magic) is read exactly:
+    one read when ``footer_size`` (a ``RecordIndex`` carries it) is known, else the 8-byte length
+    first. The metadata is then handed to ``pq.ParquetFile(fh, metadata=...)``, which reads no footer.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    end = fh.seek(0, 2)
+    known = footer_size is not None and footer_size + 4 <= end
+    if not known:
+        fh.seek(end - 8)
+        tail = fh.read(8)
+        if len(tail) != 8 or tail[4:] != _MAGIC:  # not plain Parquet (encrypted, cut): let pyarrow say why
+            fh.seek(0)
+            return pq.ParquetFile(fh).metadata, None
+        footer_size = int.from_bytes(tail[:4], "little") + 8
+    fh.seek(end - footer_size)
+    raw = fh.read(footer_size)
+    if len(raw) != footer_size or raw[-4:] != _MAGIC or int.from_bytes(raw[-8:-4], "little") + 8 != footer_size:
+        if known:  # the file changed since the index was built: read its length first
+            return read_footer(fh)
+        fh.seek(0)
+        return pq.ParquetFile(fh).metadata, None
+    # The footer parsed from a buffer laid out as a file (magic, footer, length, magic): offsets in
+    # it still point into the real file, which is what ParquetFile(fh, metadata=...) reads.
+    return pq.read_metadata(pa.BufferReader(_MAGIC + raw)), footer_size
+
+
+def _task_column(meta) -> int | None:
+    names = meta.schema.names
+    return names.index("task") if "task" in names else None
+
+
+def _may_hold(stats, tasks) -> bool:
+    """A row group may hold rows of ``tasks`` (True when its ``task`` statistics can't tell)."""
+    return stats is None or not stats.has_min_max or any(stats.min <= t <= stats.max for t in tasks)
+
+
+def rows_of_tasks(meta, i: int, tasks) -> bool:
+    """Every row of row group ``i`` belongs to ``tasks``, from its statistics alone (one task, no nulls)."""
+    column = _task_column(meta)
+    if column is None:
+        return False
+    stats = meta.row_group(i).column(column).statistics
+    return (stats is not None and stats.has_min_max and stats.has_null_count and stats.null_count == 0
+            and stats.min == stats.max and stats.min in tasks)
+
+
+def stage_footers(data_dir: str, split: str, tasks: list[str],
+                  filesystem=None) -> tuple[Any, list[tuple[str, Any, int | None]]]:
+    """(fsspec filesystem, ``(file, FileMetaData, footer size)`` of the files of ``split`` that may hold
+    rows of ``tasks``): each footer read once, exactly (``read_footer``).
+
+    A file is kept when a row group's ``task`` statistics overlap the stage's tasks (or a row group
+    has no statistics). Writers that keep a task per row group make this exact. ``filesystem``
+    replaces the split's own (benchmarks count the bytes read through theirs).
+    """
     fs, files = list_files(data_dir, split)
+    if filesystem is not None:
+        fs = filesystem
     wanted = sorted(set(tasks))
     keep = []
     for f in files:
         with fs.open(f, "rb") as fh:
-            meta = pq.ParquetFile(fh).metadata
-        column = meta.schema.names.index("task") if "task" in meta.schema.names else None
-        for i in range(meta.num_row_groups):
-            stats = meta.row_group(i).column(column).statistics if column is not None else None
-            if stats is None or not stats.has_min_max or any(stats.min <= t <= stats.max for t in wanted):
-                keep.append(f)
-                break
+            meta, size = read_footer(fh)
+        column = _task_column(meta)
+        if any(_may_hold(meta.row_group(i).column(column).statistics if column is not None else None, wanted)
+               for i in range(meta.num_row_groups)):
+            keep.append((f, meta, size))
     return fs, keep
+
+
+def stage_files(data_dir: str, split: str, tasks: list[str]) -> tuple[Any, list[str]]:
+    """(fsspec filesystem, files) of ``split`` that may hold rows of ``tasks`` (``stage_footers``)."""
+    fs, footers = stage_footers(data_dir, split, tasks)
+    return fs, [f for f, _, _ in footers]
 
 
 def _rank_key(seed: int, record_id: str) -> bytes:
@@ -98,12 +168,12 @@ def select_ids(data_dir: str, split: str, tasks: list[str], per_task: int, seed:
     """Up to ``per_task`` record ids per task, chosen by a seeded hash; reads the id and task columns only."""
     import pyarrow.parquet as pq
 
-    fs, files = stage_files(data_dir, split, tasks)
+    fs, footers = stage_footers(data_dir, split, tasks)
     wanted = set(tasks)
     ranked: dict[str, list[tuple[bytes, str]]] = {t: [] for t in tasks}
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            table = pq.read_table(fh, columns=["id", "task"])
+    for f, meta, _ in footers:
+        with fs.open(f, "rb") as fh:  # the footer stage_footers read, not a second read of it
+            table = pq.ParquetFile(fh, metadata=meta).read(columns=["id", "task"])
         for record_id, task in zip(table.column("id").to_pylist(), table.column("task").to_pylist()):
             if task in wanted:
                 ranked[task].append((_rank_key(seed, record_id), record_id))
@@ -111,13 +181,16 @@ def select_ids(data_dir: str, split: str, tasks: list[str], per_task: int, seed:
 
 
 def read_stage_rows(fs, path: str, columns: list[str], tasks: set[str], ids: set[str] | None,
-                    batch_rows: int = 64, skip: int = 0, limit: int | None = None) -> Iterator:
+                    batch_rows: int = 64, skip: int = 0, limit: int | None = None,
+                    footer_size: int | None = None) -> Iterator:
     """Rows of the stage's tasks (and chosen ids) from one Parquet file, ``batch_rows`` at a time:
     the stage's rows ``skip`` to ``skip + limit`` of the file, in file order.
 
-    Row groups whose ``task`` statistics exclude the stage are skipped unread; in the rest the
-    ``id`` and ``task`` columns are read first, and the other columns (the images) only for row
-    groups that hold a wanted row past ``skip``.
+    Row groups whose ``task`` statistics exclude the stage are skipped unread. A row group that
+    statistics show to hold the stage's task only (and no id choice) is read in one go; in the
+    rest the ``id`` and ``task`` columns are read first, and the other columns (the images) only for
+    row groups that hold a wanted row past ``skip``, without reading id and task again. The footer
+    is read once (``read_footer``; ``footer_size`` from the ``RecordIndex`` makes it one exact read).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -125,23 +198,37 @@ def read_stage_rows(fs, path: str, columns: list[str], tasks: set[str], ids: set
 
     wanted_tasks = pa.array(sorted(tasks))
     wanted_ids = pa.array(sorted(ids)) if ids is not None else None
+    keys = ["id", "task"]
+    rest = [c for c in columns if c not in keys]
     with fs.open(path, "rb") as fh:
-        pf = pq.ParquetFile(fh)
-        names = pf.schema_arrow.names
-        task_col = names.index("task")
+        meta, _ = read_footer(fh, footer_size)
+        pf = pq.ParquetFile(fh, metadata=meta)
+        task_col = _task_column(meta)
         for i in range(pf.num_row_groups):
-            stats = pf.metadata.row_group(i).column(task_col).statistics
-            if stats is not None and stats.has_min_max and not any(stats.min <= t <= stats.max for t in tasks):
+            stats = meta.row_group(i).column(task_col).statistics
+            if not _may_hold(stats, tasks):
                 continue
-            keys = pf.read_row_group(i, columns=["id", "task"])
-            mask = pc.is_in(keys.column("task"), value_set=wanted_tasks)
-            if wanted_ids is not None:
-                mask = pc.and_(mask, pc.is_in(keys.column("id"), value_set=wanted_ids))
-            wanted = int(pc.sum(mask).as_py() or 0)
-            if wanted <= skip:
-                skip -= wanted
-                continue
-            rows = pf.read_row_group(i, columns=columns).filter(mask).slice(skip)
+            if ids is None and rows_of_tasks(meta, i, tasks):
+                n = meta.row_group(i).num_rows
+                if n <= skip:
+                    skip -= n
+                    continue
+                rows = pf.read_row_group(i, columns=columns).slice(skip)
+            else:
+                key_table = pf.read_row_group(i, columns=keys)
+                mask = pc.is_in(key_table.column("task"), value_set=wanted_tasks)
+                if wanted_ids is not None:
+                    mask = pc.and_(mask, pc.is_in(key_table.column("id"), value_set=wanted_ids))
+                wanted = int(pc.sum(mask).as_py() or 0)
+                if wanted <= skip:
+                    skip -= wanted
+                    continue
+                rows = key_table
+                if rest:
+                    body = pf.read_row_group(i, columns=rest)
+                    for name in rest:
+                        rows = rows.append_column(body.schema.field(name), body.column(name))
+                rows = rows.select(columns).filter(mask).slice(skip)
             skip = 0
             if limit is not None:
                 rows = rows.slice(0, limit)
@@ -217,7 +304,8 @@ class EncodeRecords:
         for f, start, count in zip(batch["file"], batch["start"], batch["count"]):
             path = f"{self.root.rstrip('/')}/{self.index.files[int(f)]}"
             for table in read_stage_rows(self.fs, path, self.policy.columns(), self.tasks, self.ids,
-                                         skip=int(start), limit=int(count)):
+                                         skip=int(start), limit=int(count),
+                                         footer_size=self.index.footer_size(int(f))):
                 yield self.encode(table)
 
 

@@ -39,10 +39,17 @@ class RecordIndex:
     counts: tuple[int, ...]  # the stage's rows in each file
     tasks: tuple[str, ...]
     ids: tuple[str, ...] | None = None  # only these record ids (a validation sample, per-task caps)
+    # Bytes of each file's footer tail (footer, its length, magic), so that a reader fetches it in
+    # one exact read. Sizes, not the footers: the index is pickled to every read task, and the
+    # footers of thousands of files would be megabytes.
+    footer_sizes: tuple[int | None, ...] | None = None
 
     @property
     def total(self) -> int:
         return sum(self.counts)
+
+    def footer_size(self, file: int) -> int | None:
+        return self.footer_sizes[file] if self.footer_sizes is not None else None
 
 
 @dataclass(frozen=True)
@@ -54,33 +61,43 @@ class Segment:
     count: int
 
 
-def record_index(data_dir: str, split: str, tasks: list[str], ids: Iterable[str] | None = None) -> RecordIndex:
-    """The index of ``split``'s records of ``tasks`` (and ``ids``): footers, then the id and task columns."""
+def record_index(data_dir: str, split: str, tasks: list[str], ids: Iterable[str] | None = None,
+                 filesystem=None) -> RecordIndex:
+    """The index of ``split``'s records of ``tasks`` (and ``ids``): each file's footer read once;
+    a row group that its ``task`` statistics show to hold one stage task (and no id choice) is
+    counted from the footer, the others from their id and task columns. ``filesystem`` replaces
+    the split's own (benchmarks count the bytes read through theirs)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from ying import storage
     from ying.data.records import split_dir
-    from ying.train.ingest import stage_files
+    from ying.train.ingest import rows_of_tasks, stage_footers
 
     folder = split_dir(data_dir, split)
-    fs, files = stage_files(data_dir, split, tasks)
+    fs, footers = stage_footers(data_dir, split, tasks, filesystem=filesystem)
     _, root = storage.filesystem(folder)
     wanted_ids = tuple(sorted(set(ids))) if ids is not None else None
-    task_set, id_set = pa.array(sorted(set(tasks))), pa.array(wanted_ids) if wanted_ids is not None else None
-    kept, counts = [], []
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            table = pq.read_table(fh, columns=["id", "task"])
-        mask = pc.is_in(table.column("task"), value_set=task_set)
-        if id_set is not None:
-            mask = pc.and_(mask, pc.is_in(table.column("id"), value_set=id_set))
-        n = int(pc.sum(mask).as_py() or 0)
+    stage_tasks = set(tasks)
+    task_set, id_set = pa.array(sorted(stage_tasks)), pa.array(wanted_ids) if wanted_ids is not None else None
+    kept, counts, sizes = [], [], []
+    for f, meta, footer_size in footers:
+        whole = {i for i in range(meta.num_row_groups) if id_set is None and rows_of_tasks(meta, i, stage_tasks)}
+        to_read = [i for i in range(meta.num_row_groups) if i not in whole]
+        n = sum(meta.row_group(i).num_rows for i in whole)
+        if to_read:
+            with fs.open(f, "rb") as fh:  # the footer stage_footers read, not a second read of it
+                table = pq.ParquetFile(fh, metadata=meta).read_row_groups(to_read, columns=["id", "task"])
+            mask = pc.is_in(table.column("task"), value_set=task_set)
+            if id_set is not None:
+                mask = pc.and_(mask, pc.is_in(table.column("id"), value_set=id_set))
+            n += int(pc.sum(mask).as_py() or 0)
         if n:
             kept.append(f[len(root.rstrip("/")) + 1:])
             counts.append(n)
-    return RecordIndex(folder, tuple(kept), tuple(counts), tuple(sorted(set(tasks))), wanted_ids)
+            sizes.append(footer_size)
+    return RecordIndex(folder, tuple(kept), tuple(counts), tuple(sorted(stage_tasks)), wanted_ids, tuple(sizes))
 
 
 def rank_share(total: int, world: int) -> int:
