@@ -357,3 +357,24 @@ def test_counts_that_do_not_reconcile_fail_loudly(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "build_chunk", lambda rows, *a: real(rows[:-2], *a))  # a chunk loses records
     with pytest.raises(RuntimeError, match="don't reconcile"):
         build_unified_local(cfg, roots, str(tmp_path / "u"))
+
+
+def test_a_video_counts_as_frames_per_video_rows_toward_a_chunk(tmp_path):
+    """A chunk of videos is about as much work as a chunk of images: a video weighs
+    data.frames_per_video rows, so videos come in chunks of chunk_rows / frames_per_video; the rows
+    listed are the same, in the same order, only cut into more chunks."""
+    import pyarrow.parquet as pq
+
+    from ying.data import build
+
+    roots = generate_miniworld(str(tmp_path / "s"), small_cfg(5), seed=0, tasks=["msrvtt-qa"])
+    args = ("msrvtt-qa", roots["msrvtt-qa"], "train", None, 0)
+    plain = build.list_split(*args, str(tmp_path / "plain"), 16)
+    weighted = build.list_split(*args, str(tmp_path / "weighted"), 16, None, 8)
+    rows = lambda listing: [r for p in listing["paths"] for r in pq.read_table(p).to_pylist()]  # noqa: E731
+    videos = [r for r in rows(weighted) if r["kind"] == "instance"]
+    assert len(videos) >= 3 and all(json.loads(r["instance"])["video_path"] for r in videos)
+    assert rows(weighted) == rows(plain) and weighted["listed"] == plain["listed"]
+    assert [pq.read_metadata(p).num_rows for p in weighted["paths"]][:-1] == [2] * (len(weighted["paths"]) - 1)
+    assert sum(weighted["weights"]) == 8 * len(videos) + (weighted["listed"] - len(videos))
+    assert plain["weights"] == [plain["listed"]]  # under 16 rows: one chunk, as before

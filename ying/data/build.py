@@ -1,14 +1,17 @@
 """Unify source datasets into instruction records with Ray, streaming, in two steps.
 
 1. Listing: one Ray task (one CPU) per (task, split) runs the dataset's adapter, which streams its
-   annotation files, and writes the split's instances into chunk files of ``data.chunk_rows`` rows.
+   annotation files, and writes the split's instances into chunk files of ``data.chunk_rows`` rows
+   (a video instance counts as ``data.frames_per_video`` rows: its frames are decoded and encoded
+   again, so a chunk is about as much work whatever its task).
    With ``data.max_per_split`` the task keeps a seeded random sample (the bottom-k of a hash of
    seed, task, split and source id: the same sample whatever the file order, memory bounded by k).
 2. Build: a Ray Data actor per CPU takes chunk after chunk: reads and checks the images (one full
    decode each), draws region boxes, samples video frames, picks instructions (one plain function
    per instance: ``materialize_record``, testable without Ray) and writes the chunk's records to
    Parquet itself, a row group at a time, emitting the built/rejected counters as it goes. Only
-   rejects and counts come back to the driver, which prints one progress line.
+   rejects and counts come back to the driver, which prints one progress line. The biggest chunks
+   go first, so the build ends on small ones and no CPU idles long waiting for the last.
 
 Memory stays bounded whatever the dataset's size: one annotation entry (or the sample) per listing
 task, a row group per actor, nothing big in the object store. Output, in the records layout that
@@ -266,41 +269,61 @@ def iter_listing(task: str, root: str, split: str, cap: int | None = None, seed:
         tally["offered"] = offered
 
 
+def _row_weight(row: dict[str, Any], video_weight: int) -> int:
+    """A listing row's share of a chunk: 1, or ``video_weight`` for a video instance."""
+    if video_weight <= 1 or row["kind"] != "instance":
+        return 1
+    # The JSON is json.dumps(vars(SourceInstance)): a video's path is a non-empty string there, and
+    # quotes inside values are escaped, so the key can't be matched by text (a parse per row costs more).
+    text = row["instance"]
+    return video_weight if '"video_path": "' in text and '"video_path": ""' not in text else 1
+
+
 def list_split(task: str, root: str, split: str, cap: int | None, seed: int, listing_dir: str,
-               chunk_rows: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
+               chunk_rows: int, options: dict[str, Any] | None = None, video_weight: int = 1) -> dict[str, Any]:
     """Write one task's split as listing chunk files of ``chunk_rows`` rows under
-    ``<listing_dir>/<task>--<split>/``; returns ``{task, split, paths, read, listed, offered}``
+    ``<listing_dir>/<task>--<split>/``; returns ``{task, split, paths, weights, read, listed, offered}``
     (``listed``: rows listed, i.e. instances kept plus adapter rejects; ``read``: the source records
-    among them, a group's rows, which come one after another, being one). The unit of work of the
-    listing step (a Ray task in ``build_unified``)."""
+    among them, a group's rows, which come one after another, being one; ``weights``: each chunk's
+    rows, a video instance counting ``video_weight``). The unit of work of the listing step (a Ray
+    task in ``build_unified``).
+
+    A video instance counts as ``video_weight`` rows toward ``chunk_rows`` (the build passes
+    ``data.frames_per_video``): sampling a video decodes and encodes each frame, so a chunk of 256
+    videos was a single call of ~frames_per_video times a chunk of images' work, which one actor
+    then ran alone at the end of the build while the other CPUs idled."""
     base = storage.join(listing_dir, f"{task}--{split}")
     fs, p = storage.filesystem(base)
     fs.makedirs(p, exist_ok=True)
     paths: list[str] = []
+    weights: list[int] = []
     tally: dict[str, int] = {}
     read = listed = 0
     group = ""
 
-    def flush(rows: list[dict]) -> None:
+    def flush(rows: list[dict], weight: int) -> None:
         path = storage.join(base, f"chunk-{len(paths):07d}.parquet")
         cfs, cp = storage.filesystem(path)
         with cfs.open(cp, "wb") as f:
             pq.write_table(pa.Table.from_pylist(rows, schema=_LISTING_SCHEMA), f, compression="zstd")
         paths.append(path)
+        weights.append(weight)
 
     chunk: list[dict] = []
+    weight = 0
     for r in iter_listing(task, root, split, cap, seed, tally, options):
         chunk.append(r)
+        weight += _row_weight(r, video_weight)
         listed += 1
         if not r["group"] or r["group"] != group:
             read += 1  # a row of its own, or the first of its group
         group = r["group"]
-        if len(chunk) >= chunk_rows:
-            flush(chunk)
-            chunk = []
+        if weight >= chunk_rows:
+            flush(chunk, weight)
+            chunk, weight = [], 0
     if chunk:
-        flush(chunk)
-    return {"task": task, "split": split, "paths": paths, "read": read, "listed": listed,
+        flush(chunk, weight)
+    return {"task": task, "split": split, "paths": paths, "weights": weights, "read": read, "listed": listed,
             "offered": tally.get("offered", 0)}
 
 
@@ -557,7 +580,7 @@ def _remove(path: str) -> None:
 
 def _listing_args(cfg: YingConfig, w: dict[str, str], listing_dir: str) -> tuple:
     return (w["task"], w["root"], w["split"], cfg.data.max_per_split, cfg.run.seed, listing_dir, cfg.data.chunk_rows,
-            adapter_options(w["task"], cfg.data))
+            adapter_options(w["task"], cfg.data), cfg.data.frames_per_video)
 
 
 def _build_kwargs(cfg: YingConfig, out_dir: str) -> dict[str, Any]:
@@ -630,7 +653,11 @@ def build_unified(cfg: YingConfig, sources: dict[str, str], out_dir: str) -> dic
         listed.update(1)
     listed.finish()
     listings = [results[i] for i in range(len(work))]
-    paths = [p for listing in listings for p in listing["paths"]]
+    # Heaviest chunks first (a stable sort: listing order among equals): a split's last, partial
+    # chunk comes at the end, so the build's tail is a small chunk, not a full one started last.
+    # Outputs don't depend on the order: files are named by their chunk, rejects sorted in _finish.
+    chunks = [(w, p) for listing in listings for w, p in zip(listing["weights"], listing["paths"])]
+    paths = [p for _, p in sorted(chunks, key=lambda c: -c[0])]
     outcomes: list[dict] = []
     if paths:
         n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
