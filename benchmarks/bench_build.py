@@ -35,7 +35,13 @@ trusts the build's digests.
 
 A check line gives the CPU seconds each build cost over its whole process tree, and the speed-up
 they allow on --cpus otherwise idle CPUs: on a busy machine the wall-clock ratio says more about
-the neighbours than about the build.
+the neighbours than about the build. Three more figures, no goal, say what caps ``speedup_2cpu``
+(the process tree is sampled with ``proc_tree.TreeSampler``, whose CPU seconds by process kind are
+printed too): ``ray_extra_cpu_s``, the CPU seconds the 10x Ray build spent beyond the one-process
+build (the same functions on the same inputs, so this is Ray's own: raylet, GCS, the driver's
+executor, Ray Data's actors, worker start-up); ``ray_idle_cpu_s``, --cpus x its wall seconds minus
+its CPU seconds (start-up latency, the last chunk's tail); ``speedup_bound_cpu``, the speed-up the
+extra CPU alone leaves on --cpus CPUs (Amdahl: local / ((local + extra) / cpus)).
 
 Sizes: --size scales the tiny preset's mini-world (every task the mini-world can write), and
 --factor is the memory comparison's multiplier. Absolute timings depend on what else runs on the
@@ -52,7 +58,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local benchmark cluster needs no token
@@ -65,6 +70,7 @@ from ying.data.qc import check_records  # noqa: E402
 from ying.data.miniworld import MINIWORLD_TASKS, generate_miniworld  # noqa: E402
 from ying.data.schema import SPLITS, make_record_id  # noqa: E402
 from ying.data.tasks import get_task  # noqa: E402
+from proc_tree import TreeSampler  # noqa: E402  (benchmarks/ is on sys.path when this file runs as a script)
 
 GOALS = {"speedup_2cpu": (">=", 1.8), "passthrough_identical": (">=", 1.0),
          "rss_ratio_10x": ("<=", 1.2), "bytes_ratio_vs_jsonl": ("<=", 0.77)}
@@ -86,74 +92,13 @@ def bench_config(image_size: int, size: float) -> YingConfig:
 # ---------------------------------------------------------------- child: one build, measured
 
 
-class TreeRssSampler:
-    """Peak of the summed RSS of this process and all its descendants, sampled on a thread."""
-
-    def __init__(self, every_s: float):
-        import psutil
-
-        self.psutil = psutil
-        self.every_s = every_s
-        self.peak = 0
-        self.peak_by_name: dict[str, list[int]] = {}  # name -> [bytes, processes] at the overall peak
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> int:
-        me = self.psutil.Process()
-        total, by_name = 0, {}
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                rss, name = p.memory_info().rss, p.name()
-            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
-                continue  # a worker that exited between listing and reading
-            total += rss
-            entry = by_name.setdefault(name, [0, 0])
-            entry[0] += rss
-            entry[1] += 1
-        if total > self.peak:
-            self.peak, self.peak_by_name = total, by_name
-        return total
-
-    def cpu_seconds(self) -> dict[int, float]:
-        """user + system CPU seconds of every process in the tree, by pid."""
-        me = self.psutil.Process()
-        out = {}
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-                out[p.pid] = t.user + t.system
-            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
-                continue
-        return out
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.every_s)
-
-    def __enter__(self):
-        self.cpu_start = self.cpu_seconds()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-        end = self.cpu_seconds()
-        # Processes started during the build count from zero; ones that ended are lost (few: Ray
-        # keeps its workers), so this is a lower bound of the CPU the build cost.
-        self.cpu_used = sum(c - self.cpu_start.get(pid, 0.0) for pid, c in end.items())
-
-
 def run_child(mode: str, cfg_json: str, roots_json: str, out_dir: str, cpus: int, sample_s: float) -> dict:
     cfg = YingConfig.model_validate_json(cfg_json)
     roots = json.loads(roots_json)
     if mode.startswith("qc-"):
         return run_qc_child(mode == "qc-trust", roots_json, out_dir, cpus)  # QC children get the built dir here
     if mode == "local":
-        with TreeRssSampler(sample_s) as rss:
+        with TreeSampler(sample_s) as rss:
             t0 = time.perf_counter()
             stats = build_unified_local(cfg, roots, out_dir)
             seconds = time.perf_counter() - t0
@@ -166,8 +111,8 @@ def run_child(mode: str, cfg_json: str, roots_json: str, out_dir: str, cpus: int
         ray.data.DataContext.get_current().enable_progress_bars = False
         init_s = time.perf_counter() - t_init
         time.sleep(1.0)  # let the cluster's agents finish starting, so "idle" is idle
-        with TreeRssSampler(sample_s) as rss:
-            idle = rss.sample()
+        with TreeSampler(sample_s) as rss:
+            idle = rss.idle
             t0 = time.perf_counter()
             stats = build_unified(cfg, roots, out_dir)
             seconds = time.perf_counter() - t0
@@ -176,7 +121,10 @@ def run_child(mode: str, cfg_json: str, roots_json: str, out_dir: str, cpus: int
     written = sum(c["written"] for s in stats.values() for c in s.values())
     out = {"mode": mode, "seconds": seconds, "read": read, "written": written,
            "rejected": read - written, "peak_rss": rss.peak, "idle_rss": idle, "cpu_s": rss.cpu_used,
-           "peak_mib_by_process": {f"{k} x{n}": round(v / 2**20) for k, (v, n) in sorted(rss.peak_by_name.items())}}
+           "peak_mib_by_process": {f"{k} x{n}": round(v / 2**20) for k, (v, n) in sorted(rss.peak_by_name.items())},
+           # CPU seconds by what each process was when last seen (a Ray worker that ran listing tasks
+           # and then hosts a Ray Data actor counts under the actor)
+           "cpu_by_kind": {k: round(c, 2) for k, c in sorted(rss.cpu_by_kind.items(), key=lambda kc: -kc[1])}}
     if mode != "local":
         out["ray_init_s"] = init_s
     return out
@@ -350,6 +298,18 @@ def main() -> None:
         print(f"  CPU seconds of the whole process tree at {args.factor}x: Ray {rayN['cpu_s']:.1f}, one process "
               f"{localN['cpu_s']:.1f}; on {args.cpus} otherwise idle CPUs that bounds the speed-up at "
               f"x{localN['cpu_s'] / (rayN['cpu_s'] / args.cpus):.2f} (a check on figures taken on a busy machine)")
+        # Where the Ray build's CPU goes beyond the same work in one process, and the speed-up that
+        # leaves: the build's functions cost the same CPU in both (same listing, chunks, records), so
+        # every CPU-second the Ray tree spends beyond the one process is Ray's own (raylet, GCS, the
+        # driver's executor, Ray Data's actors, worker start-up) and doesn't shrink with more CPUs;
+        # CPU idle while the build ran (start-up latency, the last chunk) is the rest.
+        extra = rayN["cpu_s"] - localN["cpu_s"]
+        idle_cpu = args.cpus * rayN["seconds"] - rayN["cpu_s"]
+        bound = localN["cpu_s"] / ((localN["cpu_s"] + extra) / args.cpus)
+        print(f"  where the Ray build's time goes at {args.factor}x: {rayN['cpu_s']:.1f} CPU-s over {rayN['seconds']:.1f}s "
+              f"on {args.cpus} CPUs ({idle_cpu:.1f} CPU-s idle); {extra:.1f} CPU-s more than one process "
+              f"({localN['cpu_s']:.1f}): Amdahl bound x{bound:.2f} from that alone, x{speedup:.2f} measured")
+        print(f"  CPU-s by process kind at {args.factor}x: {rayN['cpu_by_kind']}")
         print(f"passthrough: {identical}/{checked} images without a visual prompt are byte-identical to their source")
         print(f"memory: peak RSS (driver + Ray processes) {ray1['peak_rss'] / mib:.0f} MiB at 1x "
               f"({ray1['read']} records), {rayN['peak_rss'] / mib:.0f} MiB at {args.factor}x "
@@ -369,8 +329,12 @@ def main() -> None:
             "bytes_ratio_vs_jsonl": round(parquet / jsonl, 3),
             "qc_decodes_per_image": round(qc_trust["decoded"] / max(images, 1), 3),
             "qc_speedup_one_decode": round(qc_decode["seconds"] / qc_trust["seconds"], 3),
+            "ray_extra_cpu_s": round(extra, 2),
+            "ray_idle_cpu_s": round(idle_cpu, 2),
+            "speedup_bound_cpu": round(bound, 3),
         }
-        for key in ("qc_decodes_per_image", "qc_speedup_one_decode"):
+        for key in ("qc_decodes_per_image", "qc_speedup_one_decode", "ray_extra_cpu_s", "ray_idle_cpu_s",
+                    "speedup_bound_cpu"):
             print(f"  {key:<22} {figures[key]!s:>8}  (no goal)")
         for key, (op, goal) in GOALS.items():
             v = figures[key]
