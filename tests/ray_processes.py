@@ -23,24 +23,12 @@ from pathlib import Path
 
 
 def torch_extensions_dir() -> str:
-    """Where torch keeps the C++ extensions it compiled (DeepSpeed's CPU ops) for this Python: a
-    cluster given another HOME is pointed here, so nothing is rebuilt. (TORCH_EXTENSIONS_DIR is
-    used as is, without torch's per-version subfolder, hence the full path.)"""
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return os.environ["TORCH_EXTENSIONS_DIR"]
-    import sys
+    """Where torch keeps the C++ extensions it compiled (DeepSpeed's CPU ops) for this Python
+    environment (``ying.train.extension_lock``): a cluster given another HOME is pointed here, so
+    nothing is rebuilt."""
+    from ying.train.extension_lock import use_environment_build_root
 
-    import torch
-    from torch.utils.cpp_extension import get_default_build_root
-
-    if torch.version.hip is not None:
-        accelerator = "rocm" + torch.version.hip.replace(".", "")
-    elif torch.version.cuda is not None:
-        accelerator = "cu" + torch.version.cuda.replace(".", "")
-    else:
-        accelerator = "cpu"
-    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
-    return os.path.join(get_default_build_root(), f"{python}_{accelerator}")
+    return use_environment_build_root()
 
 
 def free_port() -> int:

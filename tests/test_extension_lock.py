@@ -169,3 +169,22 @@ def test_stage1_finishes_past_a_leftover_lock_in_the_real_op_folder(ray_cluster,
             for line in open(os.path.join(root, f), errors="replace") if f"removed a stale lock {lock}" in line]
     assert said, f"no worker said it removed {lock} (looked under {logs})"
     print(f"test_extension_lock: Stage I past a leftover {lock} in {took:.0f} s")
+
+
+def test_each_python_environment_builds_its_ops_in_its_own_folder(monkeypatch):
+    """Two venvs on one machine used to share torch's folder and rebuild DeepSpeed's op for each other
+    at every switch (ninja sees another compile command); each environment now has its own, and an
+    explicit TORCH_EXTENSIONS_DIR still wins."""
+    import sys
+
+    from ying.train import extension_lock
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setattr(sys, "prefix", "/opt/venv-a")
+    first = extension_lock.environment_build_root()
+    monkeypatch.setattr(sys, "prefix", "/opt/venv-b")
+    second = extension_lock.environment_build_root()
+    assert first != second and os.path.dirname(first) == os.path.dirname(second)
+    assert extension_lock.torch_extension_build_dir("deepspeed_shm_comm") == os.path.join(second, "deepspeed_shm_comm")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/somewhere/else")
+    assert extension_lock.torch_extension_build_dir("deepspeed_shm_comm") == "/somewhere/else/deepspeed_shm_comm"

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 __all__ = ["extension_build_lock", "load_deepspeed_ops", "deepspeed_op_builders", "torch_extension_build_dir",
+           "environment_build_root", "use_environment_build_root",
            "WAIT_NOTICE_S"]
 
 WAIT_NOTICE_S = 60.0
@@ -43,11 +44,34 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def environment_build_root() -> str:
+    """torch's default extensions folder, one subfolder per Python environment.
+
+    torch keeps one build folder per op name for every environment of a user, and ninja rebuilds an
+    op whose compile command changed: the include paths of another venv's DeepSpeed are another
+    command. Two environments on one machine (a project venv and a fresh clone's) then rebuilt the
+    shm op for each other at every switch, a minute of gcc on 2 cores before a training starts."""
+    import hashlib
+    import sys
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    key = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:10]
+    return os.path.join(get_default_build_root(), f"env-{key}")
+
+
+def use_environment_build_root() -> str:
+    """Point torch at this environment's extensions folder unless TORCH_EXTENSIONS_DIR says otherwise."""
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", environment_build_root())
+
+
 def torch_extension_build_dir(name: str) -> str:
-    """The folder torch builds and loads extension ``name`` in (TORCH_EXTENSIONS_DIR or its default)."""
-    # torch's own resolver, the one cpp_extension.load uses: per-Python/accelerator subfolder included.
+    """The folder torch builds and loads extension ``name`` in: TORCH_EXTENSIONS_DIR, else this
+    environment's folder (``environment_build_root``); the loaders below use this one."""
+    # torch's own resolver, the one cpp_extension.load uses.
     from torch.utils.cpp_extension import _get_build_directory
 
+    use_environment_build_root()
     return _get_build_directory(name, verbose=False)
 
 
