@@ -15,8 +15,9 @@ task in the preset, is read as a Ray Dataset and has no one-process build, so it
              divided by the bytes of the stage's own training files (coco train); the data dir also
              holds every other task's files, which Stage I must not read. The driver's record
              index (every train file's footer, once) is counted apart: index_read_amplification
-  kill       (c) with a checkpoint every --checkpoint-every steps; one worker is SIGKILLed after
-             the first checkpoint; steps redone = last step trained before the kill - resume step
+  kill       (c) with a checkpoint every --checkpoint-every steps; one worker is SIGKILLed once
+             half an interval of steps past the first checkpoint is reported; steps redone = last
+             step reported before the kill - resume step
 samples/s excludes each run's first logging window (start-up, first compile). startup_s per Ray
 run: the fit's seconds minus rank 0's training seconds (the summary's timings["overhead"]: worker
 group, imports, DeepSpeed, model, checkpoints, shutdown), the breakdown printed for ray-1; the kill
@@ -123,7 +124,7 @@ def step_log_callback(path: str):
 
 def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every: int,
             checkpoint_every: int = 0, filesystem=None, callbacks=None, kill_after_checkpoint: bool = False,
-            dashboard: str = ""):
+            dashboard: str = "", step_log: str = ""):
     """One Stage I run on Ray Train; returns (summary, seconds); the summary's timings as
     ``ying.train.stages.fit`` reports them (``fit_timings``), plus the plan's seconds."""
     from ying.train.stages import fit_timings, stage_plan, trainer_for
@@ -137,8 +138,8 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
     trainer = trainer_for(cfg, plan, str(storage), name, callbacks=callbacks)
     killer = None
     if kill_after_checkpoint:
-        killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(storage / name, dashboard),
-                                  daemon=True)
+        killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint,
+                                  args=(storage / name, dashboard, step_log, checkpoint_every // 2), daemon=True)
         killer.start()
     t0 = time.time()
     planned = t0 - planned
@@ -151,17 +152,46 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
     return summary, time.time() - t0
 
 
-def _kill_a_worker_after_first_checkpoint(run_dir: Path, dashboard: str) -> None:
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, dashboard: str, step_log: str, past: int) -> None:
     from ray.util.state import list_actors
 
-    while not any(run_dir.glob("resume/step_*/COMPLETE.json")):  # the first complete resume checkpoint
+    while not (done := sorted(run_dir.glob("resume/step_*/COMPLETE.json"))):  # the first complete resume checkpoint
         time.sleep(0.2)
-    time.sleep(1.0)  # a few more steps, so the kill lands between checkpoints
+    first = int(done[0].parent.name.split("_")[-1])
+    # ``past`` steps reported after it, so the kill lands between checkpoints (a fixed sleep once
+    # landed before the next step's report, and the restart left no trace in the step log).
+    while max(_logged_steps(step_log), default=0) < first + past:
+        time.sleep(0.1)
     workers = [a for a in list_actors(address=dashboard,
                                       filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
                if a.pid]
     os.kill(workers[-1].pid, signal.SIGKILL)
     print(f"[bench] killed training worker pid {workers[-1].pid}", flush=True)
+
+
+def _logged_steps(path: str) -> list[int]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line)["step"] for line in lines if line.strip().endswith("}")]
+
+
+def kill_outcome(steps: list[int], resumed: int, final_step: int, kill_steps: int) -> tuple[int, int, int]:
+    """(last step reported before the kill, steps redone, finished) from the reported steps in order.
+
+    After the restart steps count up again from ``resumed + 1``: a step not above the one before
+    marks it. No such step, yet a resume (``resumed`` > 0): the kill landed before any step past
+    the checkpoint was reported, so none was redone.
+    """
+    restart_at = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), None)
+    if restart_at is not None:
+        before_kill = steps[restart_at - 1]
+    else:
+        before_kill = resumed if resumed else max(steps, default=0)  # resumed: its checkpoint was trained
+    redone = max(0, before_kill - resumed) if resumed or restart_at is not None else 0
+    finished = int(final_step == kill_steps and (restart_at is not None or resumed > 0))
+    return before_kill, redone, finished
 
 
 def startup_breakdown(timings: dict) -> dict:
@@ -250,14 +280,9 @@ def main() -> None:
     kill_steps = max(4 * args.checkpoint_every, 40)
     summary, _ = ray_run(cfg2, data_dir, workdir, "kill", kill_steps, 1, checkpoint_every=args.checkpoint_every,
                          callbacks=[step_log_callback(str(log))], kill_after_checkpoint=True,
-                         dashboard=dashboard)
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+                         dashboard=dashboard, step_log=str(log))
     resumed = summary.get("resumed_from_step") or 0
-    # Steps are reported in order; after the restart they count up again from resumed + 1.
-    restart_at = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), None)
-    before_kill = steps[restart_at - 1] if restart_at else max(steps)
-    redone = before_kill - resumed if restart_at else 0
-    finished = int(summary["step"] == kill_steps and restart_at is not None)
+    before_kill, redone, finished = kill_outcome(_logged_steps(str(log)), resumed, summary["step"], kill_steps)
     print(f"[bench] kill: trained to step {before_kill} before the kill, resumed at {resumed}, redid {redone} "
           f"step(s), finished {summary['step']}/{kill_steps}", flush=True)
     ray.shutdown()
