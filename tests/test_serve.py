@@ -199,19 +199,44 @@ def test_bad_requests_in_a_busy_batch_fail_alone(client, engines):
             assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content.1.image_url.url"
 
 
-def test_batches_fill_without_serves_max_ongoing_requests_warning(client):
-    import glob
-    import os
+def test_concurrent_chats_share_decoding_steps_and_answer_as_alone(url, client, engines):
+    from ray import serve
 
-    import ray
+    # Plain and streamed chats with their own limits, sent together: they are decoded in shared
+    # steps (continuous batching, serve.max_batch_size=4 here), and each answer is the one the
+    # model gives that request alone, with its own length.
+    colors = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0), (0, 200, 200), (200, 0, 200)]
+    jobs = [(i, png(20, 20, c), 3 + 4 * (i % 3), i % 2 == 1) for i, c in enumerate(colors)]
+    handle = serve.get_deployment_handle("YingModel", app_name=APP)
+    before = handle.batch_stats.remote().result()
 
-    # Serve warns when max_batch_size x max_concurrent_batches > max_ongoing_requests (the batch can
-    # never fill); max_ongoing_requests defaults to 2 x max_batch_size here.
-    logs = ray._private.worker._global_node.get_logs_dir_path()
-    files = glob.glob(os.path.join(logs, "serve", f"replica_{APP}_YingModel_*.log"))
-    assert files, os.listdir(os.path.join(logs, "serve"))[:20]
-    for f in files:
-        assert "will never achieve" not in open(f, errors="replace").read(), f
+    def send(job):
+        i, raw, max_tokens, stream = job
+        body = {"model": "stage2", "messages": user(text("Answer the question."), text("What color is it?"), image(raw)),
+                "max_tokens": max_tokens, "stream": stream}
+        if not stream:
+            r = _post(client, body)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"], r.json()["usage"]["completion_tokens"]
+        with httpx.Client(base_url=url, timeout=120) as c, c.stream("POST", "/v1/chat/completions", json=body,
+                                                                     headers=AUTH) as r:
+            assert r.status_code == 200
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        return "".join((ch["choices"][0]["delta"].get("content") or "") for ch in chunks if ch.get("choices")), None
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(send, jobs))
+    for (i, raw, max_tokens, stream), (answer, used) in zip(jobs, answers):
+        alone = engines["stage2"].generate([GenerationRequest(images=[raw], instruction="Answer the question.",
+                                                              inputs="What color is it?", max_new_tokens=max_tokens)])[0]
+        assert answer == alone.text, i
+        if used is not None:
+            assert used == alone.completion_tokens <= max_tokens
+    after = handle.batch_stats.remote().result()
+    assert after["requests"] - before["requests"] >= len(jobs)
+    shared = {k: v - before["rows_per_step"].get(k, 0) for k, v in after["rows_per_step"].items() if k > 1}
+    assert any(v > 0 for v in shared.values()), after  # some steps decoded several chats at once
+    assert max(after["rows_per_step"]) <= 4  # never more rows than serve.max_batch_size
 
 
 def _wait(client, eval_id: str, limit_s: float = 900) -> dict:

@@ -7,13 +7,14 @@
 
 Three deployments:
 
-- ``YingIngress`` (FastAPI): bearer auth, the body limit, request validation and image decoding
-  (off the event loop), then a call to the model deployment with the request's model as Serve's
+- ``YingIngress`` (FastAPI): bearer auth, the body limit, request validation, image decoding and
+  the prompt's encoding (tokens and pixels, off the event loop), then a call to the model deployment with the request's model as Serve's
   multiplexed model id. Routes: ``POST /v1/chat/completions`` (SSE when ``stream``),
   ``GET /v1/models[/{id}]``, ``POST /v1/evaluations``, ``GET /v1/evaluations/{id}``, ``GET /healthz``.
 - ``YingModel``: loads checkpoints on demand (``@serve.multiplexed``, LRU per replica), batches
-  requests of one model (``@serve.batch``), generates on a GPU in the checkpoint's ``model.dtype``
-  (``ying.model.checkpoint.inference_dtype``; bfloat16 for the paper preset). Its health check
+  requests of one model continuously (``ying.serve.engine.ContinuousBatcher``: a request joins the
+  running batch at the next token and leaves it when it ends), generates on a GPU in the
+  checkpoint's ``model.dtype`` (``ying.model.checkpoint.inference_dtype``; bfloat16 for the paper preset). Its health check
   runs the model on a tiny input. ``max_queued_requests`` bounds the queue; past it the ingress
   answers 503 with Retry-After.
 - ``EvaluationRegistry``: one replica holding evaluation states; evaluations run as Ray tasks.
@@ -43,7 +44,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ying.config import YingConfig, load_config
 from ying.serve.auth import Guard, GuardMiddleware, TokenDigest, is_loopback, read_token, token_digest
-from ying.serve.engine import GenerationRequest, GenerationResult, load_engine, read_model_limits
+from ying.serve.engine import (
+    BatchStats,
+    ContinuousBatcher,
+    GenerationRequest,
+    GenerationResult,
+    load_engine,
+    load_preparer,
+    read_model_limits,
+)
 from ying.serve.evaluations import EvaluationRegistry, resolve_suite
 from ying.serve.models import ServedModels, resolve_models
 from ying.serve.protocol import (
@@ -91,11 +100,20 @@ def build(args: AppArgs):
     return application(cfg, served, token_digest(read_token(cfg.serve.token_file)))
 
 
+# The request path's replicas (ingress and model) run Serve's request handling, the router to the
+# next deployment and our handlers on one event loop rather than three (Ray's own throughput
+# settings, RAY_SERVE_THROUGHPUT_OPTIMIZED's per-replica part): each request skips two thread hops,
+# which on a small machine cost as much CPU as the tiny model's share of a batched request. Safe
+# here because no handler blocks its loop: image decoding and generation run in threads.
+_REQUEST_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
 def application(cfg: YingConfig, served: Optional[ServedModels], token: Optional[TokenDigest]):
     """Bind the three deployments with the options ``cfg.serve`` asks for."""
     s = cfg.serve
     model_options: dict[str, Any] = dict(
-        ray_actor_options={"num_cpus": s.num_cpus_per_replica, "num_gpus": s.num_gpus_per_replica},
+        ray_actor_options={"num_cpus": s.num_cpus_per_replica, "num_gpus": s.num_gpus_per_replica,
+                           "runtime_env": {"env_vars": _REQUEST_PATH_ENV}},
         max_ongoing_requests=s.ongoing_requests,
         max_queued_requests=s.max_queued_requests,
         backpressure_config={"status_code": 503, "retry_after_s": s.retry_after_s},
@@ -111,7 +129,8 @@ def application(cfg: YingConfig, served: Optional[ServedModels], token: Optional
     registry = EvaluationDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(cfg, served)
     ingress_ongoing = max(4 * s.ongoing_requests, 64)
     return YingIngress.options(
-        num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": s.ingress_num_cpus},
+        num_replicas=s.ingress_replicas,
+        ray_actor_options={"num_cpus": s.ingress_num_cpus, "runtime_env": {"env_vars": _REQUEST_PATH_ENV}},
         max_ongoing_requests=ingress_ongoing, max_queued_requests=2 * ingress_ongoing,
         backpressure_config={"status_code": 503, "retry_after_s": s.retry_after_s},
     ).bind(model, registry, cfg, served, token)
@@ -160,93 +179,62 @@ class YingModel:
         self.checkpoints = served.checkpoints
         self.default = served.default
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        for batched in (self._generate_batch, self._stream_batch):
-            batched.set_max_batch_size(max_batch_size)
-            batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.stats = BatchStats()  # all models of this replica
 
         async def load(model_id: str):
             if model_id not in self.checkpoints:
                 raise KeyError(f"unknown model {model_id!r}; served: {sorted(self.checkpoints)}")
-            return await asyncio.to_thread(load_engine, self.checkpoints[model_id], model_id, self.device)
+            engine = await asyncio.to_thread(load_engine, self.checkpoints[model_id], model_id, self.device)
+            # Continuous batching: a request joins the model's running batch at its next token step
+            # and leaves it when it ends (ying.serve.engine), rather than Serve's @serve.batch, whose
+            # batches run to their longest request's end while the next requests wait.
+            return ContinuousBatcher(engine, max_batch_size, batch_wait_timeout_s, self.stats)
 
         # Serve multiplexing: checkpoints load on first use and the least recently used is dropped
         # past `max_models`; the ingress routes a model's requests to replicas that hold it.
         self._get_model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
         await self._get_model(self.default)  # ready to answer before the replica takes traffic
-        self.batches = {"batches": 0, "requests": 0}
+
+    async def _events(self, request: GenerationRequest, stream: bool, model_id: Optional[str] = None):
+        """The request's events from its model's batcher: deltas (when ``stream``), then one finish."""
+        batcher = await self._get_model(model_id or serve.get_multiplexed_model_id())
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        row = batcher.submit(request, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event), stream)
+        try:
+            while True:
+                events = [await queue.get()]
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                deltas = "".join(e["delta"] for e in events if "delta" in e)
+                if deltas:  # deltas that queued up meanwhile travel as one
+                    yield {"delta": deltas}
+                if "finish" in events[-1]:  # a row's finish is its last event
+                    yield events[-1]
+                    return
+        finally:
+            row.cancel()  # a caller that went away (a closed stream) frees its row at the next step
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        return await self._generate_batch(request)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, requests: list) -> list:
-        # Serve splits batches by multiplexed model id: one model per batch.
-        engine = await self._get_model(serve.get_multiplexed_model_id())
-        self._count(requests)
-        return await asyncio.to_thread(engine.generate, requests)
-
-    def _count(self, requests: list) -> None:
-        self.batches["batches"] += 1
-        self.batches["requests"] += len(requests)
-
-    async def batch_stats(self) -> dict:
-        """Batches generated and requests in them since the replica started (mean batch size = ratio)."""
-        return dict(self.batches)
+        async for event in self._events(request, stream=False):
+            if "finish" in event:
+                return event["finish"]
+        raise RuntimeError("the decoding loop ended without answering")  # _events always ends with a finish
 
     async def generate_stream(self, request: GenerationRequest):
         """Events for one request: ``{"delta": text}``..., then ``{"finish": GenerationResult}``."""
-        async for events in self._stream_batch(request):
-            for event in events:
-                yield event
+        async for event in self._events(request, stream=True):
+            yield event
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _stream_batch(self, requests: list):
-        engine = await self._get_model(serve.get_multiplexed_model_id())
-        self._count(requests)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        n = len(requests)
-
-        def on_event(i: int, event: dict) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (i, event))
-
-        job = asyncio.ensure_future(asyncio.to_thread(engine.generate, requests, on_event))
-        job.add_done_callback(lambda _: queue.put_nowait(None))
-        finished, stopped = [False] * n, [False] * n
-        while not all(stopped):
-            if all(finished):
-                yield [StopIteration] * n  # ends every caller's stream (those ended already ignore it)
-                break
-            pending: list[list[dict]] = [[] for _ in range(n)]
-            item = await queue.get()
-            items = [item]
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            for it in items:
-                if it is None:  # the generation thread ended: anything unfinished failed
-                    error = job.exception()
-                    for k in range(n):
-                        if not finished[k]:
-                            pending[k].append({"finish": GenerationResult(
-                                error=f"generation failed: {type(error).__name__ if error else 'no result'}")})
-                    continue
-                pending[it[0]].append(it[1])
-            out: list = []
-            for k in range(n):
-                if finished[k] and not stopped[k] and not pending[k]:
-                    out.append(StopIteration)
-                    stopped[k] = True
-                else:
-                    out.append(pending[k])
-                    finished[k] = finished[k] or any("finish" in e for e in pending[k])
-            yield out
+    async def batch_stats(self) -> dict:
+        """Requests answered since the replica started, and the rows of each decoding step (histogram)."""
+        return self.stats.as_dict()
 
     async def check_health(self) -> None:
         """Serve calls this periodically: the default model must answer a one-token request."""
-        engine = await self._get_model(self.default)
-        result = (await asyncio.to_thread(engine.generate, [_health_request()]))[0]
-        if result.error:
-            raise RuntimeError(f"health check: {self.default} failed on a tiny input: {result.error}")
+        async for event in self._events(_health_request(), stream=False, model_id=self.default):
+            if "finish" in event and event["finish"].error:
+                raise RuntimeError(f"health check: {self.default} failed on a tiny input: {event['finish'].error}")
 
 
 @serve.deployment(name="EvaluationRegistry")
@@ -334,6 +322,9 @@ class YingIngress:
                                     max_tokens=s.max_tokens, default_max_tokens=s.default_max_tokens,
                                     image_url_allowlist=s.image_url_allowlist)
         self.model_limits = {name: read_model_limits(path) for name, path in served.checkpoints.items()}
+        # Each model's processor (tokenizer and image preprocessing, no weights): prompts are encoded
+        # here, so the model replica's decoding loop does only model work.
+        self.preparers = {name: load_preparer(path) for name, path in served.checkpoints.items()}
         import ying.eval.suites  # noqa: F401  (imported now, not on the first evaluation request)
 
     def _model(self, name: Optional[str]) -> str:
@@ -363,10 +354,10 @@ class YingIngress:
         model = self._model(body.model)
         gen, refs = parse_chat(body, self.limits, self.model_limits[model])
         raws = [ref.data if ref.data is not None else await self._fetch(ref.url, ref.param) for ref in refs]
-        # Full decodes (CPU-bound) run off the event loop.
-        await asyncio.to_thread(lambda: [decode_image(raw, ref.param, self.limits.max_image_pixels)
-                                         for raw, ref in zip(raws, refs)])
         gen.images = raws
+        # Full decodes (a truncated file fails with its own 400) and the prompt's encoding, CPU-bound,
+        # run off the event loop.
+        gen.prompt = await asyncio.to_thread(self._prepare, gen, raws, refs, model)
         handle = self.model_handle.options(multiplexed_model_id=model)
         if body.stream:
             return await self._stream(handle, gen, model, bool(body.stream_options and body.stream_options.include_usage))
@@ -378,6 +369,15 @@ class YingIngress:
             logger.error("generation failed for one request: %s", result.error)
             return JSONResponse(error_body("generation failed on the server", None, "server_error"), status_code=500)
         return chat_completion(model, result)
+
+    def _prepare(self, gen: GenerationRequest, raws: list, refs: list, model: str):
+        for raw, ref in zip(raws, refs):
+            decode_image(raw, ref.param, self.limits.max_image_pixels)
+        try:
+            return self.preparers[model].prepare(gen)
+        except Exception as e:  # the images decoded, so this is unexpected: let the model side report it
+            logger.warning("could not encode a request's prompt in the ingress: %s: %s", type(e).__name__, e)
+            return None
 
     async def _stream(self, handle, gen: GenerationRequest, model: str, include_usage: bool):
         events = handle.options(stream=True).generate_stream.remote(gen)
