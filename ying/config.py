@@ -536,8 +536,10 @@ class ServeConfig(_Strict):
     num_cpus_per_replica: float = execution_only(1.0)
     num_gpus_per_replica: float = execution_only(0.0)  # > 0: the model runs on a GPU in bfloat16
     max_models_per_replica: int = execution_only(2)  # checkpoints kept loaded per replica (LRU, Serve multiplexing)
-    max_batch_size: int = execution_only(16)  # requests generated together (Serve dynamic batching)
-    batch_wait_timeout_s: float = execution_only(0.01)  # how long a batch waits to fill
+    # Continuous batching (ying.serve.engine.ContinuousBatcher): up to this many requests decode together;
+    # a request joins at the next token and leaves when it ends.
+    max_batch_size: int = execution_only(16)
+    batch_wait_timeout_s: float = execution_only(0.01)  # an idle replica waits this long for a burst to gather
     max_ongoing_requests: int | None = execution_only(None)  # per model replica; None: 2 x max_batch_size
     max_queued_requests: int = execution_only(64)  # waiting for a model replica; past this: 503 + Retry-After
     retry_after_s: float = execution_only(1.0)  # the Retry-After a 503 carries
@@ -552,7 +554,8 @@ class ServeConfig(_Strict):
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < 2 * self.max_batch_size:
             problems.append(
                 f"serve.max_ongoing_requests={self.max_ongoing_requests} must be at least 2 x serve.max_batch_size "
-                f"({2 * self.max_batch_size}) so one batch fills while another runs; raise it or leave it unset")
+                f"({2 * self.max_batch_size}) so a full batch decodes while as many requests wait to join it; raise it "
+                f"or leave it unset")
         if self.default_max_tokens > self.max_tokens:
             problems.append(f"serve.default_max_tokens={self.default_max_tokens} is over serve.max_tokens={self.max_tokens}")
         if self.autoscaling and self.autoscaling.min_replicas > self.autoscaling.max_replicas:
