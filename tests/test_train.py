@@ -152,6 +152,14 @@ def test_two_worker_deepspeed_step_trains_only_what_the_stage_allows(ray_cluster
               or "mlp" in k and k.startswith("language_model.")}
     assert frozen and not (frozen & changed), sorted(frozen & changed)[:5]
     assert set(summary["trainable"]) >= {"language_projection.weight", "query_tokens"}
+    # Where the run's time went (the manifest and the report's "start-up s"): every step of the recipe
+    # timed, and the overhead is the fit's seconds less training's.
+    t = summary["timings"]
+    assert set(t["worker"]) >= {"imports", "deepspeed_ops", "model", "deepspeed_initialize", "restore", "train",
+                                "validate", "hf_checkpoint", "resume_checkpoint", "report"}
+    assert t["to_loop"] > 0 and t["after_loop"] >= 0 and t["process_to_loop"] > 0
+    assert abs(t["overhead"] - (t["fit"] - t["worker"]["train"])) < 0.01 and 0 < t["overhead"] < t["fit"]
+    assert abs(t["worker"]["train"] - summary["train_seconds"]) < 0.5
 
 
 def test_zero3_builds_partitioned_and_saves_a_whole_checkpoint(ray_cluster, data_dir, tmp_path):

@@ -60,13 +60,18 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _training_table(stages: dict[str, dict]) -> str:
-    lines = ["| stage | tasks | steps | peak lr | final train loss | val answer loss | samples/s | trainable tensors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    # "train s" and "start-up s": the run's seconds training, and the rest of its Ray Train run (worker
+    # processes, imports, DeepSpeed, validation, checkpoints: ``ying.train.stages.fit_timings``).
+    lines = ["| stage | tasks | steps | peak lr | final train loss | val answer loss | samples/s | train s | start-up s "
+             "| trainable tensors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in stages.items():
         plan = s.get("plan", {})
+        timings = s.get("timings") or {}
         lines.append(
             f"| {name} | {', '.join(plan.get('tasks', []))} | {s['step']} | {_num(plan.get('lr'), '.1e')} | "
             f"{_num(s['loss'], '.3f')} | {_num(s['val_loss'], '.3f')} | {_num(s['samples_per_s'], '.0f')} | "
+            f"{_num(s.get('train_seconds'), '.0f')} | {_num(timings.get('overhead'), '.0f')} | "
             f"{len(s.get('trainable', []))} |"
         )
     return "\n".join(lines)
