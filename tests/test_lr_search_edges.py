@@ -178,3 +178,21 @@ def test_a_real_tiny_search_stops_a_trial_and_reports_its_edge(ray_cluster, tmp_
     expected = edge_note(cfg.tune.lrs, None, out["best_lr"])
     assert {k: out[k] for k in expected} == expected
     assert (out["edge_warning"] in printed) if out["edge"] else ("WARNING: best lr" not in printed)
+
+
+def test_the_report_marks_stopped_trials_and_carries_the_edge_warning():
+    from ying.eval.run_report import _tune_table
+
+    table = _tune_table({"metric": "val_loss", "best_lr": 1e-3, "edge_warning": "best lr 1e-3 is the largest of the grid",
+                         "trials": [{"lr": 2e-4, "val_loss": 2.0, "step": 15, "stopped_early": True},
+                                    {"lr": 1e-3, "val_loss": 1.5, "step": 45, "stopped_early": False}]})
+    assert "| 2.0e-04 | 2.0000 | 15 | stopped early by ASHA |" in table
+    assert "| 1.0e-03 | 1.5000 | 45 | best |" in table
+    assert table.endswith("best lr 1e-3 is the largest of the grid")
+
+
+def test_the_trials_concurrency_is_part_of_what_the_search_computes():
+    """With ASHA, which trials run together decides which are stopped: a change must re-run the tune stage."""
+    from ying.config import TuneConfig, execution_only_paths
+
+    assert "max_concurrent_trials" not in execution_only_paths(TuneConfig)

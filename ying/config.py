@@ -377,7 +377,10 @@ class TuneConfig(_Strict):
     num_workers: int | None = None  # Ray Train workers per trial; None: train.num_workers
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    max_concurrent_trials: int = execution_only(1)  # trials at once, as far as the cluster's resources allow
+    # Trials at once, as far as the cluster's resources allow. Not execution-only: ASHA compares a trial
+    # with those that reached a rung before it, so which trials run together decides which are stopped
+    # (and can change the best lr); a change re-runs the search.
+    max_concurrent_trials: int = 1
 
 
 class AblationGrid(_Strict):

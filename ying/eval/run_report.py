@@ -102,11 +102,14 @@ def _loss_plot(stages: dict[str, dict]) -> bytes:
 
 def _tune_table(tune: dict) -> str:
     metric = tune["metric"]
-    lines = [f"| Stage II peak lr | {metric} | |", "|---:|---:|---|"]
+    lines = [f"| Stage II peak lr | {metric} | at step | |", "|---:|---:|---:|---|"]
     for t in tune["trials"]:
         value = "failed" if t[metric] is None else f"{t[metric]:.4f}"
-        lines.append(f"| {t['lr']:.1e} | {value} | {'best' if t['lr'] == tune['best_lr'] else ''} |")
-    return "\n".join(lines)
+        note = "best" if t["lr"] == tune["best_lr"] else ("stopped early by ASHA" if t.get("stopped_early") else "")
+        lines.append(f"| {t['lr']:.1e} | {value} | {t.get('step') if t.get('step') is not None else '–'} | {note} |")
+    table = "\n".join(lines)
+    # A best value on the grid's (or range's) edge: the search says where the next one should look.
+    return table + (f"\n\n{tune['edge_warning']}" if tune.get("edge_warning") else "")
 
 
 def _link(run_dir: str, path: str) -> str:
