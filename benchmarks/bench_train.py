@@ -11,6 +11,8 @@ task in the preset, is read as a Ray Dataset and has no one-process build, so it
   (b) ray-1  Ray Train + DeepSpeed, one worker with ``--threads`` torch threads, records through
              Ray Data (decoded and tokenized on another CPU)
   (c) ray-2  the same with two workers
+  in-process (b) in this process, as a Tune trial of one worker trains (Ray Train's local mode),
+             twice: the second as a reused trial process does, its imports done
   read       one epoch of (b) with a filesystem that counts the bytes Ray Data's readers read,
              divided by the bytes of the stage's own training files (coco train); the data dir also
              holds every other task's files, which Stage I must not read. The driver's record
@@ -124,10 +126,11 @@ def step_log_callback(path: str):
 
 def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every: int,
             checkpoint_every: int = 0, filesystem=None, callbacks=None, kill_after_checkpoint: bool = False,
-            dashboard: str = "", step_log: str = ""):
+            dashboard: str = "", step_log: str = "", in_process: bool = False):
     """One Stage I run on Ray Train; returns (summary, seconds); the summary's timings as
-    ``ying.train.stages.fit`` reports them (``fit_timings``), plus the plan's seconds."""
-    from ying.train.stages import fit_timings, stage_plan, trainer_for
+    ``ying.train.stages.fit`` reports them (``fit_timings``), plus the plan's seconds. ``in_process``:
+    in this process as a Tune trial of one worker trains (``fit(in_process=True)``)."""
+    from ying.train.stages import fit, fit_timings, stage_plan, trainer_for
 
     planned = time.time()
     # ``filesystem``: the workers' Ray Data readers open the records through it (it counts bytes).
@@ -135,6 +138,11 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
                       checkpoint_every=checkpoint_every, val_examples=0, context=name, filesystem=filesystem)
     storage = workdir / "ray" / name
     shutil.rmtree(storage, ignore_errors=True)  # a run of an earlier bench must not be resumed
+    if in_process:
+        t0 = time.time()
+        summary = fit(cfg, plan, str(storage), name, in_process=True)
+        summary["timings"]["plan"] = round(t0 - planned, 3)
+        return summary, time.time() - t0
     trainer = trainer_for(cfg, plan, str(storage), name, callbacks=callbacks)
     killer = None
     if kill_after_checkpoint:
@@ -246,6 +254,14 @@ def main() -> None:
     two, _ = ray_run(cfg2, data_dir, workdir, "two", args.steps, args.log_every)
     print(f"[bench] (c) Ray Train + DeepSpeed, 2 workers: {mean_rate(two):.1f} samples/s; start-up "
           f"{two['timings']['overhead']:.1f} s", flush=True)
+    # (b) as a Tune trial of one worker trains it: in its own process, imports done by the trial before.
+    trials = [ray_run(cfg1, data_dir, workdir, f"in-process-{i}", args.steps, args.log_every, in_process=True)[0]
+              for i in range(2)]
+    print(f"[bench] (b) in this process (Ray Train's local mode), twice: {mean_rate(trials[1]):.1f} samples/s; "
+          f"start-up {trials[0]['timings']['overhead']:.1f} s then {trials[1]['timings']['overhead']:.1f} s", flush=True)
+    print(f"[bench] its start-up breakdown (s): {json.dumps(startup_breakdown(trials[1]['timings']))}", flush=True)
+    # The same plan twice in one process: the same losses at every logged step (nothing carried over).
+    same_bytes = [h["loss"] for h in trials[0]["history"]] == [h["loss"] for h in trials[1]["history"]]
 
     # One epoch of the stage's records through a filesystem that counts what the readers read.
     stage_tasks = list(cfg1.train.stage1.tasks)
@@ -288,7 +304,8 @@ def main() -> None:
     ray.shutdown()
 
     startup = {kind: run["timings"]["overhead"]
-               for kind, run in (("ray-1", one), ("ray-2", two), ("read", read_run), ("kill", summary))}
+               for kind, run in (("ray-1", one), ("ray-2", two), ("in-process", trials[1]), ("read", read_run),
+                                 ("kill", summary))}
     print(f"[bench] start-up (fit seconds minus training seconds): {json.dumps(startup)}", flush=True)
     result = {
         "ray_vs_bare": round(mean_rate(one) / bare, 3),
@@ -301,6 +318,8 @@ def main() -> None:
         "bare_samples_per_s": round(bare, 1),
         "ray_1_worker_samples_per_s": round(mean_rate(one), 1),
         "ray_2_workers_samples_per_s": round(mean_rate(two), 1),
+        "in_process_samples_per_s": round(mean_rate(trials[1]), 1),
+        "in_process_repeats_exactly": same_bytes,
         "threads": args.threads,
     }
     print(json.dumps(result))

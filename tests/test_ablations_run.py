@@ -33,6 +33,9 @@ GRID = [
     "ablations.grid={instructions_per_task: [1, 10], task_counts: [0], answers: false, seeds: [0]}",
     "ablations.trial_steps=30", "ablations.batch_size=8", "ablations.eval_max_per_task=2",
     "eval.max_new_tokens=4",
+    # One trial at a time (the tiny preset runs two): the kill lands after the first trial and before
+    # the second finishes, so the second run must resume the one and never retrain the other.
+    "ablations.max_concurrent_trials=1",
 ]
 
 

@@ -173,6 +173,23 @@ def test_ray_data_actors_and_prediction_cache(ray_cluster, model_dirs, tmp_path)
     assert stats == {"generated": 2, "cached": 0}
 
 
+def test_answers_in_process_equal_the_actors_and_fill_the_same_cache(ray_cluster, model_dirs, tmp_path):
+    """A Tune trial that trained in its own process answers there (no actor to start): the same answers."""
+    spec = ModelSpec("tiny-instructblip", "hf", model_dirs["InstructBlipForConditionalGeneration"])
+    examples = []
+    for e in EXAMPLES:
+        e = dict(e, chinese_dialogue=False, max_new_tokens=3)
+        examples.append(dict(e, key=example_key(e)))
+    suites = {"kvqa": examples, "video": examples[1:]}
+    on_actors, stats = cached_predictions(spec, suites, str(tmp_path / "actors"), batch_size=2, max_new_tokens=3)
+    here, here_stats = cached_predictions(spec, suites, str(tmp_path / "here"), batch_size=2, max_new_tokens=3,
+                                          in_process=True)
+    assert here == on_actors and here_stats == stats == {"generated": 2, "cached": 0}
+    again, stats = cached_predictions(spec, suites, str(tmp_path / "here"), batch_size=2, max_new_tokens=3,
+                                      in_process=True)
+    assert again == here and stats == {"generated": 0, "cached": 3}
+
+
 QUESTION = {"images": [_jpeg((1, 2, 3))], "instruction": "What color is the shape?", "inputs": "Options: red, blue"}
 
 

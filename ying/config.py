@@ -374,7 +374,9 @@ class TuneConfig(_Strict):
     val_examples: int = 64  # validation records per report, spread over the Stage II tasks
     grace_period: int = 2  # reports every trial gets before ASHA may stop it
     reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
-    num_workers: int | None = None  # Ray Train workers per trial; None: train.num_workers
+    # Ray Train workers per trial; None: train.num_workers. With 1 a trial trains in its own Tune process,
+    # which the next trial reuses: no worker group to start per trial (ying.tune.runner).
+    num_workers: int | None = Field(None, ge=1)
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
     # Trials at once, as far as the cluster's resources allow. Not execution-only: ASHA compares a trial
@@ -417,7 +419,9 @@ class AblationsConfig(_Strict):
     batch_size: int | None = None  # global batch per trial; None: train.stage2.batch_size (paper: 64)
     max_per_task: int | None = None  # training instances per task in every trial (paper: 5k); None: all
     lr: float | None = None  # peak lr of every trial; None: Stage II's (searched or set)
-    num_workers: int | None = None  # Ray Train workers per trial; None: train.num_workers
+    # Ray Train workers per trial; None: train.num_workers. With 1 a trial trains in its own Tune process,
+    # which the next trial reuses: no worker group to start per trial (ying.tune.runner).
+    num_workers: int | None = Field(None, ge=1)
     eval_max_per_task: int = 40  # evaluation records per task and trial
     max_concurrent_trials: int = execution_only(1)  # trials at once, as far as the cluster's resources allow
     # Run beside Stage II (and the eval) where the cluster has room for both; False waits for them

@@ -92,6 +92,9 @@ def quiet_stage_process() -> None:
     # hints; "Wrote the latest version of all result files" is an INFO of ray.tune.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    # Ray Train in a Tune trial's own process (local mode: ying.tune.runner) logs "Running in local
+    # mode" and every report's metrics at INFO, with no LoggingConfig to reach them: TRAIN_LOG_LEVEL.
+    logging.getLogger("ray.train").setLevel(TRAIN_LOG_LEVEL)
     # Serve's client lines ("Started Serve", "Deleting app") in the stage that checks the app.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 

@@ -166,17 +166,19 @@ def eval_cache_dir(cfg: YingConfig) -> str:
 
 
 def predict_plan(cfg: YingConfig, spec: ModelSpec, suite_examples: Mapping[str, list[dict]], cache_dir: str, *,
-                 fingerprint: str | None = None) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+                 fingerprint: str | None = None, in_process: bool = False) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
     """One model's answers to a plan's examples ``{suite: [example]}`` with ``cfg.eval``'s actors:
     ``eval.num_actors`` model actors, each on a GPU in the model's dtype when ``eval.use_gpu``
     (``ying.eval.predictors``), answers cached under ``cache_dir``. Returns (answers, cache counts).
-    The eval stage, ``evaluate_checkpoint``, the ablations and Serve's evaluations all answer here."""
+    The eval stage, ``evaluate_checkpoint``, the ablations and Serve's evaluations all answer here.
+    ``in_process``: the model answers in this process instead (a Tune trial that trained here)."""
     ecfg = cfg.eval
     # A suite without examples opens no cache file (a suite's file holds every answer ever cached for it).
     answers, stats = cached_predictions(spec, {s: exs for s, exs in suite_examples.items() if exs}, cache_dir,
                                         batch_size=ecfg.batch_size, num_actors=ecfg.num_actors,
                                         max_new_tokens=ecfg.max_new_tokens, fingerprint=fingerprint,
-                                        use_gpu=ecfg.use_gpu, progress_interval_s=ecfg.progress_interval_s)
+                                        use_gpu=ecfg.use_gpu, progress_interval_s=ecfg.progress_interval_s,
+                                        in_process=in_process)
     return {s: answers.get(s, {}) for s in suite_examples}, stats
 
 

@@ -375,10 +375,14 @@ def _prediction_row(key: str, e: dict) -> dict:
 
 def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: int, num_actors: int = 1,
                      max_new_tokens: int = 32, use_gpu: bool = False,
-                     on_answer: Callable[[str, str], Any] | None = None) -> dict[str, str]:
+                     on_answer: Callable[[str, str], Any] | None = None, in_process: bool = False) -> dict[str, str]:
     """``{example key: answer}`` for examples carrying ``key``, ``instruction``, ``inputs``,
     ``chinese_dialogue``, ``max_new_tokens`` and either ``images`` or an ``image_ref``; each distinct
-    key is generated once. ``on_answer(key, answer)`` is called as each answer arrives."""
+    key is generated once. ``on_answer(key, answer)`` is called as each answer arrives.
+
+    ``in_process``: the model answers here, batch after batch, rather than on Ray Data actors: for a
+    caller that already holds the resources, such as a Tune trial that has just trained in its own
+    process (``ying.tune.runner``), where starting an actor cost more than its answers."""
     import ray
 
     unique: dict[str, dict] = {}
@@ -389,6 +393,18 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
     # Rows in storage order, so that a batch's images come from few row groups.
     rows = sorted((_prediction_row(k, e) for k, e in unique.items()),
                   key=lambda r: (r["ref_file"], r["ref_row_group"], r["ref_row"], r["key"]))
+    answers: dict[str, str] = {}
+    if in_process:
+        import pyarrow as pa
+
+        predictor = _PredictorActor(spec, max_new_tokens, use_gpu)
+        for start in range(0, len(rows), batch_size):
+            table = predictor(pa.Table.from_pylist(rows[start:start + batch_size]))
+            for key, answer in zip(table["key"].to_pylist(), table["answer"].to_pylist()):
+                answers[key] = answer
+                if on_answer is not None:
+                    on_answer(key, answer)
+        return answers
     ds = ray.data.from_items(rows).map_batches(
         _PredictorActor,
         fn_constructor_kwargs={"spec": spec, "max_new_tokens": max_new_tokens, "use_gpu": use_gpu},
@@ -397,7 +413,6 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
         batch_format="pyarrow",
         **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
     )
-    answers: dict[str, str] = {}
     for row in ds.iter_rows():
         answers[row["key"]] = row["answer"]
         if on_answer is not None:
@@ -417,11 +432,12 @@ def _count_examples(model: str, suite: str, source: str, n: int) -> None:
 def cached_predictions(spec: ModelSpec, suite_examples: dict[str, list[dict]], cache_dir: str, *,
                        batch_size: int, num_actors: int = 1, max_new_tokens: int = 32,
                        fingerprint: str | None = None, use_gpu: bool = False,
-                       progress_interval_s: float = 10.0) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+                       progress_interval_s: float = 10.0,
+                       in_process: bool = False) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
     """Answers per suite ``{suite: {example key: answer}}`` and counts ``{cached, generated}``.
 
-    Only examples missing from the (model, suite) caches go to the model, in one Ray Data pass,
-    with one progress line (examples answered of those to generate, rate, ETA) and the
+    Only examples missing from the (model, suite) caches go to the model, in one Ray Data pass (or
+    in this process: ``predict_examples``), with one progress line (examples answered of those to generate, rate, ETA) and the
     ``ying_eval_examples`` metric per model and suite.
     """
     from ying.progress import ProgressLine
@@ -446,7 +462,8 @@ def cached_predictions(spec: ModelSpec, suite_examples: dict[str, list[dict]], c
                 _count_examples(spec.name, suite, "generated", 1)
 
         fresh = predict_examples(spec, todo, batch_size=batch_size, num_actors=num_actors,
-                                 max_new_tokens=max_new_tokens, use_gpu=use_gpu, on_answer=on_answer)
+                                 max_new_tokens=max_new_tokens, use_gpu=use_gpu, on_answer=on_answer,
+                                 in_process=in_process)
         progress.finish()
     out: dict[str, dict[str, str]] = {}
     for suite, exs in suite_examples.items():

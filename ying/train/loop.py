@@ -72,6 +72,9 @@ class StagePlan:
     shuffle_buffer: int = 16384  # the sampler's window: records of a rank shuffled together
     # Execution only: how, not what (left out of the plan hash).
     torch_threads: int = 1
+    # Set by ``fit`` for a Tune trial training in its own process (Ray Train's local mode): no Train
+    # controller runs ``TuneReportCallback`` there, so the loop hands its reports to Tune itself.
+    report_to_tune: bool = False
     ingest: IngestOptions = field(default_factory=IngestOptions)
     train_index: RecordIndex | None = None  # filled by ``stage_plan``
     val_index: RecordIndex | None = None
@@ -91,7 +94,7 @@ class StagePlan:
 # Fields that change how a plan runs, not what it trains: outside the plan hash.
 EXECUTION_FIELDS = frozenset({"out_dir", "log_every", "checkpoint_every", "plan_hash", "resume_dir", "filesystem",
                               "torch_threads", "ingest", "train_index", "val_index", "zero_init", "stage",
-                              "gradient_checkpointing"})
+                              "gradient_checkpointing", "report_to_tune"})
 
 
 class PlanMismatchError(RuntimeError):
@@ -261,7 +264,6 @@ def setup(plan: StagePlan, clock: _Clock | None = None) -> _Run:
     """Model, freeze policy, DeepSpeed engine, optimizer and schedule, processor."""
     clock = clock or _Clock()
     import deepspeed
-    import ray.train
     import transformers
 
     from ying.console import quiet_stage_process
@@ -276,12 +278,15 @@ def setup(plan: StagePlan, clock: _Clock | None = None) -> _Run:
     # a flock, so a torch build lock left by a killed run is cleared instead of waited on forever.
     load_deepspeed_ops()
     clock.mark("deepspeed_ops")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # The process group is up before the loop starts: TorchTrainer's backend starts it in each worker
+    # (and sets RANK, LOCAL_RANK, WORLD_SIZE), Ray Train's local mode from the torchrun variables
+    # ``fit`` sets. Read from torch, not from ``ray.train.get_context()``, which Ray refuses inside a
+    # Tune trial's process, where a 1-worker trial trains (``ying.tune.runner``).
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if world != plan.num_workers:
         raise RuntimeError(f"[{plan.stage}] planned for {plan.num_workers} workers, running on {world}")
     torch.set_num_threads(plan.torch_threads)
-    device = torch.device("cuda", ctx.get_local_rank()) if plan.use_gpu else torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if plan.use_gpu else torch.device("cpu")
     micro = plan.micro_batch_size
     accumulation = plan.batch_size // (micro * world)
     ds_config = deepspeed_config(micro, accumulation, plan.zero_stage, plan.grad_clip, plan.model.dtype)
@@ -430,8 +435,6 @@ def validate(plan: StagePlan, run: _Run) -> float | None:
 
 def train(plan: StagePlan, run: _Run, state: _State) -> float:
     """Optimizer steps until ``plan.max_steps``; returns the seconds it trained."""
-    import ray.train
-
     from ying import telemetry
     from ying.model.vlm import answer_loss
     from ying.train.ingest import collate_rows
@@ -489,7 +492,7 @@ def train(plan: StagePlan, run: _Run, state: _State) -> float:
                           f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.0f} samples/s eta {eta:.0f}s",
                           flush=True)
                 if not last:
-                    ray.train.report(metrics)
+                    _report(plan, metrics)
             if not last and plan.checkpoint_every and state.step % plan.checkpoint_every == 0:
                 save_resume_checkpoint(plan, run, state)
             if last:
@@ -502,8 +505,6 @@ def train(plan: StagePlan, run: _Run, state: _State) -> float:
 
 def save(plan: StagePlan, run: _Run, state: _State, train_seconds: float) -> dict | None:
     """Validation, the final HF checkpoint (rank 0), a last resume checkpoint; rank 0's summary."""
-    import ray.train
-
     from ying.model.checkpoint import save_checkpoint
 
     val_loss = validate(plan, run)
@@ -537,7 +538,7 @@ def save(plan: StagePlan, run: _Run, state: _State, train_seconds: float) -> dic
     if state.resumed_from != state.step:
         save_resume_checkpoint(plan, run, state)
         run.clock.mark("resume_checkpoint")
-    ray.train.report(final)
+    _report(plan, final)
     run.clock.mark("report")
     if run.rank != 0:
         return None
@@ -545,13 +546,29 @@ def save(plan: StagePlan, run: _Run, state: _State, train_seconds: float) -> dic
             "timings": worker_timings(run.clock)}
 
 
+def _report(plan: StagePlan, metrics: dict) -> None:
+    """A report to Ray Train (a barrier across the workers), or to Ray Tune where the loop runs in a
+    Tune trial's own process (``plan.report_to_tune``: Ray refuses ``ray.train.report`` there, and in
+    local mode it would only keep the last metrics). When ASHA stops such a trial, Tune's ``report``
+    ends the trial's thread with ``SystemExit`` (``ying.train.stages.fit`` cleans up after it)."""
+    if plan.report_to_tune:
+        import ray.tune
+
+        ray.tune.report(dict(metrics))
+        return
+    import ray.train
+
+    ray.train.report(metrics)
+
+
 def worker_timings(clock: _Clock) -> dict:
-    """Rank 0's clock: its process's start to the loop's entry (Ray's worker start, the loop module's
-    imports), then each step's seconds, and when the loop returned (the driver adds its own ends)."""
+    """Rank 0's clock: when its process started and the loop was entered (Ray's worker start, the loop
+    module's imports), then each step's seconds, and when the loop returned (the driver adds its own
+    ends: ``ying.train.stages.fit_timings``)."""
     import psutil
 
-    return {"process_to_loop": round(clock.entered - psutil.Process().create_time(), 3),
-            "loop_entered_at": clock.entered, "loop_returned_at": time.time(), "worker": dict(clock.seconds)}
+    return {"process_started_at": psutil.Process().create_time(), "loop_entered_at": clock.entered,
+            "loop_returned_at": time.time(), "worker": dict(clock.seconds)}
 
 
 def train_loop_per_worker(config: dict) -> dict | None:

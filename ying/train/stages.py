@@ -13,7 +13,9 @@ checkpoint itself also carries the plan hash and refuses a mismatch (``PlanMisma
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from typing import Mapping
 
@@ -160,15 +162,20 @@ def resume_dir(storage_path: str, name: str) -> str:
     return storage.join(storage_path, name, "resume")
 
 
-def trainer_for(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str, callbacks=None):
+def trainer_for(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str, callbacks=None,
+                in_process: bool = False):
     """A TorchTrainer for ``plan``; ``name`` should carry the plan hash (see ``run_name``).
 
     The workers read their records themselves (``ying.train.sampler``): no Ray Train datasets, so
-    no split that depends on which worker asks first."""
+    no split that depends on which worker asks first. ``in_process``: Ray Train's local mode
+    (``ScalingConfig(num_workers=0)``), the loop in this process as its one worker (see ``fit``)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     plan.resume_dir = resume_dir(storage_path, name)
+    if in_process and plan.num_workers != 1:
+        raise ValueError(f"{plan.stage}: only a 1-worker plan trains in its caller's process, this one has "
+                         f"{plan.num_workers} workers")
 
     max_failures = cfg.train.max_failures
     run_config = ray.train.RunConfig(
@@ -182,11 +189,55 @@ def trainer_for(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str, 
         train_loop_per_worker,
         train_loop_config={"plan": plan},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+            num_workers=0 if in_process else plan.num_workers, use_gpu=plan.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
         run_config=run_config,
     )
+
+
+@contextlib.contextmanager
+def _one_process_group():
+    """The torchrun variables for a world of one, on a free loopback port: Ray Train's local mode
+    starts its process group from them (gloo, or nccl with a GPU), as a worker group's rank 0 would
+    have, and DeepSpeed joins it. Afterwards the group is gone and the variables are as they were,
+    even when a trial ended inside the loop (ASHA's stop is a ``SystemExit`` in the trial's thread):
+    Tune reuses the process for its next trial."""
+    import socket
+
+    import torch.distributed
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        _forget_deepspeed_groups()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed keeps the groups it derives from the world group (a clone of it, the data-parallel
+    group) in ``deepspeed.utils.groups``'s globals, which outlive the process group: the next engine
+    in this process would broadcast on a destroyed group. Re-running the module's body resets them
+    to their import-time values (its functions read them through the module, so every user sees it)."""
+    import importlib
+    import sys
+
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None:
+        importlib.reload(groups)
 
 
 def run_name(plan: StagePlan) -> str:
@@ -194,11 +245,15 @@ def run_name(plan: StagePlan) -> str:
 
 
 def fit(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str | None = None, fresh: bool = False,
-        callbacks=None) -> dict:
+        tune_reports: bool = False, in_process: bool = False) -> dict:
     """Run one Ray Train job; rank 0's summary (with trainable names and final metrics) comes back.
 
     The run lives at ``<storage_path>/<name>`` (default: the plan's hash). Runs of other plans
     there are removed first (they can never be resumed); ``fresh`` removes this plan's own as well.
+    ``tune_reports``: every report is also a result of the Tune trial calling this. ``in_process``:
+    a 1-worker plan trains in this process (Ray Train's local mode): no controller, helper actors or
+    worker process to start, and a process that Tune reuses keeps its imports for the next trial.
+    The plan, its numbers and its resume checkpoints are those of one worker in a worker group.
     """
     name = name or run_name(plan)
     fs, root = storage.filesystem(storage_path)
@@ -208,27 +263,39 @@ def fit(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str | None = 
             if (stale != name or fresh) and fs.isdir(entry) and stale.startswith(f"{plan.stage}-"):
                 print(f"[ying] {plan.stage}: removing Ray Train run {stale} (another plan, or --force)", flush=True)
                 fs.rm(entry, recursive=True)
+    callbacks = []
+    if tune_reports and not in_process:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())  # the controller hands the workers' reports to the trial
+    plan.report_to_tune = tune_reports and in_process  # no controller: the loop reports to Tune itself
     started = time.time()
-    result = trainer_for(cfg, plan, storage_path, name, callbacks=callbacks).fit()
+    trainer = trainer_for(cfg, plan, storage_path, name, callbacks=callbacks, in_process=in_process)
+    with _one_process_group() if in_process else contextlib.nullcontext():
+        result = trainer.fit()
     if result.error:
         raise result.error
     summary = result.return_value
     if summary is None:
         raise RuntimeError(f"{name}: training returned no summary (rank 0 loop did not finish)")
     summary["timings"] = fit_timings(summary.get("timings") or {}, started, time.time())
+    summary["in_process"] = in_process
     return summary
 
 
 def fit_timings(worker: dict, started: float, ended: float) -> dict:
     """Where one ``fit`` went, in seconds: ``to_loop`` (the controller, the worker group and its
-    processes, until rank 0's loop starts), rank 0's steps (``worker``: imports, DeepSpeed's ops, the
+    processes, until rank 0's loop starts), of which ``process_to_loop`` in rank 0's process (its
+    start, the loop module's imports), rank 0's steps (``worker``: imports, DeepSpeed's ops, the
     model, ``deepspeed.initialize``, restore, train, validate, checkpoints, the last report), and
     ``after_loop`` (the group's shutdown); ``overhead`` is all but training."""
     entered, returned = worker.get("loop_entered_at", started), worker.get("loop_returned_at", ended)
     steps = dict(worker.get("worker", {}))
     total = ended - started
+    # A process that outlived the fit's start (a reused Tune trial's, training in-process) counts from the start.
+    process_started = max(worker.get("process_started_at", started), started)
     return {"fit": round(total, 3), "to_loop": round(entered - started, 3),
-            "process_to_loop": worker.get("process_to_loop"), "worker": steps,
+            "process_to_loop": round(entered - process_started, 3), "worker": steps,
             "after_loop": round(ended - returned, 3), "overhead": round(total - steps.get("train", 0.0), 3)}
 
 

@@ -99,6 +99,7 @@ def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, 
     from ying.data.instructions import load_pool
     from ying.eval.evaluate import plan_evaluation, predict_plan, score_plan
     from ying.eval.predictors import ModelSpec
+    from ying.tune.runner import trains_in_trial
 
     a = cfg.ablations
     held_out = [t for t in cfg.data.held_out if t in cfg.data.tasks]
@@ -111,9 +112,12 @@ def evaluate_trial(cfg: YingConfig, data_dir: str, checkpoint: str, spec: dict, 
         suites, tasks = [], rephrased or stage2_tasks
     plan = plan_evaluation(cfg, data_dir, suites=suites, tasks=tasks, limit=a.eval_max_per_task,
                            train_instructions={t: load_pool(t)[:UNSEEN_FROM] for t in stage2_tasks})
-    # The eval stage's actors: on a GPU in the checkpoint's dtype with eval.use_gpu (the trial's
-    # Ray Train workers have given their GPUs back by now).
-    answers, _ = predict_plan(cfg, ModelSpec(name, "ying", checkpoint), plan.suite_examples(), cache_dir)
+    # A trial that trained in its own process answers there too, on the resources it holds: an actor
+    # would start and load the model for each trial. Otherwise the eval stage's actors: on a GPU in
+    # the checkpoint's dtype with eval.use_gpu (the trial's Ray Train workers have given their GPUs back).
+    here = trains_in_trial(cfg) and (cfg.train.use_gpu or not cfg.eval.use_gpu)  # a GPU eval needs the trial's GPU
+    answers, _ = predict_plan(cfg, ModelSpec(name, "ying", checkpoint), plan.suite_examples(), cache_dir,
+                              in_process=here)
     scores = score_plan(plan, answers)
     per_task = {t: 100 * s["rouge_l"] for t, s in scores["tasks"].items() if s.get("n")}
     n = sum(s.get("n", 0) for s in scores["tasks"].values())
@@ -148,10 +152,10 @@ def _result_path(trial: dict) -> str:
 def _trial(trial: dict) -> None:
     """One ablation trial: train (unless it trains on no task), evaluate, report, clean up."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ying.console import quiet_stage_process
     from ying.train.stages import fit, stage_plan
+    from ying.tune.runner import trains_in_trial
 
     quiet_stage_process()  # a trial is its own process; its Ray Data runs here and in Train's coordinator
 
@@ -179,7 +183,7 @@ def _trial(trial: dict) -> None:
                           policy={**spec["policy"], "max_per_task": a.max_per_task},
                           context=f"ablation:{trial['fingerprint']}:{spec['experiment']}:{spec['value']}:{spec['seed']}")
         plan.stage = f"{spec['experiment']}-{spec['value']}-seed{spec['seed']}"
-        fit(cfg, plan, storage.join(trial_dir, "train"), name=name, callbacks=[TuneReportCallback()])
+        fit(cfg, plan, storage.join(trial_dir, "train"), name=name, tune_reports=True, in_process=trains_in_trial(cfg))
         checkpoint = plan.out_dir
     result = evaluate_trial(cfg, trial["data_dir"], checkpoint, spec, trial["stage2_tasks"], name,
                             storage.join(trial["ablations_dir"], "eval_cache"))
@@ -251,7 +255,7 @@ def run_ablations(cfg: YingConfig, data_dir: str, stage1_checkpoint: str, lr: fl
             space = {**base, "grid_fingerprint": grid_fp, "spec": ray.tune.grid_search(specs)}
             tune_config = ray.tune.TuneConfig(max_concurrent_trials=a.max_concurrent_trials)
             outcomes = last_results(run_experiment(experiment, grid_fp, _trial, space, tune_config,
-                                                   storage.join(out_dir, "experiments"), fresh=fresh))
+                                                   storage.join(out_dir, "experiments"), trial_cfg, fresh=fresh))
         for spec in shared:
             outcomes.append(_shared_outcome(spec, results, held_out))
         points = []

@@ -1,7 +1,8 @@
 """Stage II learning-rate search on Ray Tune, before Stage II: its best learning rate feeds Stage II.
 
 Each trial is a short Ray Train (DeepSpeed) run of the Stage II plan from the Stage I checkpoint
-at one peak learning rate. Trials report the validation answer loss (a seeded sample spread over
+at one peak learning rate (a 1-worker trial trains in the trial's own, reused process:
+``ying.tune.runner``). Trials report the validation answer loss (a seeded sample spread over
 the Stage II tasks, never trained on) every ``tune.report_every`` steps, and ASHA stops the weak
 ones early. The search space (a grid of ``tune.lrs``, or ``tune.num_samples`` draws log-uniform
 in ``tune.lr_range``), the trial length and the trials' concurrency come from the config. An
@@ -47,10 +48,10 @@ EDGE_MARGIN = 0.1
 def _trial(trial: dict) -> None:
     """One Tune trial: a Ray Train run whose reports become Tune results."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ying.console import quiet_stage_process
     from ying.train.stages import fit, stage_plan
+    from ying.tune.runner import trains_in_trial
 
     quiet_stage_process()  # a trial is its own process; its Ray Data runs here and in Train's coordinator
 
@@ -63,8 +64,8 @@ def _trial(trial: dict) -> None:
                       checkpoint_every=t.report_every, context=f"lr-search:{trial['fingerprint']}")
     plan.stage = f"lr-{trial['lr']:.2e}"
     # The trial's name is stable across a restore, so its Ray Train run (and checkpoint) is found again.
-    fit(cfg, plan, trial["storage_path"], name=ray.tune.get_context().get_trial_name(),
-        callbacks=[TuneReportCallback()])
+    fit(cfg, plan, trial["storage_path"], name=ray.tune.get_context().get_trial_name(), tune_reports=True,
+        in_process=trains_in_trial(cfg))
 
 
 def middle_out(lrs) -> list[float]:
@@ -204,7 +205,7 @@ def lr_search(cfg: YingConfig, data_dir: str, init_checkpoint: str, tune_dir: st
                                 grace_period=min(t.grace_period, reports), reduction_factor=t.reduction_factor),
     )
     results = run_experiment("lr_search", fingerprint or storage.fingerprint(trial_cfg.to_dict()), _trial, space,
-                             tune_config, storage.join(tune_dir, "experiments"), fresh=fresh)
+                             tune_config, storage.join(tune_dir, "experiments"), trial_cfg, fresh=fresh)
     trials = []
     for r in last_results(results):
         value = r["metrics"].get(t.metric)

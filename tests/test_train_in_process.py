@@ -1,0 +1,65 @@
+"""A 1-worker plan trained in the caller's process (Ray Train's local mode, how a Tune trial of one
+worker trains) is the same training as in a worker group: the same weights, byte for byte."""
+
+import os
+
+import pytest
+import torch.distributed
+
+from tests.test_train import write_records
+from ying.config import load_config
+from ying.model.checkpoint import save_checkpoint
+from ying.model.tokenizer import build_tokenizer
+from ying.model.vlm import build_model
+from ying.train.stages import fit, stage_plan
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("in_process")
+    data = write_records(root / "data", {"coco": {"train": 16, "validation": 4}, "vqa-v2": {"train": 16, "validation": 4}})
+    cfg = load_config("tiny", overrides=["train.num_workers=1"])
+    tok = build_tokenizer(cfg.model.tokenizer)
+    init = str(root / "init")
+    save_checkpoint(build_model(cfg.model, tok, seed=0), tok, cfg.model, init)
+    return cfg, data, init, root
+
+
+def _train(cfg, data, init, out, in_process):
+    plan = stage_plan(cfg, "stage2", data, str(out / "hf"), init_checkpoint=init, max_steps=4, warmup_steps=1,
+                      batch_size=4, log_every=2, eval_every=2, lr=1e-3, val_examples=4)
+    return fit(cfg, plan, str(out / "ray"), in_process=in_process)
+
+
+def test_in_process_training_gives_the_worker_groups_bytes_and_leaves_the_process_clean(ray_cluster, setup):
+    cfg, data, init, root = setup
+    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    group = _train(cfg, data, init, root / "group", in_process=False)
+    local = _train(cfg, data, init, root / "local", in_process=True)
+    # A second in-process run in the same process, as a reused Tune trial does: it starts cleanly.
+    again = _train(cfg, data, init, root / "again", in_process=True)
+
+    weights = [(root / run / "hf" / "model.safetensors").read_bytes() for run in ("group", "local", "again")]
+    assert weights[0] == weights[1] == weights[2]
+    assert [h["loss"] for h in group["history"]] == [h["loss"] for h in local["history"]]
+    assert [h["val_loss"] for h in group["history"] if "val_loss" in h] == \
+        [h["val_loss"] for h in local["history"] if "val_loss" in h]
+    assert group["val_loss"] == local["val_loss"] == again["val_loss"]
+    assert (group["in_process"], local["in_process"]) == (False, True)
+    # The resume checkpoints are written as a worker's would be: a re-run of the same plan trains nothing.
+    rerun = _train(cfg, data, init, root / "local", in_process=True)
+    assert rerun["resumed_from_step"] == 4 and rerun["step"] == 4
+    # The process group and the torchrun variables were the fit's own.
+    assert not torch.distributed.is_initialized()
+    assert {k: os.environ.get(k) for k in before} == before
+    # Its start-up is timed like a worker's; its process started before the fit, so it counts from the fit.
+    t = local["timings"]
+    assert t["process_to_loop"] == t["to_loop"] and 0 < t["overhead"] < t["fit"]
+
+
+def test_only_a_one_worker_plan_trains_in_process(setup, tmp_path):
+    cfg, data, init, _ = setup
+    two = load_config("tiny", overrides=["train.num_workers=2"])
+    plan = stage_plan(two, "stage2", data, None, init_checkpoint=init, max_steps=1, warmup_steps=1, batch_size=4, lr=1e-3)
+    with pytest.raises(ValueError, match="only a 1-worker plan trains in its caller's process"):
+        fit(two, plan, str(tmp_path / "ray"), in_process=True)
