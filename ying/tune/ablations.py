@@ -155,7 +155,7 @@ def _trial(trial: dict) -> None:
 
     from ying.console import quiet_stage_process
     from ying.train.stages import fit, stage_plan
-    from ying.tune.runner import trains_in_trial
+    from ying.tune.runner import trains_in_trial, trial_timing
 
     quiet_stage_process()  # a trial is its own process; its Ray Data runs here and in Train's coordinator
 
@@ -183,7 +183,9 @@ def _trial(trial: dict) -> None:
                           policy={**spec["policy"], "max_per_task": a.max_per_task},
                           context=f"ablation:{trial['fingerprint']}:{spec['experiment']}:{spec['value']}:{spec['seed']}")
         plan.stage = f"{spec['experiment']}-{spec['value']}-seed{spec['seed']}"
-        fit(cfg, plan, storage.join(trial_dir, "train"), name=name, tune_reports=True, in_process=trains_in_trial(cfg))
+        summary = fit(cfg, plan, storage.join(trial_dir, "train"), name=name, tune_reports=True,
+                      in_process=trains_in_trial(cfg))
+        print(f"{label}: trained, {trial_timing(summary)}", flush=True)
         checkpoint = plan.out_dir
     result = evaluate_trial(cfg, trial["data_dir"], checkpoint, spec, trial["stage2_tasks"], name,
                             storage.join(trial["ablations_dir"], "eval_cache"))

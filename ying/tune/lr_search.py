@@ -51,7 +51,7 @@ def _trial(trial: dict) -> None:
 
     from ying.console import quiet_stage_process
     from ying.train.stages import fit, stage_plan
-    from ying.tune.runner import trains_in_trial
+    from ying.tune.runner import trains_in_trial, trial_timing
 
     quiet_stage_process()  # a trial is its own process; its Ray Data runs here and in Train's coordinator
 
@@ -64,8 +64,9 @@ def _trial(trial: dict) -> None:
                       checkpoint_every=t.report_every, context=f"lr-search:{trial['fingerprint']}")
     plan.stage = f"lr-{trial['lr']:.2e}"
     # The trial's name is stable across a restore, so its Ray Train run (and checkpoint) is found again.
-    fit(cfg, plan, trial["storage_path"], name=ray.tune.get_context().get_trial_name(), tune_reports=True,
-        in_process=trains_in_trial(cfg))
+    summary = fit(cfg, plan, trial["storage_path"], name=ray.tune.get_context().get_trial_name(), tune_reports=True,
+                  in_process=trains_in_trial(cfg))
+    print(f"[tune] lr {trial['lr']:.2e}: {trial_timing(summary)}", flush=True)  # a trial ASHA stopped ends above
 
 
 def middle_out(lrs) -> list[float]:

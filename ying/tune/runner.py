@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ying import storage
 from ying.config import YingConfig
 
-__all__ = ["run_experiment", "trains_in_trial", "trial_resources"]
+__all__ = ["run_experiment", "trains_in_trial", "trial_resources", "trial_timing"]
 
 
 def trains_in_trial(cfg: YingConfig) -> bool:
@@ -37,6 +37,15 @@ def trial_resources(cfg: YingConfig) -> dict:
     if trains_in_trial(cfg):
         return {"cpu": cfg.train.cpus_per_worker, **({"gpu": 1} if cfg.train.use_gpu else {})}
     return {"cpu": 0, "memory": 1 << 20}
+
+
+def trial_timing(summary: dict) -> str:
+    """A trained trial's console note: its steps, training seconds and start-up (the fit's seconds
+    less training's: ``ying.train.stages.fit_timings``), and where it trained."""
+    t = summary.get("timings") or {}
+    where = "in the trial's process" if summary.get("in_process") else "in a worker group"
+    return (f"{summary['step']} steps in {summary['train_seconds']:.1f} s, start-up {t.get('overhead', 0.0):.1f} s "
+            f"({where})")
 
 
 def run_experiment(name: str, fingerprint: str, trainable: Callable, param_space: dict, tune_config,
