@@ -148,13 +148,19 @@ def test_not_a_model_dir_is_a_clear_error(tmp_path):
         HFVisionPredictor.from_pretrained(str(tmp_path))
 
 
-def test_ray_data_actors_and_prediction_cache(ray_cluster, model_dirs, tmp_path):
-    spec = ModelSpec("tiny-blip2", "hf", model_dirs["Blip2ForConditionalGeneration"])
+def _two_suites() -> dict[str, list[dict]]:
+    """EXAMPLES as eval examples (keyed), the second question in two suites."""
     examples = []
     for e in EXAMPLES:
         e = dict(e, chinese_dialogue=False, max_new_tokens=3)
         examples.append(dict(e, key=example_key(e)))
-    suites = {"kvqa": examples, "video": examples[1:]}  # the same question in two suites
+    return {"kvqa": examples, "video": examples[1:]}  # the same question in two suites
+
+
+def test_ray_data_actors_and_prediction_cache(ray_cluster, model_dirs, tmp_path):
+    spec = ModelSpec("tiny-blip2", "hf", model_dirs["Blip2ForConditionalGeneration"])
+    suites = _two_suites()
+    examples = suites["kvqa"]
     first, stats = cached_predictions(spec, suites, str(tmp_path), batch_size=1, num_actors=2, max_new_tokens=3)
     assert stats == {"generated": 2, "cached": 0}  # a question shared by two suites is generated once
     direct = HFVisionPredictor.from_pretrained(spec.path).generate(EXAMPLES, max_new_tokens=3)
@@ -176,11 +182,7 @@ def test_ray_data_actors_and_prediction_cache(ray_cluster, model_dirs, tmp_path)
 def test_answers_in_process_equal_the_actors_and_fill_the_same_cache(ray_cluster, model_dirs, tmp_path):
     """A Tune trial that trained in its own process answers there (no actor to start): the same answers."""
     spec = ModelSpec("tiny-instructblip", "hf", model_dirs["InstructBlipForConditionalGeneration"])
-    examples = []
-    for e in EXAMPLES:
-        e = dict(e, chinese_dialogue=False, max_new_tokens=3)
-        examples.append(dict(e, key=example_key(e)))
-    suites = {"kvqa": examples, "video": examples[1:]}
+    suites = _two_suites()
     on_actors, stats = cached_predictions(spec, suites, str(tmp_path / "actors"), batch_size=2, max_new_tokens=3)
     here, here_stats = cached_predictions(spec, suites, str(tmp_path / "here"), batch_size=2, max_new_tokens=3,
                                           in_process=True)
