@@ -119,8 +119,11 @@ def run_child(mode: str, cfg_json: str, roots_json: str, out_dir: str, cpus: int
         ray.shutdown()
     read = sum(c["read"] for s in stats.values() for c in s.values())
     written = sum(c["written"] for s in stats.values() for c in s.values())
+    # The build's own count: ``read`` - ``written`` is not it where a source's unit of reading gives
+    # several records (a LLaVA conversation is one record per gpt turn).
+    rejected = sum(c["rejected"] for s in stats.values() for c in s.values())
     out = {"mode": mode, "seconds": seconds, "read": read, "written": written,
-           "rejected": read - written, "peak_rss": rss.peak, "idle_rss": idle, "cpu_s": rss.cpu_used,
+           "rejected": rejected, "peak_rss": rss.peak, "idle_rss": idle, "cpu_s": rss.cpu_used,
            "peak_mib_by_process": {f"{k} x{n}": round(v / 2**20) for k, (v, n) in sorted(rss.peak_by_name.items())},
            # CPU seconds by what each process was when last seen (a Ray worker that ran listing tasks
            # and then hosts a Ray Data actor counts under the actor)
