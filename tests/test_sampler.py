@@ -1,5 +1,7 @@
 """The sampler: which records each rank trains on, and in which order, from (seed, epoch, rank, world) only."""
 
+import itertools
+
 import pytest
 
 from ying.train.sampler import RecordIndex, rank_epoch_records, rank_segments, rank_share, record_index
@@ -160,3 +162,33 @@ def test_a_stage_reads_each_file_footer_once_and_no_byte_twice(tmp_path):
     assert spans[-1] == (size - index.footer_size(0), size)  # the footer, in one exact read
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # no byte read twice
     assert sum(n for _, _, n in log) <= size
+
+
+def test_a_stream_read_ahead_gives_the_same_rows_and_starts_reading_before_it_is_iterated():
+    """The training loop reads an epoch ahead (the first while DeepSpeed starts, the next while this
+    one trains): the rows are those of the stream itself, in its order."""
+    import threading
+
+    from ying.train.ingest import ReadAhead
+
+    started = threading.Event()
+
+    def read(segments):
+        started.set()
+        return fake_read(INDEX)(segments)
+
+    ahead = ReadAhead(lambda: rank_epoch_records(read, INDEX, 7, 2, 1, 2, 4))
+    assert started.wait(10)  # reading began on the thread, before anyone asked for a row
+    assert list(ahead) == epoch(INDEX, 7, 2, 1, 2, 4)
+    assert list(ReadAhead(lambda: iter(()))) == []
+
+
+def test_an_error_while_reading_ahead_reaches_the_loop_that_iterates():
+    from ying.train.ingest import ReadAhead
+
+    def short_read(segments):  # a file lost rows under a running stage
+        return itertools.islice(fake_read(INDEX)(segments), 2)
+
+    ahead = ReadAhead(lambda: rank_epoch_records(short_read, INDEX, 0, 0, 0, 1, 4))
+    with pytest.raises(RuntimeError, match="expected 4 records in window 0"):
+        list(ahead)

@@ -63,3 +63,26 @@ def test_only_a_one_worker_plan_trains_in_process(setup, tmp_path):
     plan = stage_plan(two, "stage2", data, None, init_checkpoint=init, max_steps=1, warmup_steps=1, batch_size=4, lr=1e-3)
     with pytest.raises(ValueError, match="only a 1-worker plan trains in its caller's process"):
         fit(two, plan, str(tmp_path / "ray"), in_process=True)
+
+
+@pytest.mark.parametrize("window", [8, 16384])  # shuffle windows smaller than a share, and one full shuffle
+def test_reading_the_next_epoch_ahead_trains_the_same_bytes(ray_cluster, setup, window):
+    """``train.read_ahead``: the next epoch and the validation sample are read on a thread while an
+    epoch trains. What a step trains on is the same record stream, so the weights are the same bytes."""
+    cfg, data, init, root = setup
+    runs = {}
+    for ahead in (True, False):
+        c = load_config("tiny", overrides=["train.num_workers=1", f"train.read_ahead={str(ahead).lower()}",
+                                           f"train.shuffle_buffer={window}"])
+        out = root / f"ahead-{ahead}-{window}"
+        # 32 records, 4 a step: 20 steps are 2.5 epochs, with a validation every 5 steps.
+        plan = stage_plan(c, "stage2", data, str(out / "hf"), init_checkpoint=init, max_steps=20, warmup_steps=1,
+                          batch_size=4, log_every=5, eval_every=5, lr=1e-3, val_examples=4)
+        runs[ahead] = fit(c, plan, str(out / "ray"), in_process=True)
+        runs[ahead]["weights"] = (out / "hf" / "model.safetensors").read_bytes()
+    assert runs[True]["weights"] == runs[False]["weights"]
+    assert [h["loss"] for h in runs[True]["history"]] == [h["loss"] for h in runs[False]["history"]]
+    assert max(h["epoch"] for h in runs[True]["history"]) == 2
+    assert runs[True]["val_loss"] == runs[False]["val_loss"] is not None
+    # How long training waited on its records is reported beside its seconds.
+    assert all(0 <= r["timings"]["worker"]["train_data_wait"] <= r["train_seconds"] for r in runs.values())

@@ -356,6 +356,10 @@ class TrainConfig(_Strict):
     data_tasks: int = execution_only(2)  # most concurrent ingest tasks (read, decode, resize, tokenize) per dataset
     data_task_cpus: float = execution_only(1.0)  # logical CPUs each ingest task reserves
     prefetch_batches: int = execution_only(4)  # micro-batches each worker keeps ready ahead of the step
+    # Read the next epoch's records (and the validation sample) on a thread while this epoch trains.
+    # The first epoch's are always read while the worker sets up. Off where the CPUs that encode
+    # records are the ones that train: see tiny.yaml.
+    read_ahead: bool = execution_only(True)
     # Worker-group restarts from the last checkpoint after a worker or node dies; -1: without limit.
     max_failures: int = execution_only(3)
     pretrain: PretrainConfig = PretrainConfig()  # text-only bilingual LLM pretraining (random-init LLMs only)

@@ -203,6 +203,10 @@ class _Clock:
         self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self.last, 3)
         self.last = now
 
+    def add(self, part: str, seconds: float) -> None:
+        """Seconds of a part of a step (``train_data_wait``: training's waits on its records)."""
+        self.seconds[part] = round(self.seconds.get(part, 0.0) + seconds, 3)
+
 
 @dataclass
 class _Run:
@@ -219,6 +223,8 @@ class _Run:
     micro: int
     clock: _Clock = field(default_factory=_Clock)
     val_batches: list | None = None
+    # Record streams started before they are needed (``ingest.ReadAhead``), by (split, epoch, position).
+    ahead: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -232,14 +238,25 @@ class _State:
     resumed_from: int | None = None
 
 
-def _build(plan: StagePlan, device, ds_config: dict):
-    """(model, tokenizer) at the stage's start: the init checkpoint, or fresh (pretrained parts or random).
+def _stage_tokenizer(plan: StagePlan):
+    """The stage's tokenizer: the init checkpoint's, or the configured one (``_build``'s model matches it)."""
+    if plan.init_checkpoint:
+        from ying.model.checkpoint import load_checkpoint_tokenizer
+
+        return load_checkpoint_tokenizer(plan.init_checkpoint)
+    from ying.model.tokenizer import build_tokenizer
+
+    return build_tokenizer(plan.model.tokenizer)
+
+
+def _build(plan: StagePlan, device, ds_config: dict, tokenizer):
+    """The model at the stage's start: the init checkpoint, or fresh (pretrained parts or random);
+    ``tokenizer`` is ``_stage_tokenizer``'s (the checkpoint's own files, when there is one).
 
     ZeRO-3 with ``zero_init``: built partitioned across the ranks from the start, and filled
     module by module (``build_model(partition=...)``); no rank ever holds the whole model.
     """
     from ying.model.checkpoint import load_checkpoint
-    from ying.model.tokenizer import build_tokenizer
     from ying.model.vlm import build_model
 
     zero3 = plan.zero_stage == 3 and plan.zero_init
@@ -250,34 +267,22 @@ def _build(plan: StagePlan, device, ds_config: dict):
             from transformers.integrations import HfDeepSpeedConfig
 
             keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841
-        model, tokenizer, _, _ = load_checkpoint(plan.init_checkpoint, device=None if zero3 else device,
-                                                 dtype=plan.model.dtype, attn_implementation=plan.model.attn_implementation,
-                                                 on_gpu=plan.use_gpu)
-        return model.train(), tokenizer
-    tokenizer = build_tokenizer(plan.model.tokenizer)
+        model, _, _, _ = load_checkpoint(plan.init_checkpoint, device=None if zero3 else device,
+                                         dtype=plan.model.dtype, attn_implementation=plan.model.attn_implementation,
+                                         on_gpu=plan.use_gpu)
+        return model.train()
     model = build_model(plan.model, tokenizer, seed=plan.seed, device=device, on_gpu=plan.use_gpu,
                         partition=ds_config if zero3 else None)
-    return model.train(), tokenizer
+    return model.train()
 
 
 def setup(plan: StagePlan, clock: _Clock | None = None) -> _Run:
-    """Model, freeze policy, DeepSpeed engine, optimizer and schedule, processor."""
+    """Processor, the first records read ahead, model, freeze policy, DeepSpeed engine, optimizer and schedule."""
     clock = clock or _Clock()
-    import deepspeed
-    import transformers
-
     from ying.console import quiet_stage_process
     from ying.model.processor import YingProcessor
-    from ying.model.vlm import apply_freeze_policy, count_parameters
-    from ying.train.extension_lock import load_deepspeed_ops
 
-    clock.mark("imports")
-    transformers.utils.logging.disable_progress_bar()  # one line per step is ours to print
     quiet_stage_process()  # this worker's own Ray Data reads print no bars
-    # Before anything starts DeepSpeed's comm backend (zero.Init, initialize): its op is loaded here under
-    # a flock, so a torch build lock left by a killed run is cleared instead of waited on forever.
-    load_deepspeed_ops()
-    clock.mark("deepspeed_ops")
     # The process group is up before the loop starts: TorchTrainer's backend starts it in each worker
     # (and sets RANK, LOCAL_RANK, WORLD_SIZE), Ray Train's local mode from the torchrun variables
     # ``fit`` sets. Read from torch, not from ``ray.train.get_context()``, which Ray refuses inside a
@@ -285,18 +290,38 @@ def setup(plan: StagePlan, clock: _Clock | None = None) -> _Run:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if world != plan.num_workers:
         raise RuntimeError(f"[{plan.stage}] planned for {plan.num_workers} workers, running on {world}")
+    tokenizer = _stage_tokenizer(plan)
+    processor = YingProcessor.from_model_config(tokenizer, plan.model)
+    ahead = {}
+    if latest_resume_checkpoint(plan.resume_dir) is None:
+        # The first epoch's first window is read while DeepSpeed is imported and the model built (a
+        # resumed run starts elsewhere in its epoch, known once the checkpoint is loaded: it reads then).
+        ahead[("train", 0, 0)] = _read_ahead(plan, processor, rank, world, "train", 0, 0)
+    clock.mark("tokenizer")
+
+    import deepspeed
+    import transformers
+
+    from ying.model.vlm import apply_freeze_policy, count_parameters
+    from ying.train.extension_lock import load_deepspeed_ops
+
+    clock.mark("imports")
+    transformers.utils.logging.disable_progress_bar()  # one line per step is ours to print
+    # Before anything starts DeepSpeed's comm backend (zero.Init, initialize): its op is loaded here under
+    # a flock, so a torch build lock left by a killed run is cleared instead of waited on forever.
+    load_deepspeed_ops()
+    clock.mark("deepspeed_ops")
     torch.set_num_threads(plan.torch_threads)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if plan.use_gpu else torch.device("cpu")
     micro = plan.micro_batch_size
     accumulation = plan.batch_size // (micro * world)
     ds_config = deepspeed_config(micro, accumulation, plan.zero_stage, plan.grad_clip, plan.model.dtype)
 
-    model, tokenizer = _build(plan, device, ds_config)
+    model = _build(plan, device, ds_config, tokenizer)
     clock.mark("model")
     trainable = apply_freeze_policy(model, plan.trainable)
     if plan.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    processor = YingProcessor.from_model_config(tokenizer, plan.model)
     if rank == 0:
         print(f"[{plan.stage}] {count_parameters(model, True):,} of {count_parameters(model):,} parameters "
               f"train ({len(trainable)} tensors); tasks={plan.tasks}; world={world}, micro-batch {micro} x "
@@ -327,7 +352,7 @@ def setup(plan: StagePlan, clock: _Clock | None = None) -> _Run:
             print(f"[{plan.stage}] LLM from {plan.model.llm_path}: perplexity {ppl:,.1f} on the sanity sentences",
                   flush=True)
         clock.mark("llm_sanity")
-    return _Run(engine, scheduler, tokenizer, processor, trainable, rank, world, device, micro, clock)
+    return _Run(engine, scheduler, tokenizer, processor, trainable, rank, world, device, micro, clock, ahead=ahead)
 
 
 def restore(plan: StagePlan, run: _Run) -> _State:
@@ -385,17 +410,61 @@ def save_resume_checkpoint(plan: StagePlan, run: _Run, state: _State) -> None:
                 fs.rm(old, recursive=True)
 
 
-def _records(plan: StagePlan, run: _Run, index: RecordIndex, epoch: int, start: int, shuffle: bool):
+def _records(plan: StagePlan, processor, rank: int, world: int, split: str, epoch: int, start: int):
+    """A rank's encoded records of ``split`` ("train": shuffled windows; "validation": file order)
+    for ``epoch`` from position ``start``."""
     from ying.train.ingest import encoded_rows
     from ying.train.sampler import rank_epoch_records
 
     policy = RecordPolicy(**plan.policy)
+    index = plan.train_index if split == "train" else plan.val_index
 
     def read(segments):
-        return encoded_rows(segments, index, run.processor, policy, plan.seed, plan.ingest, plan.filesystem)
+        return encoded_rows(segments, index, processor, policy, plan.seed, plan.ingest, plan.filesystem)
 
-    return rank_epoch_records(read, index, plan.seed, epoch, run.rank, run.world, plan.shuffle_buffer, start=start,
-                              shuffle=shuffle)
+    return rank_epoch_records(read, index, plan.seed, epoch, rank, world, plan.shuffle_buffer, start=start,
+                              shuffle=split == "train")
+
+
+def _read_ahead(plan: StagePlan, processor, rank: int, world: int, split: str, epoch: int, start: int):
+    from ying.train.ingest import ReadAhead
+
+    return ReadAhead(lambda: _records(plan, processor, rank, world, split, epoch, start),
+                     name=f"ying-read-ahead-{split}-{epoch}")
+
+
+def _rows(plan: StagePlan, run: _Run, split: str, epoch: int, start: int):
+    """The records ``_records`` gives: read ahead when they were (the same rows), else read now."""
+    ahead = run.ahead.pop((split, epoch, start), None)
+    return ahead if ahead is not None else _records(plan, run.processor, run.rank, run.world, split, epoch, start)
+
+
+def _read_next_ahead(plan: StagePlan, run: _Run, state: _State, share: int) -> None:
+    """Once an epoch's first batch is in: read the next epoch ahead if training will reach it, and the
+    validation sample if it will be needed, so neither read holds up a step later."""
+    if not plan.ingest.read_ahead:
+        return
+    accumulation = plan.batch_size // (run.micro * run.world)
+    micro_batches_needed = (plan.max_steps - state.step) * accumulation
+    micro_batches_left = (share - state.position) // run.micro + 1  # + 1: the batch in hand
+    key = ("train", state.epoch + 1, 0)
+    if micro_batches_needed > micro_batches_left and key not in run.ahead:
+        run.ahead[key] = _read_ahead(plan, run.processor, run.rank, run.world, *key)
+    if plan.val_index is not None and run.val_batches is None and ("validation", 0, 0) not in run.ahead:
+        run.ahead[("validation", 0, 0)] = _read_ahead(plan, run.processor, run.rank, run.world, "validation", 0, 0)
+
+
+def _waited(groups, clock: _Clock):
+    """``groups``, each wait for the next one added to the clock's ``train_data_wait``: the part of
+    training's seconds that was Ray Data's, not the model's (0 when records keep ahead of the steps)."""
+    groups = iter(groups)
+    while True:
+        asked = time.time()
+        group = next(groups, None)
+        clock.add("train_data_wait", time.time() - asked)
+        if group is None:
+            return
+        yield group
 
 
 def _micro_batches(rows, micro: int, drop_last: bool):
@@ -420,7 +489,7 @@ def validate(plan: StagePlan, run: _Run) -> float | None:
     if plan.val_index is None or rank_share(plan.val_index.total, run.world) == 0:
         return None
     if run.val_batches is None:
-        rows = _records(plan, run, plan.val_index, 0, 0, shuffle=False)
+        rows = _rows(plan, run, "validation", 0, 0)
         run.val_batches = [collate_rows(group, run.processor) for group in _micro_batches(rows, run.micro, False)]
     run.engine.eval()
     total = torch.zeros(2, dtype=torch.float64, device=run.device)
@@ -452,8 +521,10 @@ def train(plan: StagePlan, run: _Run, state: _State) -> float:
     window_loss, window_micro, window_samples = 0.0, 0, 0
     window_tokens = 0  # non-pad positions (image queries, prompt, answer) this rank ran, for tokens/s and MFU
     while state.step < plan.max_steps:
-        rows = _records(plan, run, plan.train_index, state.epoch, state.position, shuffle=True)
-        for group in _micro_batches(rows, micro, drop_last=True):
+        rows = _rows(plan, run, "train", state.epoch, state.position)
+        for i, group in enumerate(_waited(_micro_batches(rows, micro, drop_last=True), run.clock)):
+            if i == 0:
+                _read_next_ahead(plan, run, state, share)
             batch = collate_rows(group, run.processor)
             window_tokens += int(batch["attention_mask"].sum())  # counted on the CPU copy: no device sync
             loss, _ = answer_loss(engine, {k: v.to(run.device) for k, v in batch.items()})

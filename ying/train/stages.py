@@ -123,7 +123,7 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
         shuffle_buffer=t.shuffle_buffer,
         torch_threads=t.torch_threads or max(1, int(t.cpus_per_worker)),
         ingest=IngestOptions(tasks=t.data_tasks, task_cpus=t.data_task_cpus, cpu_limit=t.data_cpus,
-                             prefetch_batches=t.prefetch_batches),
+                             prefetch_batches=t.prefetch_batches, read_ahead=t.read_ahead),
     )
     for k, v in overrides.items():
         if not hasattr(plan, k):
