@@ -225,6 +225,7 @@ class _Run:
     val_batches: list | None = None
     # Record streams started before they are needed (``ingest.ReadAhead``), by (split, epoch, position).
     ahead: dict = field(default_factory=dict)
+    resume_from: tuple[str, dict] | None = None  # ``latest_resume_checkpoint`` at setup, for ``restore``
 
 
 @dataclass
@@ -293,7 +294,8 @@ def setup(plan: StagePlan, clock: _Clock | None = None) -> _Run:
     tokenizer = _stage_tokenizer(plan)
     processor = YingProcessor.from_model_config(tokenizer, plan.model)
     ahead = {}
-    if latest_resume_checkpoint(plan.resume_dir) is None:
+    resume_from = latest_resume_checkpoint(plan.resume_dir)
+    if resume_from is None:
         # The first epoch's first window is read while DeepSpeed is imported and the model built (a
         # resumed run starts elsewhere in its epoch, known once the checkpoint is loaded: it reads then).
         ahead[("train", 0, 0)] = _read_ahead(plan, processor, rank, world, "train", 0, 0)
@@ -352,12 +354,14 @@ def setup(plan: StagePlan, clock: _Clock | None = None) -> _Run:
             print(f"[{plan.stage}] LLM from {plan.model.llm_path}: perplexity {ppl:,.1f} on the sanity sentences",
                   flush=True)
         clock.mark("llm_sanity")
-    return _Run(engine, scheduler, tokenizer, processor, trainable, rank, world, device, micro, clock, ahead=ahead)
+    return _Run(engine, scheduler, tokenizer, processor, trainable, rank, world, device, micro, clock, ahead=ahead,
+                resume_from=resume_from)
 
 
 def restore(plan: StagePlan, run: _Run) -> _State:
-    """The latest complete resume checkpoint of this plan (a restart after a failure, or a re-run)."""
-    found = latest_resume_checkpoint(plan.resume_dir)
+    """The latest complete resume checkpoint of this plan (a restart after a failure, or a re-run), as
+    ``setup`` found it."""
+    found = run.resume_from
     if not found:
         run.clock.mark("restore")
         return _State()
@@ -446,7 +450,7 @@ def _read_next_ahead(plan: StagePlan, run: _Run, state: _State, share: int) -> N
         return
     accumulation = plan.batch_size // (run.micro * run.world)
     micro_batches_needed = (plan.max_steps - state.step) * accumulation
-    micro_batches_left = (share - state.position) // run.micro + 1  # + 1: the batch in hand
+    micro_batches_left = (share - state.position) // run.micro  # the batch in hand among them
     key = ("train", state.epoch + 1, 0)
     if micro_batches_needed > micro_batches_left and key not in run.ahead:
         run.ahead[key] = _read_ahead(plan, run.processor, run.rank, run.world, *key)
