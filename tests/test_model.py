@@ -110,6 +110,25 @@ def test_answer_loss_is_cross_entropy_over_answer_tokens(tiny):
     assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
 
 
+def test_answer_loss_gradients_match_the_full_vocabulary_loss(tiny):
+    """The LM head runs only at answer positions: the gradients must be those of the loss over every position's logits."""
+    _, _, model, proc = tiny
+    batch = proc.collate([proc.encode_train(record()), proc.encode_train(record(outputs="a long answer " * 3))])
+    model.zero_grad(set_to_none=True)
+    answer_loss(model, batch)[0].backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    logits = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                   attention_mask=batch["attention_mask"]).logits
+    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+                                      ignore_index=IGNORE_INDEX).backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    assert ours.keys() == full.keys() and "language_model.lm_head.weight" in ours and "vision_model.embeddings.patch_embedding.weight" in ours
+    for name in ours:
+        assert torch.allclose(ours[name], full[name], rtol=1e-4, atol=1e-6), name
+
+
 def _trainable(model, patterns):
     return set(apply_freeze_policy(model, patterns))
 

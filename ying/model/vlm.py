@@ -164,17 +164,23 @@ def answer_loss(model: Blip2ForConditionalGeneration, batch: dict[str, torch.Ten
     """Mean cross-entropy over answer tokens (labels != -100), and how many there were.
 
     Computed here rather than by the model so the shift and the mask are explicit and tested.
+    The LM head runs only where a position predicts an answer token (``logits_to_keep`` as a
+    boolean mask): the prompt's and the padding's logits would be thrown away, and over the whole
+    vocabulary they were the largest matmul and the log-softmax of a step.
     A batch with no images (the ``pretrain`` stage's plain text) runs the LLM alone: input
     embeddings, decoder and LM head; the vision tower, Q-Former and projection take no part.
     ``model`` may be a DeepSpeed engine (whose own ``config`` is DeepSpeed's; ``module`` is the model).
     """
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    predicts_answer = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    predicts_answer[:, :-1] = targets != -100
     idle = None
     if batch["pixel_values"].shape[0] == 0:
         module = getattr(model, "module", model)
         if (batch["input_ids"] == module.config.image_token_id).any():
             raise ValueError("answer_loss: the batch has <image> placeholders but no images")
         out = model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                   use_cache=False)
+                                   use_cache=False, logits_to_keep=predicts_answer)
         # Trainable parts outside the LLM get a zero gradient rather than none: under ZeRO every rank
         # must reduce the same gradients, and another rank's micro-batch may hold images.
         idle = [p for n, p in module.named_parameters() if p.requires_grad and not n.startswith("language_model.")]
@@ -184,13 +190,12 @@ def answer_loss(model: Blip2ForConditionalGeneration, batch: dict[str, torch.Ten
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             use_cache=False,  # one forward per batch: a KV cache is never reused (and gradient checkpointing refuses it)
+            logits_to_keep=predicts_answer,
         )
-    logits = out.logits[:, :-1, :]  # (B, T-1, V): position t predicts token t+1
-    targets = batch["labels"][:, 1:]  # (B, T-1)
-    n_tokens = int((targets != -100).sum())
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100
-    )
+    # out.logits is (N, V): the kept positions row by row, the order in which a boolean mask lists targets
+    answer_targets = targets[targets != -100]
+    n_tokens = int(answer_targets.numel())
+    loss = torch.nn.functional.cross_entropy(out.logits.float(), answer_targets)
     if idle:
         loss = loss + 0.0 * sum(p.sum() for p in idle)
     return loss, n_tokens
