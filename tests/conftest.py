@@ -9,8 +9,12 @@ import os
 
 import pytest
 
+from ying.train import CONTROLLER_ENV
+
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["DS_ACCELERATOR"] = "cpu"
+# As a run's workers get it (ying.cli's runtime_env): Ray Train's controller polls every 0.5 s, not 2.
+os.environ.update(CONTROLLER_ENV)
 
 
 @pytest.fixture(scope="session")

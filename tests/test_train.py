@@ -177,3 +177,26 @@ def test_zero3_builds_partitioned_and_saves_a_whole_checkpoint(ray_cluster, data
     assert {k: tuple(v.shape) for k, v in weights.items()} == {k: tuple(v.shape) for k, v in reference.state_dict().items()
                                                                  if k in weights}
     assert len(weights) >= len([k for k in reference.state_dict() if "rotary" not in k])
+
+
+def test_every_report_reaches_ray_train_in_order(ray_cluster, data_dir, tmp_path):
+    """Reports go out in Ray's report thread (training does not wait for the controller to collect
+    each one): every step's metrics must still reach the controller's callbacks, once and in order,
+    before the fit returns."""
+    import ray.train
+
+    from ying.train.stages import trainer_for
+
+    log = tmp_path / "reported.jsonl"
+
+    class Reported(ray.train.UserCallback):  # runs in the controller's process
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(log, "a") as f:
+                f.write(json.dumps(metrics[0].get("step")) + "\n")
+
+    cfg = load_config("tiny", overrides=["train.num_workers=2"])
+    plan = stage_plan(cfg, "stage1", data_dir, str(tmp_path / "out"), max_steps=6, warmup_steps=1, batch_size=4,
+                      log_every=1, val_examples=0)
+    result = trainer_for(cfg, plan, str(tmp_path / "ray"), "reports", callbacks=[Reported()]).fit()
+    assert result.error is None and result.return_value["step"] == 6
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]

@@ -625,7 +625,14 @@ def _report(plan: StagePlan, metrics: dict) -> None:
     """A report to Ray Train (a barrier across the workers), or to Ray Tune where the loop runs in a
     Tune trial's own process (``plan.report_to_tune``: Ray refuses ``ray.train.report`` there, and in
     local mode it would only keep the last metrics). When ASHA stops such a trial, Tune's ``report``
-    ends the trial's thread with ``SystemExit`` (``ying.train.stages.fit`` cleans up after it)."""
+    ends the trial's thread with ``SystemExit`` (``ying.train.stages.fit`` cleans up after it).
+
+    Ray Train V2 keeps one pending report per worker, which its controller collects once per health
+    check (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``): a synchronous report waits for that collection, up
+    to a whole interval per report. Sent in Ray's report thread (``CheckpointUploadMode.ASYNC``, which
+    keeps the reports' order, and which Ray drains before the worker's loop counts as returned),
+    training goes on meanwhile.
+    """
     if plan.report_to_tune:
         import ray.tune
 
@@ -633,7 +640,7 @@ def _report(plan: StagePlan, metrics: dict) -> None:
         return
     import ray.train
 
-    ray.train.report(metrics)
+    ray.train.report(metrics, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
 
 def worker_timings(clock: _Clock) -> dict:
