@@ -33,8 +33,7 @@ Reading the JSON (the last line):
                         window (data pipeline start, allocator, kernel choice) is left out.
                         model_flops_per_token, model_tflops_per_s, mfu (and for stage2 mfu_goal);
                         peak_gpu_mem_gib (torch.cuda.max_memory_allocated in the worker: model build,
-                        DeepSpeed and training); min_window_s, the shortest measured window (under
-                        2 s, Ray Train's report poll may have held the loop: raise --log-every)
+                        DeepSpeed and training); min_window_s, the shortest measured window
   generation            tokens_per_s: new tokens of the whole batch (every row generates exactly
                         --gen-tokens: EOS is held back) over the wall time of generate_greedy,
                         prefill and image encoding included
@@ -45,9 +44,11 @@ token are one example's FLOPs over its positions, for the matmuls the step must 
 parameters train and which only pass gradients through:
   forward      2 x weights x tokens for every matmul: the ViT over 257 tokens per image (256 for
                the patch embedding), the Q-Former over the 32 queries (its cross-attention keys and
-               values over the 257 image tokens), the projection over 32, the LLM and its LM head
-               over the whole sequence; attention adds 4 x Lq x Lk x width per layer (QK^T and AV;
-               the causal LLM counted over the full square, as PaLM's MFU does)
+               values over the 257 image tokens), the projection over 32, the LLM over the whole
+               sequence and its LM head over the answer positions (the loss's only positions:
+               ying.model.vlm.answer_loss computes no other logits); attention adds 4 x Lq x Lk x
+               width per layer (QK^T and AV; the causal LLM counted over the full square, as PaLM's
+               MFU does)
   backward     + the same again for the gradients of a matmul's input wherever a gradient must flow
                through it (a trainable parameter lies before it: in both stages the Q-Former trains,
                so the whole LLM and LM head pass gradients; the frozen ViT does not), attention 2 x
@@ -79,9 +80,6 @@ sys.path.insert(0, str(REPO))
 
 PATH = "ray_train_deepspeed"
 MFU_GOAL_STAGE2 = 0.45
-# Ray Train V2's controller collects each worker's report every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
-# (2 s by default) from a queue that holds one: ray.train.report() sooner than that blocks the loop.
-REPORT_POLL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
 # (pattern searched in torch.cuda.get_device_name, dense bf16 TFLOP/s, label); the first match
 # wins, so the PCIe and NVL parts come before the plain "H100" of the SXM part ("NVIDIA H100 80GB
@@ -122,8 +120,9 @@ def peak_tflops(device_name: str, override: float | None) -> tuple[float | None,
 
 # --- the model's FLOPs ---------------------------------------------------------------------------
 
-def model_flops_per_example(model, trainable: set[str], seq_tokens: int, n_images: int = 1) -> float:
-    """Forward + backward model FLOPs of one example of ``seq_tokens`` positions (see the module docstring).
+def model_flops_per_example(model, trainable: set[str], seq_tokens: int, answer_tokens: int, n_images: int = 1) -> float:
+    """Forward + backward model FLOPs of one example of ``seq_tokens`` positions, ``answer_tokens`` of
+    them predicting an answer token (the LM head's positions; see the module docstring).
 
     ``model`` may be on the meta device: only names and shapes are read. Gradients flow through a
     whole part (ViT, Q-Former, projection, LLM) when a parameter of it or of an earlier part
@@ -164,6 +163,8 @@ def model_flops_per_example(model, trainable: set[str], seq_tokens: int, n_image
             tokens, input_grad = queries * n_images, qformer_grad
         elif name.startswith("language_projection."):
             tokens, input_grad = queries * n_images, projection_grad
+        elif name.startswith("language_model.lm_head."):
+            tokens, input_grad = answer_tokens, llm_grad
         elif name.startswith("language_model."):
             tokens, input_grad = seq_tokens, llm_grad
         else:
@@ -308,7 +309,8 @@ def train_stage(cfg, paper, stage: str, args, data_dir: str, workdir: Path, init
     return summary
 
 
-def stage_figures(summary: dict, meta_model, expected_seq: int, peak: float | None, goal: float | None) -> dict:
+def stage_figures(summary: dict, meta_model, expected_seq: int, answer_tokens: int, peak: float | None,
+                  goal: float | None) -> dict:
     """tokens/s (first logging window left out), model FLOPs per token and MFU of one stage's summary."""
     logged = [h for h in summary["history"] if "tokens" in h]
     windows = logged[1:]
@@ -324,7 +326,7 @@ def stage_figures(summary: dict, meta_model, expected_seq: int, peak: float | No
         raise RuntimeError(f"{summary['plan']['stage']}: the loop trained {summary['tokens']:,} tokens in {examples} "
                            f"examples ({seq:.2f} each) where every example has {expected_seq}")
     trainable = set(summary["trainable"])
-    flops_per_token = model_flops_per_example(meta_model, trainable, expected_seq) / expected_seq
+    flops_per_token = model_flops_per_example(meta_model, trainable, expected_seq, answer_tokens) / expected_seq
     tflops = tokens_per_s * flops_per_token / 1e12
     peak_mem = summary.get("peak_gpu_mem_bytes")
     out = {
@@ -390,8 +392,9 @@ def generation_figures(checkpoint: str, records: list[dict], args, device: str) 
 def process_env(gpu: bool) -> dict[str, str]:
     """Environment of this process and of every Ray worker (set before transformers and DeepSpeed load)."""
     from ying.console import worker_env
+    from ying.train import CONTROLLER_ENV
 
-    env = {"DS_ACCELERATOR": "cuda" if gpu else "cpu", **worker_env(),
+    env = {"DS_ACCELERATOR": "cuda" if gpu else "cpu", **worker_env(), **CONTROLLER_ENV,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     os.environ.update(env)
     if not sys.stdout.isatty():  # Ray colours its "(pid=...)" prefixes even in a file or a CI log
@@ -422,9 +425,9 @@ def main() -> None:
                         "finish in 5 minutes on one H100; --smoke: 2)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per stage (default 18; --smoke: 2)")
     p.add_argument("--log-every", type=int, default=None,
-                   help="steps per logging window; the first window is left out of tokens/s. A window should last "
-                        f"over {REPORT_POLL_S:.0f} s: Ray Train holds one report per worker and collects it every "
-                        f"{REPORT_POLL_S:.0f} s, so a report sooner than that waits, and the loop with it "
+                   help="steps per logging window; the first window is left out of tokens/s. Each window is a "
+                        "report to Ray Train, whose controller collects one per worker every 0.5 s: reports made "
+                        "faster queue up (training goes on) and the stage ends when the last is collected "
                         "(default 6: ~3 s at the goal's speed; --smoke: 1)")
     p.add_argument("--text-tokens", type=int, default=None,
                    help="text positions per example, model.max_text_tokens (default 512, the paper's; --smoke: 24)")
@@ -513,14 +516,11 @@ def main() -> None:
             init = summaries[stage]["out_dir"]
             print(f"[gpu_check] {stage}: {summaries[stage]['step']} steps, {summaries[stage]['tokens']:,} tokens in "
                   f"{phases[stage]:.1f}s", flush=True)
-        figures = {stage: stage_figures(summaries[stage], meta_model, seq, peak,
+        # synthetic_records' answers are longer than the processor keeps: cut to max_text_tokens // 2, no eos
+        figures = {stage: stage_figures(summaries[stage], meta_model, seq, args.text_tokens // 2, peak,
                                         MFU_GOAL_STAGE2 if stage == "stage2" else None)
                    for stage in summaries}
         for stage, f in figures.items():
-            if not args.smoke and f["min_window_s"] < REPORT_POLL_S + 0.5:
-                print(f"[gpu_check] {stage}: a logging window took {f['min_window_s']} s, under Ray Train's "
-                      f"{REPORT_POLL_S:.0f} s report poll: a report may have held the loop; raise --log-every",
-                      flush=True)
             mfu = f"{f['mfu']:.3f}" if f["mfu"] is not None else "n/a"
             print(f"[gpu_check] {stage}: {f['tokens_per_s']:,.0f} tokens/s, {f['model_tflops_per_s']} model TFLOP/s, "
                   f"MFU {mfu}", flush=True)

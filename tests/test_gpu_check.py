@@ -84,7 +84,9 @@ def test_model_flops_match_torch_flop_counter(stage):
         loss, _ = answer_loss(model, batch)
         loss.backward()
     counted = counter.get_total_flops()
-    ours = 2 * g.model_flops_per_example(model, trainable, seq)
+    answer = int((batch["labels"] != -100).sum()) // 2
+    assert answer == 24 // 2  # the answer cut to max_text_tokens // 2, as stage_figures counts it
+    ours = 2 * g.model_flops_per_example(model, trainable, seq, answer)
     # The only difference: the rotary embedding's tiny position matmul, which the count leaves out.
     assert abs(ours - counted) / counted < 0.005, (stage, ours, counted)
 
