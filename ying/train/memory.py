@@ -13,7 +13,9 @@ weights, fp32 Adam; see Rajbhandari et al. 2020 for the ZeRO arithmetic):
     activations    the LLM's, for backward to reach the projection and Q-Former in both stages:
                    with gradient checkpointing 2 s b h per layer + one layer's working set
                    s b h (34 + 5 a s / h) (Korthikanti et al. 2022); without, the latter per layer
-    logits         s b V in 16 bit, and again in fp32 for the loss
+    logits         a b V in 16 bit, and again in fp32 for the loss, over the a positions that predict
+                   an answer token (the only ones the LM head runs at: ying.model.vlm.answer_loss),
+                   at most max_text_tokens // 2 (where YingProcessor cuts an answer)
     overhead       CUDA context, NCCL and allocator slack
 The vision tower is frozen in both stages, so it keeps no activations for backward.
 
@@ -113,7 +115,7 @@ def plan_memory(cfg, gpu_sizes_gib=(40, 80), zero_stages=(2, 3), gradient_checkp
             activations = llm.num_layers * 2 * seq * micro * llm.hidden_size + layer_working
         else:
             activations = llm.num_layers * layer_working
-        logits = seq * micro * vocab * (2 + 4)
+        logits = (cfg.model.max_text_tokens // 2) * micro * vocab * (2 + 4)  # answer positions only
         for zero in zero_stages:
             weights = 2 * total if zero < 3 else 2 * total / world + _ZERO3_LIVE
             parts = {
