@@ -48,6 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from ying.train import CONTROLLER_ENV  # noqa: E402  (Ray Train's controller polls as in a Ying run)
+
+os.environ.update(CONTROLLER_ENV)  # the cluster this script starts passes it to every worker
 
 
 def build_data(workdir: Path) -> str:
