@@ -418,6 +418,9 @@ def start_ray(address: str | None, env: dict[str, str]) -> None:
 
 
 def main() -> None:
+    from ying.train import CONTROLLER_ENV
+
+    poll_s = CONTROLLER_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llm-layers", type=int, default=None,
                    help="LLaMA-13B layers kept, of 40 (default 8: 3.7B parameters in all; ~22 GiB per GPU by `ying "
@@ -426,7 +429,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per stage (default 18; --smoke: 2)")
     p.add_argument("--log-every", type=int, default=None,
                    help="steps per logging window; the first window is left out of tokens/s. Each window is a "
-                        "report to Ray Train, whose controller collects one per worker every 0.5 s: reports made "
+                        f"report to Ray Train, whose controller collects one per worker every {poll_s} s: reports made "
                         "faster queue up (training goes on) and the stage ends when the last is collected "
                         "(default 6: ~3 s at the goal's speed; --smoke: 1)")
     p.add_argument("--text-tokens", type=int, default=None,
