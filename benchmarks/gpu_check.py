@@ -508,6 +508,7 @@ def main() -> None:
         print(f"[gpu_check] ray: started in {phases['ray_start']:.1f}s", flush=True)
 
         # --- Stage I and Stage II -------------------------------------------------------------
+        from ying.model.processor import answer_budget
         from ying.model.vlm import build_model
 
         meta_model = build_model(cfg.model, tokenizer, device="meta")  # shapes, for the FLOPs count
@@ -519,8 +520,8 @@ def main() -> None:
             init = summaries[stage]["out_dir"]
             print(f"[gpu_check] {stage}: {summaries[stage]['step']} steps, {summaries[stage]['tokens']:,} tokens in "
                   f"{phases[stage]:.1f}s", flush=True)
-        # synthetic_records' answers are longer than the processor keeps: cut to max_text_tokens // 2, no eos
-        figures = {stage: stage_figures(summaries[stage], meta_model, seq, args.text_tokens // 2, peak,
+        # synthetic_records' answers are longer than the processor keeps: each is cut to its budget, no eos
+        figures = {stage: stage_figures(summaries[stage], meta_model, seq, answer_budget(args.text_tokens), peak,
                                         MFU_GOAL_STAGE2 if stage == "stage2" else None)
                    for stage in summaries}
         for stage, f in figures.items():

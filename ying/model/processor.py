@@ -31,9 +31,15 @@ from transformers import PreTrainedTokenizerBase
 from ying.model.prompt import format_prompt
 from ying.model.tokenizer import IMAGE_TOKEN
 
-__all__ = ["IGNORE_INDEX", "YingProcessor", "Example"]
+__all__ = ["IGNORE_INDEX", "YingProcessor", "Example", "answer_budget"]
 
 IGNORE_INDEX = -100
+
+
+def answer_budget(max_text_tokens: int) -> int:
+    """The most tokens a training answer keeps (a longer one is cut there, without eos): also the most
+    positions per example at which the LM head runs in training (``ying.model.vlm.answer_loss``)."""
+    return max_text_tokens // 2
 
 
 @dataclass
@@ -108,7 +114,7 @@ class YingProcessor:
         if not n_images and not record["instruction"].strip() and not record["inputs"].strip():
             return self._text_ids(record["outputs"])
         answer = self.tokenizer.encode(record["outputs"].strip(), add_special_tokens=False)
-        limit = self.max_text_tokens // 2
+        limit = answer_budget(self.max_text_tokens)
         # A cut answer ends without eos: teaching "stop here" mid-sentence would be wrong.
         answer = answer[:limit] if len(answer) > limit else answer + [self.tokenizer.eos_token_id]
         prompt = self._prompt_ids(record["instruction"], record["inputs"], False, self.max_text_tokens - len(answer))

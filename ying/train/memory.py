@@ -15,7 +15,7 @@ weights, fp32 Adam; see Rajbhandari et al. 2020 for the ZeRO arithmetic):
                    s b h (34 + 5 a s / h) (Korthikanti et al. 2022); without, the latter per layer
     logits         a b V in 16 bit, and again in fp32 for the loss, over the a positions that predict
                    an answer token (the only ones the LM head runs at: ying.model.vlm.answer_loss),
-                   at most max_text_tokens // 2 (where YingProcessor cuts an answer)
+                   at most ``answer_budget(max_text_tokens)`` (where YingProcessor cuts an answer)
     overhead       CUDA context, NCCL and allocator slack
 The vision tower is frozen in both stages, so it keeps no activations for backward.
 
@@ -101,6 +101,8 @@ def _vocab_size(cfg) -> int:
 
 def plan_memory(cfg, gpu_sizes_gib=(40, 80), zero_stages=(2, 3), gradient_checkpointing: bool | None = None
                 ) -> list[MemoryEstimate]:
+    from ying.model.processor import answer_budget
+
     llm, world = cfg.model.llm, max(cfg.train.num_workers, 1)
     checkpointing = cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     vocab = _vocab_size(cfg)
@@ -115,7 +117,7 @@ def plan_memory(cfg, gpu_sizes_gib=(40, 80), zero_stages=(2, 3), gradient_checkp
             activations = llm.num_layers * 2 * seq * micro * llm.hidden_size + layer_working
         else:
             activations = llm.num_layers * layer_working
-        logits = (cfg.model.max_text_tokens // 2) * micro * vocab * (2 + 4)  # answer positions only
+        logits = answer_budget(cfg.model.max_text_tokens) * micro * vocab * (2 + 4)  # answer positions only
         for zero in zero_stages:
             weights = 2 * total if zero < 3 else 2 * total / world + _ZERO3_LIVE
             parts = {
