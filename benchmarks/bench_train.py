@@ -48,9 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-from ying.train import CONTROLLER_ENV  # noqa: E402  (Ray Train's controller polls as in a Ying run)
+from ying.config import load_config  # noqa: E402
+from ying.train import controller_env  # noqa: E402  (Ray Train's controller as in a tiny Ying run)
 
-os.environ.update(CONTROLLER_ENV)  # the cluster this script starts passes it to every worker
+os.environ.update(controller_env(load_config("tiny").train))  # the cluster this script starts passes it on
 
 
 def build_data(workdir: Path) -> str:

@@ -9,12 +9,14 @@ import os
 
 import pytest
 
-from ying.train import CONTROLLER_ENV
+from ying.config import load_config
+from ying.train import controller_env
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["DS_ACCELERATOR"] = "cpu"
-# As a run's workers get it (ying.cli's runtime_env): Ray Train's controller polls every 0.5 s, not 2.
-os.environ.update(CONTROLLER_ENV)
+# As a tiny run's workers get it (ying.cli's runtime_env): Ray Train's controller polls every 0.5 s,
+# not 2, and starts no preemption watcher. A run of another preset sets its own in its runtime_env.
+os.environ.update(controller_env(load_config("tiny").train))
 
 
 @pytest.fixture(scope="session")

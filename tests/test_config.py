@@ -70,3 +70,16 @@ def test_overrides_are_typed_and_local_paths_are_pinned(tmp_path, monkeypatch):
     assert cfg.run.run_dir == os.path.join(str(tmp_path), "runs", "x")
     assert cfg.data.sources["coco"] == os.path.join(str(tmp_path), "raw", "coco")
     assert load_config("tiny", overrides=["run.run_dir=s3://bucket/run"]).run.run_dir == "s3://bucket/run"
+
+
+def test_the_runs_ray_workers_get_the_presets_ray_train_settings(monkeypatch):
+    """What ying.cli hands every Ray worker of a run (its runtime_env): the controller's 0.5 s poll,
+    and Ray Train's preemption watcher on a cluster (the paper presets) but not on one machine (tiny)."""
+    from ying.cli import _worker_env
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    tiny, paper = _worker_env(load_config("tiny")), _worker_env(load_config("paper"))
+    assert tiny["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == paper["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    assert tiny["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0" and paper["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
+    on = _worker_env(load_config("tiny", overrides=["train.preemption_watcher=true"]))
+    assert on["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"

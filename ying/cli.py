@@ -91,9 +91,9 @@ def _worker_env(cfg) -> dict[str, str]:
     (Ray refuses to merge two runtime_envs that set the same variable)."""
     from ying.console import worker_env
     from ying.preflight import in_ray_job
-    from ying.train import CONTROLLER_ENV
+    from ying.train import controller_env
 
-    env = {"DS_ACCELERATOR": "cuda" if cfg.train.use_gpu else "cpu", **worker_env(), **CONTROLLER_ENV}
+    env = {"DS_ACCELERATOR": "cuda" if cfg.train.use_gpu else "cpu", **worker_env(), **controller_env(cfg.train)}
     if in_ray_job():
         job_env = (json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]).get("runtime_env") or {}).get("env_vars") or {}
         env = {k: v for k, v in env.items() if k not in job_env}

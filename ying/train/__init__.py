@@ -6,3 +6,9 @@ as Ray Train runs (``stages``), the paper's variants (``variants``)."""
 # ~4.5 s after its loop returned, at 0.5 s ~1.4 s. Every Ray worker of a run gets it (the
 # controller reads it when it starts): ``ying.cli`` puts it in the job's runtime_env.
 CONTROLLER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def controller_env(train) -> dict[str, str]:
+    """``CONTROLLER_ENV``, and whether Ray Train starts its preemption watcher (``train.preemption_watcher``,
+    a ``ying.config.TrainConfig``): the environment every Ray worker of a run gets."""
+    return {**CONTROLLER_ENV, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if train.preemption_watcher else "0"}
