@@ -141,17 +141,24 @@ class RayProcessCluster:
                     lines.append(f"{log.name}: {line[:300]}")
         return "".join(line + "\n" for line in lines[-20:])
 
-    def stop(self) -> None:
-        # SIGINT: `ray start --block` shuts its node down at once (SIGTERM takes it half a minute).
+    def stop(self, grace_s: float = 10) -> None:
+        """SIGINT: `ray start --block` shuts its node down at once (SIGTERM takes it half a minute): 1-2 s.
+        A head that has run Ray Jobs can hang in that shutdown (its processes then linger past 30 s), so
+        after ``grace_s`` the node's whole process group is killed: the cluster is a test's own."""
         for proc in reversed(self.procs):  # workers first, then the head
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGINT)
+        deadline = time.monotonic() + grace_s
         for proc in reversed(self.procs):
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # also the node's processes `ray start` left behind
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
 
     def save_logs(self, dest: Path) -> None:
         """Copy the `ray start` outputs and the session's logs to ``dest`` (pytest keeps its tmp dirs),
