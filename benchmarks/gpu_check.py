@@ -268,6 +268,8 @@ def run_config(args, gpu: bool):
         f"train.zero_stage={zero_stage}", f"train.zero_init={str(zero_stage == 3).lower()}",
         "train.max_failures=0",  # a benchmark fails loudly; the preset's -1 would retry forever
     ]
+    if not args.address:  # the cluster it starts is this one machine: no node of it is drained
+        overrides.append("train.preemption_watcher=false")
     if args.smoke:
         overrides += SMOKE_MODEL + [f"model.llm.num_layers={args.llm_layers}", "train.use_gpu=false",
                                     "train.cpus_per_worker=1", "train.torch_threads=1", "train.data_tasks=1",
@@ -503,6 +505,9 @@ def main() -> None:
 
         # --- Ray ----------------------------------------------------------------------------
         t0 = time.time()
+        from ying.train import controller_env
+
+        env.update(controller_env(cfg.train))
         start_ray(args.address, env)
         phases["ray_start"] = time.time() - t0
         print(f"[gpu_check] ray: started in {phases['ray_start']:.1f}s", flush=True)
