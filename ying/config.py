@@ -363,9 +363,10 @@ class TrainConfig(_Strict):
     # Worker-group restarts from the last checkpoint after a worker or node dies; -1: without limit.
     max_failures: int = execution_only(3)
     # Ray Train's preemption watcher: an actor per fit that polls Ray for nodes being drained (spot
-    # reclaims), so a preempted node's workers restart without counting against max_failures. On one
-    # machine nothing drains a node but the run's own end, and the actor's process costs each fit
-    # ~1.5 CPU-seconds of start-up (~2 s of a 2-worker fit's start on 2 cores): see tiny.yaml.
+    # reclaims) and tells the controller before the node goes (a worker lost to a preemption is
+    # charged to Ray's own preemption budget either way, not to max_failures). On one machine no node
+    # is drained while the run lives, and the actor's process costs each fit ~1.5 CPU-seconds of
+    # start-up (~2 s of a 2-worker fit's start on 2 cores): see tiny.yaml.
     preemption_watcher: bool = execution_only(True)
     pretrain: PretrainConfig = PretrainConfig()  # text-only bilingual LLM pretraining (random-init LLMs only)
     stage1: StageConfig
