@@ -366,7 +366,7 @@ class TrainConfig(_Strict):
     # reclaims) and tells the controller before the node goes (a worker lost to a preemption is
     # charged to Ray's own preemption budget either way, not to max_failures). On one machine no node
     # is drained while the run lives, and the actor's process costs each fit ~1.5 CPU-seconds of
-    # start-up (~2 s of a 2-worker fit's start on 2 cores): see tiny.yaml.
+    # start-up (up to ~2 s of a 2-worker fit's start on 2 cores): see tiny.yaml.
     preemption_watcher: bool = execution_only(True)
     pretrain: PretrainConfig = PretrainConfig()  # text-only bilingual LLM pretraining (random-init LLMs only)
     stage1: StageConfig
