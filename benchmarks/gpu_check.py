@@ -392,11 +392,11 @@ def generation_figures(checkpoint: str, records: list[dict], args, device: str) 
 
 
 def process_env(gpu: bool) -> dict[str, str]:
-    """Environment of this process and of every Ray worker (set before transformers and DeepSpeed load)."""
+    """Environment of this process and of every Ray worker (set before transformers and DeepSpeed load);
+    Ray Train's settings join it once the run's config is known (``ying.train.controller_env``)."""
     from ying.console import worker_env
-    from ying.train import CONTROLLER_ENV
 
-    env = {"DS_ACCELERATOR": "cuda" if gpu else "cpu", **worker_env(), **CONTROLLER_ENV,
+    env = {"DS_ACCELERATOR": "cuda" if gpu else "cpu", **worker_env(),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     os.environ.update(env)
     if not sys.stdout.isatty():  # Ray colours its "(pid=...)" prefixes even in a file or a CI log
@@ -507,7 +507,8 @@ def main() -> None:
         t0 = time.time()
         from ying.train import controller_env
 
-        env.update(controller_env(cfg.train))
+        env.update(controller_env(cfg.train))  # Ray Train's settings, from the run's config
+        os.environ.update(env)
         start_ray(args.address, env)
         phases["ray_start"] = time.time() - t0
         print(f"[gpu_check] ray: started in {phases['ray_start']:.1f}s", flush=True)

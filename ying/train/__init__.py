@@ -4,7 +4,7 @@ as Ray Train runs (``stages``), the paper's variants (``variants``)."""
 # How often Ray Train's controller polls its workers (Ray's default is 2 s). It collects their
 # reports then, and notices then that training has ended: at 2 s a 2-step fit on 2 CPUs spent
 # ~4.5 s after its loop returned, at 0.5 s ~1.4 s. Every Ray worker of a run gets it (the
-# controller reads it when it starts): ``ying.cli`` puts it in the job's runtime_env.
+# controller reads it when it starts): ``ying.cli`` puts ``controller_env`` in the job's runtime_env.
 CONTROLLER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
