@@ -50,3 +50,26 @@ def test_stage_processes_turn_ray_data_bars_off():
     assert not ctx.enable_progress_bars and not ctx.enable_operator_progress_bars
     env = worker_env()
     assert env["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and "FutureWarning" in env["PYTHONWARNINGS"]
+
+
+def test_a_parquet_read_starts_two_footer_readers_not_32(ray_cluster, tmp_path, monkeypatch):
+    """Ray Data starts actors to read Parquet footers for every read_parquet (32 by default, a worker
+    process each, whatever the file count); a run's workers start 2 (worker_env)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+    from ray.util.state import list_actors
+
+    for k, v in worker_env().items():
+        monkeypatch.setenv(k, v)
+    files = []
+    for i in range(6):
+        files.append(str(tmp_path / f"part-{i}.parquet"))
+        pq.write_table(pa.table({"x": list(range(i, i + 10))}), files[-1])
+
+    def footer_readers() -> int:
+        return len(list_actors(filters=[("class_name", "=", "FooterReader")], limit=10_000))
+
+    before = footer_readers()
+    assert len(ray.data.read_parquet(files).take_all()) == 60
+    assert 1 <= footer_readers() - before <= 2
