@@ -26,6 +26,7 @@ SMALL = [
     " visual-dialog/train: 4, visual-dialog/validation: 2, visual-dialog/test: 2}",
     "miniworld.n_videos={msrvtt-qa/train: 2, msrvtt-qa/validation: 2, msrvtt-qa/test: 2}",
     "train.pretrain.enabled=false",  # (the pretrain stage is test_pretrain's and test_full_dag's)
+    "train.num_workers=1",  # Stage I in a Ray task, not a worker group (the ablations' trials train so too)
     "train.stage1.max_steps=4", "train.stage1.warmup_steps=1", "train.stage1.batch_size=8",
     "train.stage2.lr=5e-4",
 ]

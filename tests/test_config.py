@@ -48,6 +48,9 @@ def test_unknown_key_and_bad_values_are_all_reported_with_their_path(tmp_path):
 def test_conflicting_options_name_the_fix():
     with pytest.raises(ConfigError, match=r"batch_size=32 must be micro_batch_size .* x train.num_workers \(3\)"):
         load_config("tiny", overrides=["train.num_workers=3"])
+    with pytest.raises(ConfigError, match=r"variants.zh.num_workers=3 must divide train.stage2.batch_size \(32\)"):
+        load_config("tiny", overrides=["variants.enabled=[zh]", "variants.zh.num_workers=3"])
+    assert load_config("tiny", overrides=["variants.enabled=[zh]", "variants.zh.num_workers=1"]).variants.zh.num_workers == 1
     with pytest.raises(ConfigError, match="set train.zero_stage=3 or zero_init=false"):
         load_config("tiny", overrides=["train.zero_init=true"])
     with pytest.raises(ConfigError, match="give tune.lrs or tune.lr_range"):

@@ -44,8 +44,10 @@ SMALL = [
     # the DAG and its report sections; interrupted grids are test_ablations_run's.
     "ablations.grid={instructions_per_task: [1], task_counts: [0], answers: false, seeds: [0]}",
     # The paper's three variants (Tables 5-8), a few steps each: their stages and their rows in the report.
+    # One worker each, so they train in Ray tasks beside the worker groups of pretrain, Stage I and II.
     "variants.enabled=[llava, zh, video]", "variants.llava.max_steps=3", "variants.zh.max_steps=3",
-    "variants.video.max_steps=3",
+    "variants.video.max_steps=3", "variants.llava.num_workers=1", "variants.zh.num_workers=1",
+    "variants.video.num_workers=1",
 ]
 
 
@@ -189,6 +191,9 @@ def test_first_run_executes_every_stage_and_reports(first_run):
     assert variants["zh"]["plan"]["init_checkpoint"].endswith(os.path.join("stage2", "hf"))
     assert set(variants["video"]["plan"]["tasks"]) == set(s2["plan"]["tasks"]) | {"msrvtt-qa"}
     assert all(v["step"] == 3 and v["lr"] == tune["best_lr"] for v in variants.values())
+    # The variants' one worker trained in a Ray task of the job; the stages' two, in worker groups.
+    assert all(v["in_process"] for v in variants.values()) and not (s1["in_process"] or s2["in_process"])
+    assert "(ying:llava-train pid=" in logs and "(RayTrainWorker pid=" in logs
     for model in ("ying-vlm-llava", "ying-vlm-zh", "ying-vlm-video"):
         assert report.count(f"| {model} |") >= 3, model  # the tasks table and the paper's suites
     tables = report.split("### ")
@@ -243,9 +248,11 @@ def test_an_exported_m3it_release_trains_through_stage2(first_run, tmp_path):
     shutil.copytree(release / "data" / "vqa" / "vqav2", release / "data" / "vqa" / "shape-count")
     run_dir = str(tmp_path / "run")
     # Pretraining and the LR search are the first run's subjects: here Stage I starts from the random
-    # init and Stage II takes a set lr, two fewer trainings on the way to the release's Stage II.
+    # init and Stage II takes a set lr, two fewer trainings on the way to the release's Stage II. So are
+    # worker groups: one worker, whose stages train in Ray tasks (ying.train.stages.fit_stage).
     _, logs = _submit(first_run["client"], run_dir, [*first_run["overrides"], f"data.m3it={release}",
-                                                     "train.pretrain.enabled=false", "train.stage2.lr=1e-3"],
+                                                     "train.pretrain.enabled=false", "train.stage2.lr=1e-3",
+                                                     "train.num_workers=1"],
                       flags="--until stage2")
     assert "unknown to Ying (trained in Stage II, in no suite): shape-count" in logs
     sources = json.loads(Path(run_dir, "sources", "_manifest.json").read_text())["outputs"]

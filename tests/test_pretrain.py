@@ -158,9 +158,10 @@ def test_a_bad_pretrain_batch_is_a_config_error():
     load_config("tiny", overrides=["train.pretrain.batch_size=3", "train.pretrain.enabled=false"])
 
 
+# One worker: the stages train in Ray tasks, not worker groups (test_full_dag runs pretrain on two).
 SMALL_PRETRAIN = ["train.pretrain.texts=256", "train.pretrain.validation_texts=32", "train.pretrain.max_steps=30",
                   "train.pretrain.warmup_steps=3", "train.pretrain.batch_size=16", "train.pretrain.val_examples=32",
-                  "train.pretrain.lr=2e-3"]
+                  "train.pretrain.lr=2e-3", "train.num_workers=1"]
 
 
 def test_the_pretrain_stage_lowers_the_text_loss_and_stage1_starts_from_it(ray_cluster, tmp_path):

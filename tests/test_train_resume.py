@@ -26,6 +26,9 @@ SMALL = [
     " visual-dialog/train: 4, visual-dialog/validation: 2, visual-dialog/test: 2}",
     "miniworld.n_videos={msrvtt-qa/train: 2, msrvtt-qa/validation: 2, msrvtt-qa/test: 2}",
     "train.pretrain.enabled=false",  # Stage I's own resume is under test: from the random init
+    # One worker: the stage trains in a Ray task, not a worker group (the worker group's re-runs are
+    # test_reproducible's and test_full_dag's); what a re-run keeps or retrains is the same either way.
+    "train.num_workers=1",
     "train.stage1.max_steps=20", "train.stage1.warmup_steps=2", "train.stage1.batch_size=8",
     "train.stage1.checkpoint_every=5", "train.stage1.val_examples=8",
 ]
@@ -82,14 +85,28 @@ def test_changing_the_learning_rate_retrains_from_the_start(first_stage1, sessio
     assert isinstance(manifest["outputs"]["loss"], float) and manifest["outputs"]["loss"] == manifest["outputs"]["loss"]
     assert weights != before_weights
     assert manifest["outputs"]["run_name"] != before_manifest["outputs"]["run_name"]
+    # It trained in a task holding one worker's CPUs, in the task's own process: no worker group.
+    assert manifest["outputs"]["in_process"] is True and "(ying:stage1-train pid=" in out
     # The old plan's Ray Train run is gone: nothing can resume from it by mistake.
     runs = sorted(p.name for p in Path(run_dir, "stage1", "ray_train").iterdir() if p.is_dir())
     assert runs == [manifest["outputs"]["run_name"]]
 
 
-def test_a_killed_training_worker_is_replaced_and_the_stage_finishes(ray_cluster, tmp_path):
-    """SIGKILL one Ray Train worker mid Stage II: the group restarts from the last checkpoint."""
-    from ray.util.state import list_actors
+def _training_pids(address: str, workers: int) -> list[int]:
+    """The processes training Stage II: the worker group's, or the one task's that trains a 1-worker stage."""
+    from ray.util.state import list_actors, list_tasks
+
+    if workers == 1:
+        return [t.worker_pid for t in list_tasks(address=address, filters=[("name", "=", "ying:stage2-train"),
+                                                                             ("state", "=", "RUNNING")]) if t.worker_pid]
+    return [a.pid for a in list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"),
+                                                                  ("state", "=", "ALIVE")]) if a.pid]
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_killed_training_worker_is_replaced_and_the_stage_finishes(ray_cluster, tmp_path, workers):
+    """SIGKILL a training process mid Stage II: a worker group restarts from the last checkpoint, and
+    so does the task that trains a 1-worker stage (Ray retries it, up to train.max_failures)."""
 
     from tests.test_train import write_records
     from ying.config import load_config
@@ -99,7 +116,7 @@ def test_a_killed_training_worker_is_replaced_and_the_stage_finishes(ray_cluster
     from ying.train.stages import run_stage
 
     data_dir = write_records(tmp_path, {"coco": {"train": 40, "validation": 4}, "vqa-v2": {"train": 40, "validation": 4}})
-    cfg = load_config("tiny", overrides=["train.max_failures=2"])
+    cfg = load_config("tiny", overrides=["train.max_failures=2", f"train.num_workers={workers}"])
     tok = build_tokenizer(cfg.model.tokenizer)
     init = str(tmp_path / "init")
     save_checkpoint(build_model(cfg.model, tok, seed=0), tok, cfg.model, init)
@@ -117,22 +134,21 @@ def test_a_killed_training_worker_is_replaced_and_the_stage_finishes(ray_cluster
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.time() + 1200
-    workers = []
-    while len(workers) < 2:  # find the workers first, so the kill lands right after a checkpoint
+    pids = []
+    while len(pids) < workers:  # find the workers first, so the kill lands right after a checkpoint
         assert thread.is_alive(), result
         assert time.time() < deadline, "no training workers within 20 minutes"
-        workers = [a for a in list_actors(address=ray_cluster.dashboard_url,
-                                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-                   if a.pid]
+        pids = _training_pids(ray_cluster.dashboard_url, workers)
         time.sleep(0.5)
     while not _checkpoint_registered(stage_dir / "ray_train", set(), stage="stage2"):
         assert thread.is_alive(), result
         assert time.time() < deadline, "no checkpoint within 20 minutes"
         time.sleep(0.2)
-    os.kill(workers[1].pid, signal.SIGKILL)
+    os.kill(pids[-1], signal.SIGKILL)
     thread.join(timeout=1500)
     assert "error" not in result, result.get("error")
     summary = result["summary"]
     assert summary["step"] == 60  # the planned number of steps, not more, not fewer
     assert summary["resumed_from_step"] and summary["resumed_from_step"] % 5 == 0
     assert [h["step"] for h in summary["history"]] == list(range(5, 61, 5))  # no step logged twice
+    assert summary["in_process"] is (workers == 1)

@@ -450,6 +450,9 @@ class VariantRun(_Strict):
     max_steps: int | None = Field(None, ge=1)  # optimizer steps; None: train.stage2's
     lr: float | None = None  # peak lr; None: Stage II's (searched or set)
     tasks: list[str] | None = None  # None: the variant's own set (ying.train.variants.variant_tasks)
+    # Ray Train workers; None: train.num_workers. With 1 the variant trains in a Ray task holding one
+    # worker's resources, with no worker group to start (ying.train.stages.fit_stage).
+    num_workers: int | None = Field(None, ge=1)
 
 
 class VariantsConfig(_Strict):
@@ -654,6 +657,14 @@ class YingConfig(_Strict):
                 problems.append(f"train.{name}: set exactly one of max_steps and epochs")
             elif stage.max_steps is not None and stage.warmup_steps >= stage.max_steps:
                 problems.append(f"train.{name}.warmup_steps must be smaller than max_steps")
+        for name in self.variants.enabled:  # Stage II's batch on the variant's own workers
+            workers = getattr(self.variants, name).num_workers
+            stage2 = self.train.stage2
+            if workers and (stage2.batch_size % workers
+                            or stage2.batch_size % ((stage2.micro_batch_size or stage2.batch_size // workers) * workers)):
+                problems.append(f"variants.{name}.num_workers={workers} must divide train.stage2.batch_size "
+                                f"({stage2.batch_size}) into micro-batches of train.stage2.micro_batch_size "
+                                f"({stage2.micro_batch_size}) and whole accumulation steps")
         if self.train.stage2.lr is None and not (self.tune.lrs or self.tune.lr_range):
             problems.append("train.stage2.lr is None, so the tune stage searches it: give tune.lrs or tune.lr_range")
         if self.model.require_pretrained and not (self.model.blip2_path and self.model.llm_path):

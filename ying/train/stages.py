@@ -19,6 +19,8 @@ import os
 import time
 from typing import Mapping
 
+import ray
+
 from ying import storage
 from ying.config import YingConfig
 from ying.console import TRAIN_LOG_LEVEL
@@ -27,7 +29,7 @@ from ying.train.ingest import IngestOptions, RecordPolicy, select_ids
 from ying.train.loop import StagePlan, plan_fields, train_loop_per_worker
 from ying.train.sampler import record_index
 
-__all__ = ["stage_plan", "stage_tasks", "plan_hash", "fit", "run_stage", "trainer_for", "resume_dir"]
+__all__ = ["stage_plan", "stage_tasks", "plan_hash", "fit", "fit_stage", "run_stage", "trainer_for", "resume_dir"]
 
 
 def stage_tasks(cfg: YingConfig, stage: str, present: Mapping[str, int] | None = None) -> list[str]:
@@ -91,7 +93,7 @@ def stage_plan(cfg: YingConfig, stage: str, data_dir: str, out_dir: str | None,
     if max_steps is None:  # the paper gives Stage II in epochs: convert with the real record count
         n_train = count_records(data_dir, "train", tasks)
         max_steps = max(spec.warmup_steps + 1, math.ceil(spec.epochs * n_train / spec.batch_size))
-    workers = max(t.num_workers, 1)
+    workers = max(overrides.pop("num_workers", None) or t.num_workers, 1)
     batch_size = overrides.pop("batch_size", None) or spec.batch_size
     # The configured micro-batch belongs to the configured batch; another batch divides by the workers.
     micro = (overrides.pop("micro_batch_size", None)
@@ -244,6 +246,19 @@ def run_name(plan: StagePlan) -> str:
     return f"{plan.stage}-{plan.plan_hash}"
 
 
+def remove_stale_runs(storage_path: str, stage: str, name: str, fresh: bool) -> None:
+    """Remove the Ray Train runs of ``stage``'s other plans under ``storage_path`` (they can never be
+    resumed), and run ``name`` itself too when ``fresh``."""
+    fs, root = storage.filesystem(storage_path)
+    if not fs.exists(root):
+        return
+    for entry in fs.ls(root, detail=False):
+        stale = entry.rstrip("/").rsplit("/", 1)[-1]
+        if (stale != name or fresh) and fs.isdir(entry) and stale.startswith(f"{stage}-"):
+            print(f"[ying] {stage}: removing Ray Train run {stale} (another plan, or --force)", flush=True)
+            fs.rm(entry, recursive=True)
+
+
 def fit(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str | None = None, fresh: bool = False,
         tune_reports: bool = False, in_process: bool = False) -> dict:
     """Run one Ray Train job; rank 0's summary (with trainable names and final metrics) comes back.
@@ -256,13 +271,7 @@ def fit(cfg: YingConfig, plan: StagePlan, storage_path: str, name: str | None = 
     The plan, its numbers and its resume checkpoints are those of one worker in a worker group.
     """
     name = name or run_name(plan)
-    fs, root = storage.filesystem(storage_path)
-    if fs.exists(root):
-        for entry in fs.ls(root, detail=False):
-            stale = entry.rstrip("/").rsplit("/", 1)[-1]
-            if (stale != name or fresh) and fs.isdir(entry) and stale.startswith(f"{plan.stage}-"):
-                print(f"[ying] {plan.stage}: removing Ray Train run {stale} (another plan, or --force)", flush=True)
-                fs.rm(entry, recursive=True)
+    remove_stale_runs(storage_path, plan.stage, name, fresh)
     callbacks = []
     if tune_reports and not in_process:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -299,6 +308,37 @@ def fit_timings(worker: dict, started: float, ended: float) -> dict:
             "after_loop": round(ended - returned, 3), "overhead": round(total - steps.get("train", 0.0), 3)}
 
 
+def fit_stage(cfg: YingConfig, plan: StagePlan, storage_path: str, fresh: bool = False) -> dict:
+    """A stage's training run: ``fit`` in a worker group, or, for a 1-worker plan, in a Ray task that
+    holds that one worker's resources (``train.cpus_per_worker``, a GPU with ``train.use_gpu``) and
+    trains in its own process (Ray Train's local mode, as a 1-worker Tune trial trains).
+
+    Why: a worker group costs a start-up of its own (Ray Train's controller and helper actors, and a
+    fresh worker process that imports torch, transformers and DeepSpeed: ~15 s on 2 CPUs), while a
+    task runs in one of the job's pooled worker processes, which has often imported them already.
+    The weights, the numbers and the resume checkpoints are those of a worker group of one
+    (``tests/test_train_in_process.py``). A task whose process dies (a lost node, the OOM killer) is
+    retried up to ``train.max_failures`` times and resumes from the last resume checkpoint, as a
+    worker group restarts; an error raised by training fails the stage, as it does in a group. A GPU
+    task's process exits when it ends (Ray's default for GPU tasks), so none holds GPU memory after.
+    """
+    if plan.num_workers != 1:
+        return fit(cfg, plan, storage_path, fresh=fresh)
+    # The run's old plans (and with ``fresh`` its own run) go here, once: a retried task resumes.
+    remove_stale_runs(storage_path, plan.stage, run_name(plan), fresh)
+    resources = {"num_cpus": cfg.train.cpus_per_worker, **({"num_gpus": 1} if plan.use_gpu else {})}
+    task = _fit_in_task.options(**resources, max_retries=cfg.train.max_failures, name=f"ying:{plan.stage}-train")
+    return ray.get(task.remote(cfg, plan, storage_path))
+
+
+@ray.remote
+def _fit_in_task(cfg: YingConfig, plan: StagePlan, storage_path: str) -> dict:
+    from ying.console import quiet_stage_process
+
+    quiet_stage_process()  # a pooled process: its Ray Data reads print no bars, as a worker's don't
+    return fit(cfg, plan, storage_path, in_process=True)
+
+
 def run_stage(cfg: YingConfig, stage: str, data_dir: str, stage_dir: str,
               init_checkpoint: str | None = None, context: str = "", fresh: bool = False, name: str | None = None,
               **overrides) -> dict:
@@ -308,7 +348,7 @@ def run_stage(cfg: YingConfig, stage: str, data_dir: str, stage_dir: str,
     started = time.time()
     plan = stage_plan(cfg, stage, data_dir, hf_dir, init_checkpoint, context=context, name=name, **overrides)
     planned = time.time() - started
-    summary = fit(cfg, plan, storage.join(stage_dir, "ray_train"), fresh=fresh)
+    summary = fit_stage(cfg, plan, storage.join(stage_dir, "ray_train"), fresh=fresh)
     summary["timings"]["plan"] = round(planned, 3)  # reading the data dir's footers: the record indexes
     summary["checkpoint"] = hf_dir
     summary["run_name"] = run_name(plan)

@@ -6,7 +6,7 @@
     video  Ying-VLM_video   from Stage I,  on Stage II's mix plus the video tasks (Table 7's last row)
 
 Each is a DAG stage (``ying.pipeline``) trained by ``ying.train.stages.run_stage`` with Stage II's
-batch, warm-up and trainable set; ``variants.<name>`` may set its steps, lr and tasks. The eval stage
+batch, warm-up and trainable set; ``variants.<name>`` may set its steps, lr, tasks and workers. The eval stage
 scores the variants' checkpoints beside Stage II's on the same suites (``VARIANT_MODELS`` names
 their rows).
 """
@@ -66,7 +66,8 @@ def train_variant(cfg: YingConfig, name: str, data_dir: str, stage_dir: str, ini
     length = f"{steps} steps" if steps else f"{cfg.train.stage2.epochs:g} epochs"
     print(f"[ying] variant {name} ({VARIANT_MODELS[name]}): from {VARIANT_INIT[name]}, {length} at lr {lr:g} "
           f"on {', '.join(f'{t} ({present.get(t, 0):,} records)' for t in tasks)}", flush=True)
+    workers = {"num_workers": run.num_workers} if run.num_workers else {}
     summary = run_stage(cfg, "stage2", data_dir, stage_dir, init_checkpoint=init_checkpoint, context=context,
-                        fresh=fresh, lr=lr, tasks=tasks, max_steps=steps, name=name)
+                        fresh=fresh, lr=lr, tasks=tasks, max_steps=steps, name=name, **workers)
     return {**summary, "variant": name, "model": VARIANT_MODELS[name], "tasks": tasks, "lr": lr,
             "init": VARIANT_INIT[name]}
