@@ -1,8 +1,9 @@
 """Any transformers VLM behind the eval model interface: tiny random BLIP-2, InstructBLIP, LLaVA (with
 and without a chat template) and InstructBLIP-video built from configs and saved to a temp dir (no
-downloads), answered directly and on Ray Data actors, each with its own prompt format."""
+downloads), answered directly, on Ray Data actors and in a Ray task, each with its own prompt format."""
 
 import io
+import time
 
 import pytest
 from PIL import Image
@@ -179,14 +180,22 @@ def test_ray_data_actors_and_prediction_cache(ray_cluster, model_dirs, tmp_path)
     assert stats == {"generated": 2, "cached": 0}
 
 
-def test_answers_in_process_equal_the_actors_and_fill_the_same_cache(ray_cluster, model_dirs, tmp_path):
-    """A Tune trial that trained in its own process answers there (no actor to start): the same answers."""
+def test_answers_in_a_task_and_in_process_are_the_same_and_fill_the_same_cache(ray_cluster, model_dirs, tmp_path):
+    """One actor's worth (eval.num_actors: 1) answers in a Ray task, in a pooled process; a Tune trial
+    that trained in its own process answers there (nothing to start): the same answers either way."""
+    from ray.util.state import list_tasks
+
     spec = ModelSpec("tiny-instructblip", "hf", model_dirs["InstructBlipForConditionalGeneration"])
     suites = _two_suites()
-    on_actors, stats = cached_predictions(spec, suites, str(tmp_path / "actors"), batch_size=2, max_new_tokens=3)
+    in_task, stats = cached_predictions(spec, suites, str(tmp_path / "task"), batch_size=1, max_new_tokens=3)
+    deadline = time.time() + 60  # the State API hears of a task a little after it ran
+    while not (tasks := list_tasks(address=ray_cluster.dashboard_url,
+                                   filters=[("name", "=", "ying:eval-tiny-instructblip")])) and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(tasks) == 1  # one task answered, not an actor pool
     here, here_stats = cached_predictions(spec, suites, str(tmp_path / "here"), batch_size=2, max_new_tokens=3,
                                           in_process=True)
-    assert here == on_actors and here_stats == stats == {"generated": 2, "cached": 0}
+    assert here == in_task and here_stats == stats == {"generated": 2, "cached": 0}
     again, stats = cached_predictions(spec, suites, str(tmp_path / "here"), batch_size=2, max_new_tokens=3,
                                       in_process=True)
     assert again == here and stats == {"generated": 0, "cached": 3}

@@ -504,7 +504,9 @@ class EvalConfig(_Strict):
     # Other vision-to-text models to evaluate beside ours: name -> local dir of a transformers model
     # (Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration, LlavaForConditionalGeneration, ...).
     hf_models: dict[str, str] = {}
-    num_actors: int = execution_only(1)  # model actors per model in the Ray Data prediction pool
+    # Model actors per model in the Ray Data prediction pool; 1: one Ray task per model, in a pooled
+    # process (no actor process to start per model: ying.eval.predictors.predict_examples).
+    num_actors: int = execution_only(1)
     use_gpu: bool = False  # one GPU per model actor, model and batches on cuda (the paper preset's 13B model needs it)
     cache_dir: str | None = execution_only(None)  # predictions and judge responses; None: <run_dir>/cache/eval
     progress_interval_s: float = execution_only(10.0)  # seconds between progress lines while a model answers

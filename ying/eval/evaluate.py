@@ -4,11 +4,12 @@ Models: the majority-answer baseline, each Ying checkpoint (Stage I, Stage II) a
 VLM named in ``eval.hf_models``. Every built task is scored on its evaluation split (``test`` where
 the source has one, else ``validation``): trained tasks on instances never trained on, held-out ones
 (Chinese, video) zero-shot with the Chinese dialogue prompt for Chinese. Greedy decoding.
-Predictions run on Ray Data model actors and are cached per (model, suite, example).
+Predictions run on Ray Data model actors (or, with ``eval.num_actors: 1``, in one Ray task per model)
+and are cached per (model, suite, example).
 
 Memory stays bounded whatever the data's size (``ying.eval.records``): the training split is read a
 row group at a time for the majority answer and Figure 5's instructions; the evaluation splits'
-ids first, then the text of just the selected rows; images only in the prediction actors.
+ids first, then the text of just the selected rows; images only where the model answers.
 
 Public entry points, for the stage and for callers that evaluate checkpoints themselves (Tune
 ablations, a Serve client):
@@ -168,7 +169,7 @@ def eval_cache_dir(cfg: YingConfig) -> str:
 def predict_plan(cfg: YingConfig, spec: ModelSpec, suite_examples: Mapping[str, list[dict]], cache_dir: str, *,
                  fingerprint: str | None = None, in_process: bool = False) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
     """One model's answers to a plan's examples ``{suite: [example]}`` with ``cfg.eval``'s actors:
-    ``eval.num_actors`` model actors, each on a GPU in the model's dtype when ``eval.use_gpu``
+    ``eval.num_actors`` model actors (1: one Ray task), each on a GPU in the model's dtype when ``eval.use_gpu``
     (``ying.eval.predictors``), answers cached under ``cache_dir``. Returns (answers, cache counts).
     The eval stage, ``evaluate_checkpoint``, the ablations and Serve's evaluations all answer here.
     ``in_process``: the model answers in this process instead (a Tune trial that trained here)."""
@@ -207,8 +208,8 @@ def evaluate_checkpoint(cfg: YingConfig, data_dir: str, checkpoint: str, *, suit
     ``tasks`` with their own instructions and on ``suites``, at most ``limit`` records per task.
 
     E.g. a Tune ablation: ``evaluate_checkpoint(cfg, data_dir, ckpt, suites=["unseen_instructions"],
-    tasks=cfg.data.held_out, limit=50)``. Predictions run on Ray Data actors (``eval.num_actors``,
-    ``eval.use_gpu``) and are cached under ``cache_dir`` (default ``eval.cache_dir``, else
+    tasks=cfg.data.held_out, limit=50)``. Predictions run on Ray Data actors, or one Ray task with
+    one actor's worth (``eval.num_actors``, ``eval.use_gpu``), and are cached under ``cache_dir`` (default ``eval.cache_dir``, else
     ``<run_dir>/cache/eval``). Returns ``{"model", "tasks": {task: {exact_match, rouge_l, n}},
     "suites": {suite: {"scores", "n", "status", "not_run", "notes"}}, "n_examples", "prediction_cache"}``.
     """

@@ -16,9 +16,12 @@ Models that take video (a processor with a video processor, or InstructBLIP-vide
 sampled frame; single-image models get a video's middle frame (``hf_frame_mode``).
 
 ``predict_examples`` runs a model over examples with Ray Data: model actors (``map_batches`` with
-``ActorPoolStrategy``) load the model once each and answer batches. An example carries its image
-bytes, or an ``image_ref`` (``ying.eval.records``) that the actor reads itself, so evaluation images
-go from storage to the actor that answers them and never through the driver. Answers are cached per
+``ActorPoolStrategy``) load the model once each and answer batches. With one actor's worth
+(``eval.num_actors: 1``) the model answers in one Ray task instead, holding the same resources, in
+one of the job's pooled worker processes: no actor process to start and import torch in for each
+model. An example carries its image bytes, or an ``image_ref`` (``ying.eval.records``) that the
+actor (or task) reads itself, so evaluation images go from storage to the process that answers
+them and never through the driver. Answers are cached per
 (model, suite, example) in run storage, so a re-run, or a second suite asking the same question,
 pays nothing.
 """
@@ -334,7 +337,8 @@ class PredictionCache:
 
 
 class _PredictorActor:
-    """A Ray Data actor: loads one model and answers batches of examples, reading their images itself."""
+    """A Ray Data actor (or, called in a task or in-process, a plain object): loads one model and answers
+    batches of examples, reading their images itself."""
 
     def __init__(self, spec: ModelSpec, max_new_tokens: int, use_gpu: bool = False):
         import torch
@@ -373,6 +377,23 @@ def _prediction_row(key: str, e: dict) -> dict:
             "video": bool(e.get("video"))}
 
 
+def _answer_batches(spec: ModelSpec, rows: list[dict], batch_size: int, max_new_tokens: int, use_gpu: bool):
+    """The model loaded here, answering ``rows`` batch after batch: yields ``[(key, answer)]`` per batch."""
+    import pyarrow as pa
+
+    predictor = _PredictorActor(spec, max_new_tokens, use_gpu)
+    for start in range(0, len(rows), batch_size):
+        table = predictor(pa.Table.from_pylist(rows[start:start + batch_size]))
+        yield list(zip(table["key"].to_pylist(), table["answer"].to_pylist()))
+
+
+def _answer_in_task(spec: ModelSpec, rows: list[dict], batch_size: int, max_new_tokens: int, use_gpu: bool):
+    from ying.console import quiet_stage_process
+
+    quiet_stage_process()  # a pooled process of the job: no progress bars from the Parquet image reads
+    yield from _answer_batches(spec, rows, batch_size, max_new_tokens, use_gpu)
+
+
 def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: int, num_actors: int = 1,
                      max_new_tokens: int = 32, use_gpu: bool = False,
                      on_answer: Callable[[str, str], Any] | None = None, in_process: bool = False) -> dict[str, str]:
@@ -380,9 +401,13 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
     ``chinese_dialogue``, ``max_new_tokens`` and either ``images`` or an ``image_ref``; each distinct
     key is generated once. ``on_answer(key, answer)`` is called as each answer arrives.
 
-    ``in_process``: the model answers here, batch after batch, rather than on Ray Data actors: for a
-    caller that already holds the resources, such as a Tune trial that has just trained in its own
-    process (``ying.tune.runner``), where starting an actor cost more than its answers."""
+    ``num_actors`` model actors answer in a Ray Data pool; with 1, one Ray task (a streaming
+    generator, a batch of answers at a time) holding an actor's resources answers instead, in a
+    pooled worker process that has often imported torch and transformers for an earlier model or
+    stage. The answers are the same (``tests/test_hf_vlm.py``).
+    ``in_process``: the model answers here, batch after batch: for a caller that already holds the
+    resources, such as a Tune trial that has just trained in its own process (``ying.tune.runner``),
+    where starting a task or an actor cost more than its answers."""
     import ray
 
     unique: dict[str, dict] = {}
@@ -394,13 +419,16 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
     rows = sorted((_prediction_row(k, e) for k, e in unique.items()),
                   key=lambda r: (r["ref_file"], r["ref_row_group"], r["ref_row"], r["key"]))
     answers: dict[str, str] = {}
-    if in_process:
-        import pyarrow as pa
-
-        predictor = _PredictorActor(spec, max_new_tokens, use_gpu)
-        for start in range(0, len(rows), batch_size):
-            table = predictor(pa.Table.from_pylist(rows[start:start + batch_size]))
-            for key, answer in zip(table["key"].to_pylist(), table["answer"].to_pylist()):
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+    if in_process or num_actors <= 1:
+        if in_process:
+            batches = _answer_batches(spec, rows, batch_size, max_new_tokens, use_gpu)
+        else:
+            task = ray.remote(_answer_in_task).options(num_returns="streaming", name=f"ying:eval-{spec.name}",
+                                                       **resources)
+            batches = (ray.get(ref) for ref in task.remote(spec, rows, batch_size, max_new_tokens, use_gpu))
+        for batch in batches:
+            for key, answer in batch:
                 answers[key] = answer
                 if on_answer is not None:
                     on_answer(key, answer)
@@ -411,7 +439,7 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, num_actors)),
         batch_size=batch_size,
         batch_format="pyarrow",
-        **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
+        **resources,
     )
     for row in ds.iter_rows():
         answers[row["key"]] = row["answer"]
