@@ -86,3 +86,17 @@ def test_reading_the_next_epoch_ahead_trains_the_same_bytes(ray_cluster, setup, 
     assert runs[True]["val_loss"] == runs[False]["val_loss"] is not None
     # How long training waited on its records is reported beside its seconds.
     assert all(0 <= r["timings"]["worker"]["train_data_wait"] <= r["train_seconds"] for r in runs.values())
+
+
+def test_a_gpu_stage_or_model_task_exits_when_it_ends_and_a_cpu_one_stays_for_the_next():
+    """A 1-worker stage (and a 1-actor eval) runs as a Ray task so that the job's pooled process, with
+    torch and transformers imported, serves the next one. On a GPU that process must exit instead, or
+    its CUDA context and cached blocks stay on the GPU: Ray sets max_calls=1 only for GPUs asked for
+    in @ray.remote (never through .options()), so the GPU tasks are their own remote functions."""
+    from ying.eval import predictors
+    from ying.train import stages
+
+    for gpu, cpu in ((stages._fit_in_gpu_task, stages._fit_in_task),
+                     (predictors._answer_in_gpu_task, predictors._answer_in_task)):
+        assert (gpu._max_calls, gpu._default_options["num_gpus"]) == (1, 1)
+        assert cpu._max_calls == 0 and "num_gpus" not in cpu._default_options  # 0: Ray reuses the process

@@ -34,6 +34,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Protocol
 
+import ray
+
 from ying import storage
 
 __all__ = [
@@ -387,11 +389,23 @@ def _answer_batches(spec: ModelSpec, rows: list[dict], batch_size: int, max_new_
         yield list(zip(table["key"].to_pylist(), table["answer"].to_pylist()))
 
 
-def _answer_in_task(spec: ModelSpec, rows: list[dict], batch_size: int, max_new_tokens: int, use_gpu: bool):
+def _answer_here(spec: ModelSpec, rows: list[dict], batch_size: int, max_new_tokens: int, use_gpu: bool):
     from ying.console import quiet_stage_process
 
     quiet_stage_process()  # a pooled process of the job: no progress bars from the Parquet image reads
     yield from _answer_batches(spec, rows, batch_size, max_new_tokens, use_gpu)
+
+
+# A CPU task's process stays for the job's next tasks (its imports with it); a GPU task's must exit,
+# releasing the GPU's memory: max_calls=1, which Ray sets only for GPUs asked for in @ray.remote.
+@ray.remote(num_cpus=1, num_returns="streaming")
+def _answer_in_task(spec: ModelSpec, rows: list[dict], batch_size: int, max_new_tokens: int, use_gpu: bool):
+    yield from _answer_here(spec, rows, batch_size, max_new_tokens, use_gpu)
+
+
+@ray.remote(num_gpus=1, max_calls=1, num_returns="streaming")
+def _answer_in_gpu_task(spec: ModelSpec, rows: list[dict], batch_size: int, max_new_tokens: int, use_gpu: bool):
+    yield from _answer_here(spec, rows, batch_size, max_new_tokens, use_gpu)
 
 
 def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: int, num_actors: int = 1,
@@ -408,8 +422,6 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
     ``in_process``: the model answers here, batch after batch: for a caller that already holds the
     resources, such as a Tune trial that has just trained in its own process (``ying.tune.runner``),
     where starting a task or an actor cost more than its answers."""
-    import ray
-
     unique: dict[str, dict] = {}
     for e in examples:
         unique.setdefault(e["key"], e)
@@ -424,8 +436,7 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
         if in_process:
             batches = _answer_batches(spec, rows, batch_size, max_new_tokens, use_gpu)
         else:
-            task = ray.remote(_answer_in_task).options(num_returns="streaming", name=f"ying:eval-{spec.name}",
-                                                       **resources)
+            task = (_answer_in_gpu_task if use_gpu else _answer_in_task).options(name=f"ying:eval-{spec.name}")
             batches = (ray.get(ref) for ref in task.remote(spec, rows, batch_size, max_new_tokens, use_gpu))
         for batch in batches:
             for key, answer in batch:
@@ -449,8 +460,6 @@ def predict_examples(spec: ModelSpec, examples: Iterable[dict], *, batch_size: i
 
 
 def _count_examples(model: str, suite: str, source: str, n: int) -> None:
-    import ray
-
     from ying import telemetry
 
     if n and ray.is_initialized():  # metrics live in a Ray process; a plain process has nowhere to send them

@@ -326,17 +326,29 @@ def fit_stage(cfg: YingConfig, plan: StagePlan, storage_path: str, fresh: bool =
         return fit(cfg, plan, storage_path, fresh=fresh)
     # The run's old plans (and with ``fresh`` its own run) go here, once: a retried task resumes.
     remove_stale_runs(storage_path, plan.stage, run_name(plan), fresh)
-    resources = {"num_cpus": cfg.train.cpus_per_worker, **({"num_gpus": 1} if plan.use_gpu else {})}
-    task = _fit_in_task.options(**resources, max_retries=cfg.train.max_failures, name=f"ying:{plan.stage}-train")
+    task = (_fit_in_gpu_task if plan.use_gpu else _fit_in_task).options(
+        num_cpus=cfg.train.cpus_per_worker, max_retries=cfg.train.max_failures, name=f"ying:{plan.stage}-train")
     return ray.get(task.remote(cfg, plan, storage_path))
 
 
-@ray.remote
-def _fit_in_task(cfg: YingConfig, plan: StagePlan, storage_path: str) -> dict:
+def _fit_here(cfg: YingConfig, plan: StagePlan, storage_path: str) -> dict:
     from ying.console import quiet_stage_process
 
     quiet_stage_process()  # a pooled process: its Ray Data reads print no bars, as a worker's don't
     return fit(cfg, plan, storage_path, in_process=True)
+
+
+# Ray keeps a task's process for the job's next tasks, imports and all: what a CPU stage wants. A GPU
+# stage's process must exit when it ends, or its CUDA context and cached blocks stay on the GPU.
+# Ray gives a task max_calls=1 only for GPUs asked for in @ray.remote, never through .options().
+@ray.remote
+def _fit_in_task(cfg: YingConfig, plan: StagePlan, storage_path: str) -> dict:
+    return _fit_here(cfg, plan, storage_path)
+
+
+@ray.remote(num_gpus=1, max_calls=1)
+def _fit_in_gpu_task(cfg: YingConfig, plan: StagePlan, storage_path: str) -> dict:
+    return _fit_here(cfg, plan, storage_path)
 
 
 def run_stage(cfg: YingConfig, stage: str, data_dir: str, stage_dir: str,
