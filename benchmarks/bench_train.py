@@ -13,6 +13,9 @@ task in the preset, is read as a Ray Dataset and has no one-process build, so it
   (c) ray-2  the same with two workers
   in-process (b) in this process, as a Tune trial of one worker trains (Ray Train's local mode),
              twice: the second as a reused trial process does, its imports done
+  task       (b) as a stage of one worker trains it: in a Ray task holding the worker's CPUs
+             (``ying.train.stages.fit_stage``), twice: the second in the pooled process the first
+             left; its start-up is timed from the driver (the task's scheduling and process included)
   read       one epoch of (b) with a filesystem that counts the bytes Ray Data's readers read,
              divided by the bytes of the stage's own training files (coco train); the data dir also
              holds every other task's files, which Stage I must not read. The driver's record
@@ -130,11 +133,12 @@ def step_log_callback(path: str):
 
 def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every: int,
             checkpoint_every: int = 0, filesystem=None, callbacks=None, kill_after_checkpoint: bool = False,
-            dashboard: str = "", step_log: str = "", in_process: bool = False):
+            dashboard: str = "", step_log: str = "", in_process: bool = False, task: bool = False):
     """One Stage I run on Ray Train; returns (summary, seconds); the summary's timings as
     ``ying.train.stages.fit`` reports them (``fit_timings``), plus the plan's seconds. ``in_process``:
-    in this process as a Tune trial of one worker trains (``fit(in_process=True)``)."""
-    from ying.train.stages import fit, fit_timings, stage_plan, trainer_for
+    in this process as a Tune trial of one worker trains (``fit(in_process=True)``). ``task``: as a
+    stage of one worker trains (``fit_stage``), its overhead counted from here."""
+    from ying.train.stages import fit, fit_stage, fit_timings, stage_plan, trainer_for
 
     planned = time.time()
     # ``filesystem``: the workers' Ray Data readers open the records through it (it counts bytes).
@@ -147,6 +151,14 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
         summary = fit(cfg, plan, str(storage), name, in_process=True)
         summary["timings"]["plan"] = round(t0 - planned, 3)
         return summary, time.time() - t0
+    if task:
+        t0 = time.time()
+        summary = fit_stage(cfg, plan, str(storage))
+        seconds = time.time() - t0
+        # The task's own timings start in its process: count from here, scheduling and process start included.
+        summary["timings"]["overhead"] = round(seconds - summary["timings"]["worker"].get("train", 0.0), 3)
+        summary["timings"]["plan"] = round(t0 - planned, 3)
+        return summary, seconds
     trainer = trainer_for(cfg, plan, str(storage), name, callbacks=callbacks)
     killer = None
     if kill_after_checkpoint:
@@ -266,6 +278,11 @@ def main() -> None:
     print(f"[bench] its start-up breakdown (s): {json.dumps(startup_breakdown(trials[1]['timings']))}", flush=True)
     # The same plan twice in one process: the same losses at every logged step (nothing carried over).
     same_bytes = [h["loss"] for h in trials[0]["history"]] == [h["loss"] for h in trials[1]["history"]]
+    # (b) as a stage of one worker trains it: a Ray task, twice (the second in the process the first left).
+    tasks = [ray_run(cfg1, data_dir, workdir, f"task-{i}", args.steps, args.log_every, task=True)[0] for i in range(2)]
+    print(f"[bench] (b) in a Ray task (a 1-worker stage), twice: {mean_rate(tasks[1]):.1f} samples/s; start-up "
+          f"{tasks[0]['timings']['overhead']:.1f} s then {tasks[1]['timings']['overhead']:.1f} s, from the driver; "
+          f"in_process={tasks[1]['in_process']}", flush=True)
 
     # One epoch of the stage's records through a filesystem that counts what the readers read.
     stage_tasks = list(cfg1.train.stage1.tasks)
@@ -308,8 +325,8 @@ def main() -> None:
     ray.shutdown()
 
     startup = {kind: run["timings"]["overhead"]
-               for kind, run in (("ray-1", one), ("ray-2", two), ("in-process", trials[1]), ("read", read_run),
-                                 ("kill", summary))}
+               for kind, run in (("ray-1", one), ("ray-2", two), ("in-process", trials[1]), ("task", tasks[0]),
+                                 ("task-again", tasks[1]), ("read", read_run), ("kill", summary))}
     print(f"[bench] start-up (fit seconds minus training seconds): {json.dumps(startup)}", flush=True)
     result = {
         "ray_vs_bare": round(mean_rate(one) / bare, 3),
@@ -324,6 +341,7 @@ def main() -> None:
         "ray_2_workers_samples_per_s": round(mean_rate(two), 1),
         "in_process_samples_per_s": round(mean_rate(trials[1]), 1),
         "in_process_repeats_exactly": same_bytes,
+        "task_samples_per_s": round(mean_rate(tasks[1]), 1),
         "threads": args.threads,
     }
     print(json.dumps(result))
