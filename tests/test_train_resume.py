@@ -107,7 +107,6 @@ def _training_pids(address: str, workers: int) -> list[int]:
 def test_a_killed_training_worker_is_replaced_and_the_stage_finishes(ray_cluster, tmp_path, workers):
     """SIGKILL a training process mid Stage II: a worker group restarts from the last checkpoint, and
     so does the task that trains a 1-worker stage (Ray retries it, up to train.max_failures)."""
-
     from tests.test_train import write_records
     from ying.config import load_config
     from ying.model.checkpoint import save_checkpoint
