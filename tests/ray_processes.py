@@ -141,10 +141,11 @@ class RayProcessCluster:
                     lines.append(f"{log.name}: {line[:300]}")
         return "".join(line + "\n" for line in lines[-20:])
 
-    def stop(self, grace_s: float = 10) -> None:
+    def stop(self, grace_s: float = 3) -> None:
         """SIGINT: `ray start --block` shuts its node down at once (SIGTERM takes it half a minute): 1-2 s.
         A head that has run Ray Jobs can hang in that shutdown (its processes then linger past 30 s), so
-        after ``grace_s`` the node's whole process group is killed: the cluster is a test's own."""
+        after ``grace_s`` the node's whole process group is killed: the cluster is a test's own (the
+        heads of test_full_dag and test_job_auth waited out 10 s of grace every time)."""
         for proc in reversed(self.procs):  # workers first, then the head
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGINT)
