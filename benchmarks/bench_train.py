@@ -179,18 +179,22 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, dashboard: str, step_log: str, past: int) -> None:
     from ray.util.state import list_actors
 
-    while not (done := sorted(run_dir.glob("resume/step_*/COMPLETE.json"))):  # the first complete resume checkpoint
+    # The workers are looked up first: a State API call takes a second or more, in which a fast
+    # machine once trained the run's last 25 steps, so the kill landed after the end.
+    workers = []
+    while len(workers) < 2:
+        workers = [a.pid for a in list_actors(address=dashboard, filters=[("class_name", "=", "RayTrainWorker"),
+                                                                           ("state", "=", "ALIVE")]) if a.pid]
         time.sleep(0.2)
+    while not (done := sorted(run_dir.glob("resume/step_*/COMPLETE.json"))):  # the first complete resume checkpoint
+        time.sleep(0.05)
     first = int(done[0].parent.name.split("_")[-1])
     # ``past`` steps reported after it, so the kill lands between checkpoints (a fixed sleep once
     # landed before the next step's report, and the restart left no trace in the step log).
     while max(_logged_steps(step_log), default=0) < first + past:
-        time.sleep(0.1)
-    workers = [a for a in list_actors(address=dashboard,
-                                      filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-               if a.pid]
-    os.kill(workers[-1].pid, signal.SIGKILL)
-    print(f"[bench] killed training worker pid {workers[-1].pid}", flush=True)
+        time.sleep(0.05)
+    os.kill(workers[-1], signal.SIGKILL)
+    print(f"[bench] killed training worker pid {workers[-1]}", flush=True)
 
 
 def _logged_steps(path: str) -> list[int]:
