@@ -318,7 +318,9 @@ def main() -> None:
 
     log = workdir / "kill-steps.jsonl"
     log.unlink(missing_ok=True)
-    kill_steps = max(4 * args.checkpoint_every, 40)
+    # Long enough that the kill lands mid-run: on a fast hour 40 steps (4 s) were done before the step
+    # log, which the controller writes a little behind the workers, showed the first checkpoint.
+    kill_steps = max(12 * args.checkpoint_every, 120)
     summary, _ = ray_run(cfg2, data_dir, workdir, "kill", kill_steps, 1, checkpoint_every=args.checkpoint_every,
                          callbacks=[step_log_callback(str(log))], kill_after_checkpoint=True,
                          dashboard=dashboard, step_log=str(log))
