@@ -179,8 +179,8 @@ def ray_run(cfg, data_dir: str, workdir: Path, name: str, steps: int, log_every:
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, dashboard: str, step_log: str, past: int) -> None:
     from ray.util.state import list_actors
 
-    # The workers are looked up first: a State API call takes a second or more, in which a fast
-    # machine once trained the run's last 25 steps, so the kill landed after the end.
+    # The workers are looked up first, so that no State API call (a second or more) stands between
+    # the awaited step and the kill.
     workers = []
     while len(workers) < 2:
         workers = [a.pid for a in list_actors(address=dashboard, filters=[("class_name", "=", "RayTrainWorker"),
